@@ -1,0 +1,183 @@
+//! What a person writes in a pipeline file. Every struct refuses unknown keys; each field's `///`
+//! comment is its user documentation. Nothing here is validated beyond its type: see `plan.rs`.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::runtime::edge::WhenFull;
+
+/// Default confidence threshold: darknet's and Ultralytics' usual 0.25.
+pub const DEFAULT_CONFIDENCE: f32 = 0.25;
+/// Default NMS IoU threshold (darknet's 0.45).
+pub const DEFAULT_NMS_IOU: f32 = 0.45;
+/// Default cap on detections kept per frame.
+pub const DEFAULT_MAX_DETECTIONS: usize = 300;
+/// Default capacity of every edge between stages.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
+/// Default x264 speed preset of MP4 outputs.
+pub const DEFAULT_X264_PRESET: &str = "superfast";
+/// Default H.264 bitrate of MP4 outputs, kbit/s.
+pub const DEFAULT_BITRATE_KBPS: u32 = 2048;
+
+/// A pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Name of the pipeline: appears in metadata (`pipeline`) and may be used in output paths as `{pipeline}`.
+    pub name: Spanned<String>,
+    /// The video streams to analyse (at least one).
+    pub sources: Spanned<Vec<SourceSpec>>,
+    /// The object detector and its thresholds.
+    pub detector: DetectorSpec,
+    /// Non-maximum suppression of overlapping boxes.
+    #[serde(default)]
+    pub nms: NmsSpec,
+    /// Capacity and full-policy of the queues between stages.
+    #[serde(default)]
+    pub queues: QueueSpec,
+    /// Where results go (MP4 with boxes drawn, JSON lines). Each runs once per source.
+    #[serde(default)]
+    pub outputs: Vec<Spanned<OutputSpec>>,
+}
+
+/// One video stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Unique id of the stream within the pipeline: `source` in metadata, `{source}` in output paths.
+    pub id: Spanned<String>,
+    /// Where the video comes from: `file:PATH` (relative to the pipeline file), `file:///abs/path`,
+    /// or any URI GStreamer's `uridecodebin` can open (`rtsp://…`, `http://…`).
+    pub uri: Spanned<String>,
+    /// For files: `as_fast_as_possible` (default: every frame, as quick as the pipeline goes) or
+    /// `realtime` (frames released at their timestamps, like a camera).
+    #[serde(default)]
+    pub pace: Pace,
+}
+
+/// How a file source releases frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pace {
+    #[default]
+    AsFastAsPossible,
+    Realtime,
+}
+
+/// How a frame is fitted to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// Keep the aspect ratio and pad the short side with grey (darknet, Ultralytics).
+    Letterbox,
+    /// Scale each axis independently to fill the input (OpenCV's `blobFromImage`).
+    Stretch,
+}
+
+/// The object detector.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSpec {
+    /// Model manifest (`models/NAME.yaml`), relative to the pipeline file.
+    pub model: Spanned<String>,
+    /// Where inference runs: `cpu` (default), `cuda:N`, or `auto` (the first GPU if there is one).
+    #[serde(default)]
+    pub device: Option<Spanned<String>>,
+    /// Minimum score (objectness × class probability) for a box to be kept, in `[0, 1]`.
+    #[serde(default)]
+    pub confidence: Option<Spanned<f32>>,
+    /// Only report these classes (names from the model's class list); all classes when absent.
+    #[serde(default)]
+    pub classes: Option<Vec<Spanned<String>>>,
+    /// Override the manifest's resize mode: `letterbox` or `stretch`.
+    #[serde(default)]
+    pub resize: Option<Resize>,
+    /// Frames sent to the detector together (from one or several streams). Default 1.
+    #[serde(default)]
+    pub batch: Option<Spanned<usize>>,
+}
+
+/// Non-maximum suppression.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NmsSpec {
+    /// Boxes overlapping a better one by more than this IoU are removed. Default 0.45.
+    #[serde(default = "default_nms_iou")]
+    pub iou: Spanned<f32>,
+    /// Only suppress boxes of the same class (default true); false suppresses across classes.
+    #[serde(default = "default_true")]
+    pub class_aware: bool,
+    /// Keep at most this many detections per frame, best first. Default 300.
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
+}
+
+impl Default for NmsSpec {
+    fn default() -> Self {
+        Self {
+            iou: Spanned::new(DEFAULT_NMS_IOU, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN),
+            class_aware: true,
+            max_detections: DEFAULT_MAX_DETECTIONS,
+        }
+    }
+}
+
+/// Queues between stages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Frames each queue holds. Default 8.
+    #[serde(default = "default_queue_capacity")]
+    pub capacity: Spanned<usize>,
+    /// `block` (lossless; the default for files) or `drop_oldest` (bounded latency; the default for live streams).
+    #[serde(default)]
+    pub when_full: Option<WhenFull>,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self {
+            capacity: Spanned::new(DEFAULT_QUEUE_CAPACITY, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN),
+            when_full: None,
+        }
+    }
+}
+
+/// One output, run for every source. Paths may use `{pipeline}` and `{source}`; relative paths are
+/// relative to the pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputSpec {
+    /// H.264 in MP4, optionally with boxes, classes and scores drawn on the frames.
+    Mp4 {
+        /// File to write (its folder is created).
+        path: String,
+        /// Draw the detections on the video. Default true.
+        #[serde(default = "default_true")]
+        overlay: bool,
+        /// x264 speed preset (`ultrafast` … `veryslow`). Default `superfast`.
+        #[serde(default)]
+        preset: Option<String>,
+        /// Target bitrate in kbit/s. Default 2048.
+        #[serde(default)]
+        bitrate_kbps: Option<u32>,
+    },
+    /// One JSON record per processed frame (schema in ARCHITECTURE.md).
+    Jsonl {
+        /// File to write (its folder is created).
+        path: String,
+    },
+}
+
+fn default_nms_iou() -> Spanned<f32> {
+    NmsSpec::default().iou
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_detections() -> usize {
+    DEFAULT_MAX_DETECTIONS
+}
+fn default_queue_capacity() -> Spanned<usize> {
+    QueueSpec::default().capacity
+}

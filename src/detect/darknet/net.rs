@@ -1,0 +1,395 @@
+//! A darknet network built from its cfg and `.weights`, run with Candle.
+//!
+//! Reference: pjreddie/darknet `src/parser.c` (cfg keys, weight order) and the layer sources it
+//! names. Takes a `(batch, channels, height, width)` f32 tensor in `[0, 1]`, RGB; returns the raw
+//! tensors of every head (`[yolo]`: `(batch, anchors * (5 + classes), grid_h, grid_w)`).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::cfg::{Cfg, CfgError, Section};
+use super::weights::WeightReader;
+use crate::detect::head::YoloHead;
+
+/// Errors while building or running a darknet network.
+#[derive(Debug, thiserror::Error)]
+pub enum DarknetError {
+    #[error(transparent)]
+    Cfg(#[from] CfgError),
+    #[error("{path}: {message}")]
+    Weights { path: String, message: String },
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Darknet activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Linear,
+    Leaky,
+    Relu,
+    Logistic,
+    Mish,
+}
+
+impl Activation {
+    fn parse(sec: &Section, file: &str) -> Result<Self, CfgError> {
+        let name: String = sec.get(file, "activation", "linear".to_string())?;
+        Ok(match name.as_str() {
+            "linear" => Self::Linear,
+            "leaky" => Self::Leaky,
+            "relu" => Self::Relu,
+            "logistic" => Self::Logistic,
+            "mish" => Self::Mish,
+            other => {
+                return Err(sec.error(file, format!("[{}] activation `{other}` is not supported", sec.kind)));
+            }
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Linear => Ok(x.clone()),
+            // darknet's leaky slope is 0.1
+            Self::Leaky => candle_nn::ops::leaky_relu(x, 0.1),
+            Self::Relu => x.relu(),
+            Self::Logistic => candle_nn::ops::sigmoid(x),
+            // x·tanh(softplus(x)); exp overflowing to inf still gives tanh = 1, so x passes through
+            Self::Mish => x.mul(&(x.exp()? + 1.0)?.log()?.tanh()?),
+        }
+    }
+}
+
+/// `[convolutional]` with batch norm already folded into `weight`/`bias`.
+#[derive(Debug)]
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    activation: Activation,
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        self.activation.apply(&y)
+    }
+}
+
+/// One layer of the network, in cfg order.
+#[derive(Debug)]
+enum Layer {
+    Conv(Conv),
+    /// darknet maxpool: `pad_lo` before, `pad_hi` after (size 2 / stride 1 pads right and bottom only).
+    MaxPool {
+        size: usize,
+        stride: usize,
+        pad_lo: usize,
+        pad_hi: usize,
+    },
+    /// Concatenate (a channel group of) earlier outputs along channels.
+    Route {
+        layers: Vec<usize>,
+        groups: usize,
+        group_id: usize,
+    },
+    Upsample {
+        stride: usize,
+    },
+    Shortcut {
+        from: usize,
+        activation: Activation,
+    },
+    /// A detection head: passes its input through and records it as an output.
+    Yolo,
+}
+
+/// Keys darknet reads for training only; accepted and ignored.
+const NET_KEYS: &[&str] = &[
+    "batch", "subdivisions", "width", "height", "channels", "momentum", "decay", "angle", "saturation",
+    "exposure", "hue", "learning_rate", "burn_in", "max_batches", "policy", "steps", "scales", "mosaic",
+    "max_chart_loss", "flip", "letter_box", "min_crop", "max_crop", "jitter", "power", "aspect", "gamma",
+    "mixup", "blur", "cutmix", "adam", "B1", "B2", "eps", "step", "rate", "time_steps", "optimized_memory",
+    "track", "augment_speed", "sequential_subdivisions", "try_fix_nan", "dynamic_minibatch", "inputs",
+    "max_crop", "label_smooth_eps", "workspace_size_limit_MB", "adversarial_lr", "attention",
+];
+const CONV_KEYS: &[&str] = &[
+    "batch_normalize", "filters", "size", "stride", "pad", "padding", "activation", "groups", "dilation",
+    "stride_x", "stride_y", "binary", "xnor", "flipped", "dot",
+];
+const MAXPOOL_KEYS: &[&str] = &["size", "stride", "padding", "stride_x", "stride_y", "maxpool_depth"];
+const ROUTE_KEYS: &[&str] = &["layers", "groups", "group_id", "stopbackward"];
+const UPSAMPLE_KEYS: &[&str] = &["stride", "scale"];
+const SHORTCUT_KEYS: &[&str] = &["from", "activation", "weights_type", "weights_normalization"];
+const YOLO_KEYS: &[&str] = &[
+    "mask", "anchors", "classes", "num", "jitter", "ignore_thresh", "truth_thresh", "random", "scale_x_y",
+    "iou_thresh", "cls_normalizer", "iou_normalizer", "iou_loss", "nms_kind", "beta_nms", "max_delta",
+    "resize", "new_coords", "counters_per_class", "label_smooth_eps", "objectness_smooth", "max",
+];
+
+/// A loaded darknet network.
+#[derive(Debug)]
+pub struct DarknetNet {
+    layers: Vec<Layer>,
+    heads: Vec<YoloHead>,
+    /// Input size from `[net]`.
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+}
+
+/// Shape of one layer's output, `(channels, height, width)`.
+type Chw = (usize, usize, usize);
+
+impl DarknetNet {
+    /// Build from a cfg file and a darknet `.weights` file on `device`.
+    pub fn load(cfg_path: &Path, weights_path: &Path, device: &Device) -> Result<Self, DarknetError> {
+        let cfg = Cfg::load(cfg_path)?;
+        let mut weights = WeightReader::open(weights_path).map_err(|message| DarknetError::Weights {
+            path: weights_path.display().to_string(),
+            message,
+        })?;
+        let net = Self::build(&cfg, &mut weights, device)?;
+        let left = weights.remaining();
+        if left != 0 {
+            return Err(DarknetError::Weights {
+                path: weights_path.display().to_string(),
+                message: format!(
+                    "{left} values left over after the last layer: these weights do not belong to {}",
+                    cfg.file
+                ),
+            });
+        }
+        Ok(net)
+    }
+
+    fn build(cfg: &Cfg, w: &mut WeightReader, device: &Device) -> Result<Self, DarknetError> {
+        let file = cfg.file.as_str();
+        let (net_sec, body) = cfg
+            .sections
+            .split_first()
+            .filter(|(s, _)| s.kind == "net" || s.kind == "network")
+            .ok_or_else(|| CfgError {
+                file: file.to_string(),
+                line: 1,
+                message: "the first section must be [net]".into(),
+            })?;
+        net_sec.check_keys(file, NET_KEYS)?;
+        let width: usize = net_sec.require(file, "width")?;
+        let height: usize = net_sec.require(file, "height")?;
+        let channels: usize = net_sec.get(file, "channels", 3)?;
+        if width == 0 || height == 0 || channels == 0 {
+            return Err(net_sec.error(file, "[net] width, height and channels must be positive".into()).into());
+        }
+
+        let mut layers = Vec::with_capacity(body.len());
+        let mut shapes: Vec<Chw> = Vec::with_capacity(body.len());
+        let mut heads = Vec::new();
+        let mut prev: Chw = (channels, height, width);
+        for (index, sec) in body.iter().enumerate() {
+            // Resolve a layer reference (negative = relative to this layer), naming the line when bad.
+            let resolve = |r: i64| -> Result<usize, CfgError> {
+                let abs = if r < 0 { index as i64 + r } else { r };
+                if abs < 0 || abs as usize >= index {
+                    Err(sec.error(file, format!("[{}] refers to layer {r}, which does not exist before layer {index}", sec.kind)))
+                } else {
+                    Ok(abs as usize)
+                }
+            };
+            let (layer, out) = match sec.kind.as_str() {
+                "convolutional" | "conv" => {
+                    sec.check_keys(file, CONV_KEYS)?;
+                    let filters: usize = sec.require(file, "filters")?;
+                    let size: usize = sec.get(file, "size", 1)?;
+                    let stride: usize = sec.get(file, "stride", 1)?;
+                    let pad: usize = sec.get(file, "pad", 0)?;
+                    let padding: usize = if pad != 0 { size / 2 } else { sec.get(file, "padding", 0)? };
+                    let groups: usize = sec.get(file, "groups", 1)?;
+                    let bn: usize = sec.get(file, "batch_normalize", 0)?;
+                    let activation = Activation::parse(sec, file)?;
+                    let (c, h, wd) = prev;
+                    if filters == 0 || size == 0 || stride == 0 || groups == 0 || c % groups != 0 || filters % groups != 0 {
+                        return Err(sec.error(file, format!("[convolutional] filters={filters} size={size} stride={stride} groups={groups} do not fit {c} input channels")).into());
+                    }
+                    if h + 2 * padding < size || wd + 2 * padding < size {
+                        return Err(sec.error(file, format!("[convolutional] kernel {size} is larger than its {wd}x{h} input")).into());
+                    }
+                    let conv = load_conv(w, device, ConvShape { filters, in_per_group: c / groups, size, bn: bn != 0 })
+                        .map_err(|message| sec.error(file, message))?;
+                    let out = (filters, (h + 2 * padding - size) / stride + 1, (wd + 2 * padding - size) / stride + 1);
+                    (Layer::Conv(Conv { weight: conv.0, bias: conv.1, stride, padding, groups, activation }), out)
+                }
+                "maxpool" | "max" => {
+                    sec.check_keys(file, MAXPOOL_KEYS)?;
+                    let size: usize = sec.get(file, "size", 2)?;
+                    let stride: usize = sec.get(file, "stride", 1)?;
+                    let padding: usize = sec.get(file, "padding", size.saturating_sub(1))?;
+                    if size == 0 || stride == 0 {
+                        return Err(sec.error(file, "[maxpool] size and stride must be positive".into()).into());
+                    }
+                    let (c, h, wd) = prev;
+                    if h + padding < size || wd + padding < size {
+                        return Err(sec.error(file, format!("[maxpool] window {size} is larger than its {wd}x{h} input")).into());
+                    }
+                    let out = (c, (h + padding - size) / stride + 1, (wd + padding - size) / stride + 1);
+                    (Layer::MaxPool { size, stride, pad_lo: padding / 2, pad_hi: padding - padding / 2 }, out)
+                }
+                "route" => {
+                    sec.check_keys(file, ROUTE_KEYS)?;
+                    let refs: Vec<i64> = sec.list(file, "layers")?.unwrap_or_default();
+                    if refs.is_empty() {
+                        return Err(sec.error(file, "[route] needs `layers`".into()).into());
+                    }
+                    let groups: usize = sec.get(file, "groups", 1)?;
+                    let group_id: usize = sec.get(file, "group_id", 0)?;
+                    if groups == 0 || group_id >= groups {
+                        return Err(sec.error(file, format!("[route] group_id={group_id} must be below groups={groups}")).into());
+                    }
+                    let layers = refs.into_iter().map(&resolve).collect::<Result<Vec<_>, _>>()?;
+                    let (_, h, wd) = shapes[layers[0]];
+                    let mut c = 0;
+                    for &l in &layers {
+                        let (lc, lh, lw) = shapes[l];
+                        if (lh, lw) != (h, wd) {
+                            return Err(sec.error(file, format!("[route] joins layers of different sizes ({wd}x{h} and {lw}x{lh})")).into());
+                        }
+                        if lc % groups != 0 {
+                            return Err(sec.error(file, format!("[route] layer {l} has {lc} channels, not divisible into {groups} groups")).into());
+                        }
+                        c += lc / groups;
+                    }
+                    (Layer::Route { layers, groups, group_id }, (c, h, wd))
+                }
+                "upsample" => {
+                    sec.check_keys(file, UPSAMPLE_KEYS)?;
+                    let stride: usize = sec.get(file, "stride", 2)?;
+                    if stride == 0 {
+                        return Err(sec.error(file, "[upsample] stride must be positive".into()).into());
+                    }
+                    let (c, h, wd) = prev;
+                    (Layer::Upsample { stride }, (c, h * stride, wd * stride))
+                }
+                "shortcut" => {
+                    sec.check_keys(file, SHORTCUT_KEYS)?;
+                    let from = resolve(sec.require(file, "from")?)?;
+                    if shapes[from] != prev {
+                        return Err(sec.error(file, format!("[shortcut] from layer {from} has shape {:?}, this one {:?}", shapes[from], prev)).into());
+                    }
+                    (Layer::Shortcut { from, activation: Activation::parse(sec, file)? }, prev)
+                }
+                "yolo" => {
+                    sec.check_keys(file, YOLO_KEYS)?;
+                    let head = YoloHead::from_section(sec, file, prev, (width, height))?;
+                    heads.push(head);
+                    (Layer::Yolo, prev)
+                }
+                other => {
+                    return Err(sec.error(file, format!("unknown layer [{other}]")).into());
+                }
+            };
+            tracing::debug!(target: "vigil::detect", index, kind = %sec.kind, ?out, "darknet layer");
+            layers.push(layer);
+            shapes.push(out);
+            prev = out;
+        }
+        if heads.is_empty() {
+            return Err(CfgError { file: file.to_string(), line: 1, message: "the network has no [yolo] head".into() }.into());
+        }
+        Ok(Self { layers, heads, width, height, channels })
+    }
+
+    /// The detection heads, in output order.
+    pub fn heads(&self) -> &[YoloHead] {
+        &self.heads
+    }
+
+    /// Run the network; returns one raw tensor per head, in `heads()` order.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let mut outs: Vec<Tensor> = Vec::with_capacity(self.layers.len());
+        let mut heads = Vec::with_capacity(self.heads.len());
+        let mut cur = x.clone();
+        for layer in &self.layers {
+            cur = match layer {
+                Layer::Conv(c) => c.forward(&cur)?,
+                Layer::MaxPool { size, stride, pad_lo, pad_hi } => {
+                    // Replicating the edge equals darknet's -inf padding: every window keeps at
+                    // least one real value, and the copy never exceeds the value it copies.
+                    let p = if pad_lo + pad_hi > 0 {
+                        cur.pad_with_same(2, *pad_lo, *pad_hi)?.pad_with_same(3, *pad_lo, *pad_hi)?
+                    } else {
+                        cur.clone()
+                    };
+                    p.max_pool2d_with_stride(*size, *stride)?
+                }
+                Layer::Route { layers, groups, group_id } => {
+                    let parts = layers
+                        .iter()
+                        .map(|&l| {
+                            let t = &outs[l];
+                            if *groups == 1 {
+                                Ok(t.clone())
+                            } else {
+                                let c = t.dim(1)? / groups;
+                                t.narrow(1, group_id * c, c)
+                            }
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    if parts.len() == 1 { parts[0].clone() } else { Tensor::cat(&parts, 1)? }
+                }
+                Layer::Upsample { stride } => {
+                    let (_, _, h, w) = cur.dims4()?;
+                    cur.upsample_nearest2d(h * stride, w * stride)?
+                }
+                Layer::Shortcut { from, activation } => activation.apply(&(&cur + &outs[*from])?)?,
+                Layer::Yolo => {
+                    heads.push(cur.clone());
+                    cur
+                }
+            };
+            outs.push(cur.clone());
+        }
+        Ok(heads)
+    }
+}
+
+/// What one convolution's weights look like in the file.
+struct ConvShape {
+    filters: usize,
+    in_per_group: usize,
+    size: usize,
+    bn: bool,
+}
+
+/// Read one convolution's weights in darknet order (biases, [scales, mean, variance], kernel) and fold
+/// batch norm into the kernel and bias: `w' = w·γ/(σ+ε)`, `b' = β − μ·γ/(σ+ε)`.
+fn load_conv(w: &mut WeightReader, device: &Device, s: ConvShape) -> Result<(Tensor, Tensor), String> {
+    let n = s.filters;
+    let biases = w.take(n)?;
+    let per_filter = s.in_per_group * s.size * s.size;
+    let (mut kernel, bias) = if s.bn {
+        let scales = w.take(n)?;
+        let mean = w.take(n)?;
+        let var = w.take(n)?;
+        let mut kernel = w.take(n * per_filter)?;
+        let mut bias = Vec::with_capacity(n);
+        for f in 0..n {
+            // darknet's normalize_cpu adds its epsilon to the standard deviation, not the variance
+            let k = scales[f] / (var[f].sqrt() + 0.000001);
+            for v in &mut kernel[f * per_filter..(f + 1) * per_filter] {
+                *v *= k;
+            }
+            bias.push(biases[f] - mean[f] * k);
+        }
+        (kernel, bias)
+    } else {
+        (w.take(n * per_filter)?, biases)
+    };
+    kernel.shrink_to_fit();
+    let kernel = Tensor::from_vec(kernel, (n, s.in_per_group, s.size, s.size), device).map_err(|e| e.to_string())?;
+    let bias = Tensor::from_vec(bias, n, device).map_err(|e| e.to_string())?;
+    Ok((kernel.to_dtype(DType::F32).map_err(|e| e.to_string())?, bias))
+}

@@ -1,0 +1,158 @@
+//! Head decoders: raw network outputs → candidate boxes in model-input pixels.
+//!
+//! `[yolo]` (YOLOv3/v4): for each cell `(cx, cy)` and anchor `a` of the mask, channels
+//! `a·(5+C) + {x, y, w, h, objectness, class₀…}`:
+//! `x = (cx + σ(tx)·s − (s−1)/2) / grid_w · net_w`, `w = anchor_w · e^tw`, score = σ(obj)·σ(cls).
+//! With `new_coords=1` (scaled YOLOv4) the layer before already applied the logistic:
+//! `x = (cx + tx·s − (s−1)/2)/grid_w`, `w = anchor_w · 4·tw²`.
+
+use super::darknet::cfg::{CfgError, Section};
+use crate::frame::{BoxInModel, Xyxy};
+
+/// A box before NMS, in model-input pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub box_in_model: BoxInModel,
+    pub class_id: u32,
+    pub score: f32,
+}
+
+/// A `[yolo]` head.
+#[derive(Debug, Clone)]
+pub struct YoloHead {
+    /// Anchors of this head (after `mask`), in model-input pixels.
+    pub anchors: Vec<(f32, f32)>,
+    pub classes: usize,
+    pub scale_x_y: f32,
+    pub new_coords: bool,
+    /// Network input `(width, height)`.
+    pub net: (usize, usize),
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl YoloHead {
+    /// Build from a `[yolo]` section whose input has shape `(channels, h, w)`.
+    pub fn from_section(
+        sec: &Section,
+        file: &str,
+        input: (usize, usize, usize),
+        net: (usize, usize),
+    ) -> Result<Self, CfgError> {
+        let classes: usize = sec.get(file, "classes", 80)?;
+        let all: Vec<f32> = sec.list(file, "anchors")?.unwrap_or_default();
+        if all.is_empty() || all.len() % 2 != 0 {
+            return Err(sec.error(file, "[yolo] needs `anchors` as w,h pairs".into()));
+        }
+        let num: usize = sec.get(file, "num", all.len() / 2)?;
+        if num != all.len() / 2 {
+            return Err(sec.error(file, format!("[yolo] num={num} but {} anchor pairs are given", all.len() / 2)));
+        }
+        let mask: Vec<usize> = sec.list(file, "mask")?.unwrap_or_else(|| (0..num).collect());
+        let mut anchors = Vec::with_capacity(mask.len());
+        for m in mask {
+            let a = all
+                .get(2 * m..2 * m + 2)
+                .ok_or_else(|| sec.error(file, format!("[yolo] mask names anchor {m}, but there are {num}")))?;
+            anchors.push((a[0], a[1]));
+        }
+        let expected = anchors.len() * (5 + classes);
+        if input.0 != expected {
+            return Err(sec.error(
+                file,
+                format!(
+                    "[yolo] expects {expected} input channels ({} anchors × (5 + {classes} classes)), the layer before gives {}",
+                    anchors.len(),
+                    input.0
+                ),
+            ));
+        }
+        let new_coords: usize = sec.get(file, "new_coords", 0)?;
+        Ok(Self {
+            anchors,
+            classes,
+            scale_x_y: sec.get(file, "scale_x_y", 1.0)?,
+            new_coords: new_coords != 0,
+            net,
+        })
+    }
+
+    /// Decode one image's output (`anchors·(5+C)` planes of `grid_h × grid_w`, row-major) into
+    /// candidates with score ≥ `threshold`, one per class above it (darknet's multi-label rule).
+    pub fn decode(&self, raw: &[f32], grid: (usize, usize), threshold: f32, out: &mut Vec<Candidate>) {
+        let (gh, gw) = grid;
+        let plane = gh * gw;
+        let stride = 5 + self.classes;
+        if raw.len() != self.anchors.len() * stride * plane {
+            return;
+        }
+        let s = self.scale_x_y;
+        let (net_w, net_h) = (self.net.0 as f32, self.net.1 as f32);
+        let act = |v: f32| if self.new_coords { v } else { sigmoid(v) };
+        for (a, &(aw, ah)) in self.anchors.iter().enumerate() {
+            let base = a * stride * plane;
+            for cell in 0..plane {
+                let at = |k: usize| raw[base + k * plane + cell];
+                let obj = act(at(4));
+                if obj < threshold {
+                    continue;
+                }
+                let (cy, cx) = ((cell / gw) as f32, (cell % gw) as f32);
+                let x = (cx + act(at(0)) * s - (s - 1.0) / 2.0) / gw as f32 * net_w;
+                let y = (cy + act(at(1)) * s - (s - 1.0) / 2.0) / gh as f32 * net_h;
+                let (w, h) = if self.new_coords {
+                    (4.0 * at(2) * at(2) * aw, 4.0 * at(3) * at(3) * ah)
+                } else {
+                    (at(2).exp() * aw, at(3).exp() * ah)
+                };
+                let b = BoxInModel(Xyxy::from_center(x, y, w, h));
+                for c in 0..self.classes {
+                    let score = obj * act(at(5 + c));
+                    if score >= threshold {
+                        out.push(Candidate {
+                            box_in_model: b,
+                            class_id: c as u32,
+                            score,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A single confident cell decodes to the box the formula gives, in model pixels.
+    #[test]
+    fn decodes_one_cell() {
+        let head = YoloHead {
+            anchors: vec![(10.0, 20.0)],
+            classes: 2,
+            scale_x_y: 1.0,
+            new_coords: false,
+            net: (64, 64),
+        };
+        let (gh, gw) = (2, 2);
+        let mut raw = vec![-20.0f32; 7 * gh * gw];
+        let cell = gw + 1; // row 1, col 1
+        raw[cell] = 0.0; // tx -> 0.5
+        raw[4 + cell] = 0.0; // ty -> 0.5 (plane 1)
+        raw[4 * 2 + cell] = 0.0; // tw -> e^0 = 1
+        raw[4 * 3 + cell] = 0.0;
+        raw[4 * 4 + cell] = 20.0; // objectness ~1
+        raw[4 * 6 + cell] = 20.0; // class 1
+        let mut out = Vec::new();
+        head.decode(&raw, (gh, gw), 0.5, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].class_id, 1);
+        let b = out[0].box_in_model.0;
+        // centre (1.5/2*64, ...) = 48, size 10x20
+        assert!((b.x1 - 43.0).abs() < 1e-4 && (b.y1 - 38.0).abs() < 1e-4, "{b:?}");
+        assert!((b.x2 - 53.0).abs() < 1e-4 && (b.y2 - 58.0).abs() < 1e-4, "{b:?}");
+    }
+}

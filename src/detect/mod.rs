@@ -1,0 +1,183 @@
+//! Object detectors. A [`Detector`] turns prepared model inputs into candidate boxes in model
+//! pixels; [`postprocess`] applies the thresholds, class filter and NMS and maps boxes to the frame.
+//! Every head decoder yields the same [`head::Candidate`], so NMS, tracking and outputs never
+//! care which model ran.
+
+pub mod darknet;
+pub mod head;
+pub mod manifest;
+pub mod nms;
+
+use std::io::Read;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::frame::Detection;
+use crate::preprocess::ModelInput;
+use head::Candidate;
+use manifest::{Family, ModelInfo};
+use nms::NmsParams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("model {model}: {source}")]
+    Darknet {
+        model: String,
+        #[source]
+        source: darknet::DarknetError,
+    },
+    #[error("model {model}: weights file {path}: {message}")]
+    Weights { model: String, path: String, message: String },
+    #[error("device `{0}`: {1}")]
+    Device(String, String),
+    #[error("inference: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("inputs of {got:?} do not fit the model's {want:?}")]
+    InputSize { got: (u32, u32), want: (u32, u32) },
+}
+
+/// Pick the Candle device for `spec` (`cpu`, `cuda:N`, `auto`).
+pub fn device(spec: &str) -> Result<Device, DetectError> {
+    let err = |m: &str| DetectError::Device(spec.to_string(), m.to_string());
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(err("this vigil was built without CUDA (cargo feature `cuda`)"));
+                }
+                Device::new_cuda(n).map_err(|e| err(&e.to_string()))
+            }
+            _ => Err(err("expected `cpu`, `cuda:N` or `auto`")),
+        },
+    }
+}
+
+/// A model that finds objects.
+pub trait Detector: Send {
+    fn info(&self) -> &ModelInfo;
+    /// Run a batch; one list of candidates (model pixels, before NMS, score ≥ `threshold`) per input.
+    fn infer(&self, inputs: &[&ModelInput], threshold: f32) -> Result<Vec<Vec<Candidate>>, DetectError>;
+}
+
+/// Verify a weights file against its manifest's SHA-256.
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        format!("cannot open ({e}); run `scripts/fetch-assets` (or `make assets`) to download it")
+    })?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| format!("cannot read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if got != expected {
+        return Err(format!("SHA-256 is {got}, the manifest expects {expected}: wrong or corrupted file"));
+    }
+    Ok(())
+}
+
+/// Load the model a manifest describes onto `device`.
+pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+    verify_sha256(&info.weights, &info.weights_sha256).map_err(|message| DetectError::Weights {
+        model: info.name.clone(),
+        path: info.weights.display().to_string(),
+        message,
+    })?;
+    match info.family {
+        Family::Darknet => {
+            let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| DetectError::Darknet {
+                model: info.name.clone(),
+                source,
+            })?;
+            Ok(Box::new(DarknetDetector {
+                info: info.clone(),
+                net,
+                device: device.clone(),
+            }))
+        }
+    }
+}
+
+/// A darknet network with `[yolo]` heads.
+#[derive(Debug)]
+pub struct DarknetDetector {
+    info: ModelInfo,
+    net: darknet::DarknetNet,
+    device: Device,
+}
+
+impl DarknetDetector {
+    /// The raw head tensors for a batch, `(batch, channels, h, w)` each (for parity tests).
+    pub fn raw_heads(&self, inputs: &[&ModelInput]) -> Result<Vec<Tensor>, DetectError> {
+        let want = self.info.input;
+        let mut data = Vec::with_capacity(inputs.len() * inputs.first().map_or(0, |i| i.chw.len()));
+        for i in inputs {
+            if (i.width, i.height) != want {
+                return Err(DetectError::InputSize { got: (i.width, i.height), want });
+            }
+            data.extend_from_slice(&i.chw);
+        }
+        let x = Tensor::from_vec(data, (inputs.len(), 3, want.1 as usize, want.0 as usize), &self.device)?;
+        Ok(self.net.forward(&x)?)
+    }
+}
+
+impl Detector for DarknetDetector {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn infer(&self, inputs: &[&ModelInput], threshold: f32) -> Result<Vec<Vec<Candidate>>, DetectError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let heads = self.raw_heads(inputs)?;
+        let mut out = vec![Vec::new(); inputs.len()];
+        for (head, t) in self.net.heads().iter().zip(&heads) {
+            let (b, _, gh, gw) = t.dims4()?;
+            let flat: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            let per = flat.len() / b.max(1);
+            for (i, cands) in out.iter_mut().enumerate() {
+                head.decode(&flat[i * per..(i + 1) * per], (gh, gw), threshold, cands);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Thresholds and filters applied after the network.
+#[derive(Debug, Clone)]
+pub struct PostParams {
+    pub confidence: f32,
+    /// `Some(mask)`: keep class `i` only where `mask[i]`.
+    pub classes: Option<Vec<bool>>,
+    pub nms: NmsParams,
+}
+
+/// Class filter, NMS, and back to frame pixels.
+pub fn postprocess(cands: Vec<Candidate>, p: &PostParams, input: &ModelInput) -> Vec<Detection> {
+    let cands: Vec<Candidate> = match &p.classes {
+        None => cands,
+        Some(mask) => cands
+            .into_iter()
+            .filter(|c| mask.get(c.class_id as usize).copied().unwrap_or(false))
+            .collect(),
+    };
+    nms::nms(cands, &p.nms)
+        .into_iter()
+        .map(|c| Detection {
+            class_id: c.class_id,
+            score: c.score,
+            box_in_frame: input.frame_from_model.apply(c.box_in_model),
+            track_id: None,
+        })
+        .collect()
+}

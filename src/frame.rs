@@ -1,0 +1,120 @@
+//! The values that travel between stages: [`Frame`] with its timestamps and pixels, and the boxes
+//! found in it. Every box type names the coordinate space it lives in.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Identifies one source of a pipeline (its `id` in the pipeline file).
+pub type StreamId = Arc<str>;
+
+/// A decoded picture: tightly packed 8-bit BGR (OpenCV's channel order), `width * 3` bytes a row.
+#[derive(Debug)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    pub bgr: Vec<u8>,
+}
+
+impl Image {
+    /// Bytes in one row.
+    pub fn row_bytes(&self) -> usize {
+        self.width as usize * 3
+    }
+}
+
+/// One decoded frame and everything learned about it so far. Moves by value from stage to stage;
+/// the pixels sit behind an `Arc` and are never copied after ingest.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Which source this frame came from.
+    pub stream: StreamId,
+    /// 0, 1, 2, … per stream, in decode order, with no gaps at ingest (a gap downstream is a drop).
+    pub seq: u64,
+    /// Presentation timestamp from the container or camera, in nanoseconds, if it had one.
+    pub pts_ns: Option<u64>,
+    /// Duration of this frame, if the stream says.
+    pub duration_ns: Option<u64>,
+    /// Nominal frame rate of the stream `(numerator, denominator)`, `(0, 1)` when variable or unknown.
+    pub fps: (i32, i32),
+    /// Wall-clock time at which ingest received the frame.
+    pub captured_at: SystemTime,
+    /// Monotonic instant at which ingest received the frame (for latency measurement).
+    pub ingested: Instant,
+    /// The pixels.
+    pub image: Arc<Image>,
+    /// Objects found in the frame, boxes in frame pixels (filled by the detector stage).
+    pub detections: Vec<Detection>,
+}
+
+/// An axis-aligned box `[x1, y1, x2, y2]` in some coordinate space.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Xyxy {
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
+}
+
+impl Xyxy {
+    pub fn from_center(cx: f32, cy: f32, w: f32, h: f32) -> Self {
+        Self {
+            x1: cx - w / 2.0,
+            y1: cy - h / 2.0,
+            x2: cx + w / 2.0,
+            y2: cy + h / 2.0,
+        }
+    }
+    pub fn width(&self) -> f32 {
+        (self.x2 - self.x1).max(0.0)
+    }
+    pub fn height(&self) -> f32 {
+        (self.y2 - self.y1).max(0.0)
+    }
+    pub fn area(&self) -> f32 {
+        self.width() * self.height()
+    }
+    /// Intersection over union; 0 when either box is empty.
+    pub fn iou(&self, other: &Xyxy) -> f32 {
+        let iw = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
+        let ih = (self.y2.min(other.y2) - self.y1.max(other.y1)).max(0.0);
+        let inter = iw * ih;
+        let union = self.area() + other.area() - inter;
+        if union <= 0.0 { 0.0 } else { inter / union }
+    }
+    /// Clamp into `[0, width] x [0, height]`.
+    pub fn clamped(&self, width: f32, height: f32) -> Self {
+        Self {
+            x1: self.x1.clamp(0.0, width),
+            y1: self.y1.clamp(0.0, height),
+            x2: self.x2.clamp(0.0, width),
+            y2: self.y2.clamp(0.0, height),
+        }
+    }
+}
+
+/// A box in the model's input pixels (after letterbox/stretch).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoxInModel(pub Xyxy);
+
+/// A box in the source frame's pixels: what users see, what JSONL and MQTT carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoxInFrame(pub Xyxy);
+
+/// One detected object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// Index into the model's class list.
+    pub class_id: u32,
+    /// Confidence in `[0, 1]` (objectness × class probability for YOLO heads).
+    pub score: f32,
+    pub box_in_frame: BoxInFrame,
+    /// Set by the tracker stage.
+    pub track_id: Option<u64>,
+}
+
+/// A message on a stage edge: a frame, or the end of one stream (travels in-band, after its last frame).
+#[derive(Debug)]
+pub enum Msg<T> {
+    Item(T),
+    Eos(StreamId),
+}

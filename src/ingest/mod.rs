@@ -1,0 +1,222 @@
+//! Ingest: GStreamer `uridecodebin → videoconvert → appsink (BGR)` per source, producing [`Frame`]s
+//! with their sequence number, PTS and capture time. End of stream (or an error, after whatever
+//! decoded) goes downstream in-band, so outputs always finalize.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
+
+use crate::config::plan::SourcePlan;
+use crate::config::spec::Pace;
+use crate::frame::{Frame, Image, Msg, StreamId};
+use crate::runtime::edge::EdgeTx;
+use crate::runtime::metrics::StageStats;
+
+/// How often the pull loop wakes to look at the stop flag and the bus.
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("source `{source_id}`: cannot build the GStreamer pipeline: {message}")]
+    Build { source_id: String, message: String },
+    #[error("source `{source_id}`: {message}")]
+    Stream { source_id: String, message: String },
+}
+
+/// What one source produced.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    pub frames: u64,
+}
+
+/// Initialise GStreamer once per process.
+pub fn init() -> Result<(), String> {
+    gst::init().map_err(|e| e.to_string())
+}
+
+/// Strip `user:password@` from a URI before it reaches a log or an error.
+pub fn redact_uri(uri: &str) -> String {
+    match uri.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((creds, host)) if !creds.contains('/') => format!("{scheme}://***@{host}"),
+            _ => uri.to_string(),
+        },
+        None => uri.to_string(),
+    }
+}
+
+/// Run one source until it ends, fails, or `stop` is set; always sends `Eos` downstream last.
+pub fn run(src: &SourcePlan, out: &EdgeTx<Frame>, stop: &AtomicBool, stats: &StageStats) -> Result<IngestReport, IngestError> {
+    let stream: StreamId = src.id.as_str().into();
+    let mut report = IngestReport::default();
+    let result = pull_all(src, &stream, out, stop, stats, &mut report);
+    // The downstream may already be gone (it failed): nothing more to tell it.
+    let _ = out.send(Msg::Eos(stream));
+    match &result {
+        Ok(()) => tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "end of stream"),
+        Err(e) => tracing::warn!(target: "vigil::ingest", source = %src.id, frames = report.frames, "stopped: {e}"),
+    }
+    result.map(|()| report)
+}
+
+fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
+    let pipeline = gst::Pipeline::with_name(&format!("ingest-{}", src.id));
+    let decode = gst::ElementFactory::make("uridecodebin")
+        .property("uri", &src.uri)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let convert = gst::ElementFactory::make("videoconvert").build().map_err(|e| e.to_string())?;
+    let sink = gst_app::AppSink::builder()
+        .caps(&gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::Bgr).build())
+        .sync(src.pace == Pace::Realtime)
+        .max_buffers(4)
+        .drop(false)
+        .build();
+    pipeline
+        .add_many([&decode, &convert, sink.upcast_ref()])
+        .map_err(|e| e.to_string())?;
+    convert.link(&sink).map_err(|e| e.to_string())?;
+    let convert_weak = convert.downgrade();
+    let id = src.id.clone();
+    decode.connect_pad_added(move |_, pad| {
+        let is_video = pad
+            .current_caps()
+            .or_else(|| Some(pad.query_caps(None)))
+            .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+            .unwrap_or(false);
+        let Some(convert) = convert_weak.upgrade() else { return };
+        let Some(sinkpad) = convert.static_pad("sink") else { return };
+        if is_video && !sinkpad.is_linked() {
+            if let Err(e) = pad.link(&sinkpad) {
+                tracing::warn!(target: "vigil::ingest", source = %id, "cannot link decoded video: {e:?}");
+            }
+        }
+    });
+    Ok((pipeline, sink))
+}
+
+fn pull_all(
+    src: &SourcePlan,
+    stream: &StreamId,
+    out: &EdgeTx<Frame>,
+    stop: &AtomicBool,
+    stats: &StageStats,
+    report: &mut IngestReport,
+) -> Result<(), IngestError> {
+    let safe_uri = redact_uri(&src.uri);
+    let (pipeline, sink) = build(src).map_err(|message| IngestError::Build { source_id: src.id.clone(), message })?;
+    let stream_err = |message: String| IngestError::Stream { source_id: src.id.clone(), message };
+    let bus = pipeline.bus().ok_or_else(|| stream_err("pipeline has no bus".into()))?;
+    tracing::info!(target: "vigil::ingest", source = %src.id, uri = %safe_uri, "starting");
+    let _guard = StopOnDrop(pipeline.clone());
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| stream_err(format!("{safe_uri}: cannot start playing (see the error below)")))
+        .or_else(|e| match first_error(&bus) {
+            Some(m) => Err(stream_err(format!("{safe_uri}: {m}"))),
+            None => Err(e),
+        })?;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            tracing::info!(target: "vigil::ingest", source = %src.id, "stop requested");
+            return Ok(());
+        }
+        if let Some(m) = first_error(&bus) {
+            return Err(stream_err(format!("{safe_uri}: {m}")));
+        }
+        match sink.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) {
+            Some(sample) => {
+                let started = Instant::now();
+                let frame = to_frame(&sample, stream, report.frames).map_err(stream_err)?;
+                report.frames += 1;
+                stats.record(started.elapsed());
+                tracing::trace!(target: "vigil::ingest", source = %src.id, seq = frame.seq, "frame");
+                if out.send(Msg::Item(frame)).is_err() {
+                    return Err(stream_err("the pipeline downstream has stopped".into()));
+                }
+            }
+            None if sink.is_eos() => {
+                if let Some(m) = first_error(&bus) {
+                    return Err(stream_err(format!("{safe_uri}: {m}")));
+                }
+                if report.frames == 0 {
+                    return Err(stream_err(format!("{safe_uri}: ended without a single video frame")));
+                }
+                return Ok(());
+            }
+            None => {}
+        }
+    }
+}
+
+/// Sets the pipeline to NULL however the loop ends (releases files, sockets, decoders).
+struct StopOnDrop(gst::Pipeline);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+/// The first error waiting on the bus, as one line with GStreamer's debug detail.
+fn first_error(bus: &gst::Bus) -> Option<String> {
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Warning]) {
+        match msg.view() {
+            gst::MessageView::Error(e) => {
+                let detail = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
+                return Some(format!("{}{}", e.error(), detail.lines().next().unwrap_or("")));
+            }
+            gst::MessageView::Warning(w) => {
+                tracing::warn!(target: "vigil::ingest", "GStreamer warning: {}", w.error());
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn to_frame(sample: &gst::Sample, stream: &StreamId, seq: u64) -> Result<Frame, String> {
+    let captured_at = SystemTime::now();
+    let ingested = Instant::now();
+    let caps = sample.caps().ok_or("decoded sample without caps")?;
+    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| format!("unusable caps {caps}: {e}"))?;
+    let buffer = sample.buffer().ok_or("decoded sample without a buffer")?;
+    let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        .map_err(|e| format!("cannot map a decoded frame: {e}"))?;
+    let (w, h) = (info.width(), info.height());
+    let stride = vframe.plane_stride()[0] as usize;
+    let data = vframe.plane_data(0).map_err(|e| e.to_string())?;
+    let row = w as usize * 3;
+    let mut bgr = Vec::with_capacity(row * h as usize);
+    for y in 0..h as usize {
+        let line = data.get(y * stride..y * stride + row).ok_or("decoded frame is shorter than its caps say")?;
+        bgr.extend_from_slice(line);
+    }
+    Ok(Frame {
+        stream: stream.clone(),
+        seq,
+        pts_ns: buffer.pts().map(|t| t.nseconds()),
+        duration_ns: buffer.duration().map(|t| t.nseconds()),
+        fps: (info.fps().numer(), info.fps().denom()),
+        captured_at,
+        ingested,
+        image: Arc::new(Image { width: w, height: h, bgr }),
+        detections: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_logs() {
+        assert_eq!(redact_uri("rtsp://admin:hunter2@10.0.0.5:554/x"), "rtsp://***@10.0.0.5:554/x");
+        assert_eq!(redact_uri("file:///a/b@c.mp4"), "file:///a/b@c.mp4");
+    }
+}

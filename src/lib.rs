@@ -1,0 +1,10 @@
+//! vigil: a real-time video analytics daemon. See `ARCHITECTURE.md` for the module map.
+
+pub mod config;
+pub mod detect;
+pub mod frame;
+pub mod image_io;
+pub mod ingest;
+pub mod output;
+pub mod preprocess;
+pub mod runtime;

@@ -1,0 +1,218 @@
+//! The `vigil` command line. Exit codes: 0 success, 1 failure (bad config, a source or output
+//! failed), 2 bad usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use vigil::config;
+use vigil::config::spec::Resize;
+use vigil::detect::nms::NmsParams;
+use vigil::detect::{self, PostParams};
+use vigil::frame::Frame;
+use vigil::output::record::Record;
+use vigil::runtime::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Real-time video analytics: detect, track, record")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file until its sources end (files) or SIGINT/SIGTERM (drains, finalizes outputs).
+    Run {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Leave wall-clock fields out of metadata so reruns give identical output.
+        #[arg(long)]
+        deterministic: bool,
+    },
+    /// Validate pipeline files: prints every problem as file:line:column: message.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Detect objects in still images and print them.
+    Detect {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Model manifest.
+        #[arg(long, default_value = "models/yolov3-tiny.yaml")]
+        model: PathBuf,
+        /// Minimum score.
+        #[arg(long, default_value_t = config::spec::DEFAULT_CONFIDENCE)]
+        confidence: f32,
+        /// NMS IoU threshold.
+        #[arg(long, default_value_t = config::spec::DEFAULT_NMS_IOU)]
+        iou: f32,
+        /// Override the manifest's resize: letterbox or stretch.
+        #[arg(long, value_parser = parse_resize)]
+        resize: Option<Resize>,
+        /// cpu, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// One JSON record per image (the metadata schema) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_resize(s: &str) -> Result<Resize, String> {
+    match s {
+        "letterbox" => Ok(Resize::Letterbox),
+        "stretch" => Ok(Resize::Stretch),
+        _ => Err(format!("`{s}`: expected letterbox or stretch")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Run { pipeline, deterministic } => run(&pipeline, deterministic),
+        Command::Check { files } => Ok(check(&files)),
+        Command::Detect { images, model, confidence, iou, resize, device, json } => {
+            detect_images(&images, &model, confidence, iou, resize, &device, json)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match config::load(f) {
+            Ok(_) => println!("{}: ok", f.display()),
+            Err(e) => {
+                ok = false;
+                println!("{e}");
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn run(path: &PathBuf, deterministic: bool) -> Result<ExitCode> {
+    let plan = match config::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    vigil::ingest::init().map_err(anyhow::Error::msg).context("GStreamer")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while draining exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone()).context("signal handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
+    }
+    let device = detect::device(&plan.device)?;
+    let detector = detect::load(&plan.model, &device)?;
+    tracing::info!(pipeline = %plan.name, model = %plan.model.name, sources = plan.sources.len(), "running");
+    let report = runtime::run(&plan, detector, &stop, &RunOptions { deterministic });
+
+    let frames: u64 = report.frames_in.iter().map(|(_, n)| n).sum();
+    let secs = report.wall.as_secs_f64();
+    eprintln!(
+        "{}: {frames} frames in {secs:.1} s ({:.1} fps){}",
+        plan.name,
+        frames as f64 / secs.max(1e-9),
+        if report.stopped { ", stopped by signal" } else { "" }
+    );
+    for (stage, n, ms) in &report.stages {
+        eprintln!("  stage {stage}: {n} frames, {ms:.2} ms/frame");
+    }
+    for (edge, sent, dropped) in report.edges.iter().filter(|e| e.2 > 0) {
+        eprintln!("  edge {edge}: {sent} sent, {dropped} dropped");
+    }
+    for (out, n) in &report.outputs {
+        eprintln!("  wrote {out}: {n} frames");
+    }
+    if report.errors.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn detect_images(
+    images: &[PathBuf],
+    model: &PathBuf,
+    confidence: f32,
+    iou: f32,
+    resize: Option<Resize>,
+    device: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    if !(0.0..=1.0).contains(&confidence) || !(0.0..=1.0).contains(&iou) {
+        bail!("--confidence and --iou must be between 0 and 1");
+    }
+    let info = detect::manifest::ModelInfo::load(model)?;
+    let resize = resize.unwrap_or(info.resize);
+    let detector = detect::load(&info, &detect::device(device)?)?;
+    let post = PostParams {
+        confidence,
+        classes: None,
+        nms: NmsParams { iou, class_aware: true, max_detections: config::spec::DEFAULT_MAX_DETECTIONS },
+    };
+    let mut failed = false;
+    for path in images {
+        let image = match vigil::image_io::read(path) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let input = vigil::preprocess::prepare(&image, info.input, resize)?;
+        let cands = detector.infer(&[&input], confidence)?.pop().unwrap_or_default();
+        let frame = Frame {
+            stream: path.display().to_string().into(),
+            seq: 0,
+            pts_ns: None,
+            duration_ns: None,
+            fps: (0, 1),
+            captured_at: std::time::SystemTime::now(),
+            ingested: std::time::Instant::now(),
+            image: Arc::new(image),
+            detections: detect::postprocess(cands, &post, &input),
+        };
+        let record = Record::of(&frame, "detect", &info.classes, false);
+        if json {
+            println!("{}", serde_json::to_string(&record)?);
+        } else {
+            println!("{} ({}x{}, {:?}): {} objects", path.display(), frame.image.width, frame.image.height, resize, record.detections.len());
+            println!("  {:<14} {:>6}  {:>7} {:>7} {:>7} {:>7}", "class", "score", "x", "y", "w", "h");
+            for d in &record.detections {
+                let [x1, y1, x2, y2] = d.bbox;
+                println!("  {:<14} {:>6.3}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}", d.class, d.score, x1, y1, x2 - x1, y2 - y1);
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,44 @@
+//! JSON lines: one [`Record`] per frame. Each line is written whole with one `write` call, so a file
+//! cut short by a crash still holds only complete lines (and SIGTERM drains before exit).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::OutputError;
+use super::record::Record;
+
+pub struct JsonlWriter {
+    path: PathBuf,
+    file: File,
+    pub lines: u64,
+}
+
+impl JsonlWriter {
+    pub fn create(path: &Path) -> Result<Self, OutputError> {
+        let file = super::create_file(path)?;
+        Ok(Self { path: path.to_path_buf(), file, lines: 0 })
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<(), OutputError> {
+        let mut line = serde_json::to_string(record).map_err(|e| OutputError::Io {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|e| OutputError::Io {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<u64, OutputError> {
+        self.file.sync_all().map_err(|e| OutputError::Io {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(self.lines)
+    }
+}

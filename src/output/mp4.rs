@@ -1,0 +1,176 @@
+//! H.264 in MP4: `appsrc (BGR) → videoconvert → I420 → x264enc → h264parse → mp4mux → filesink`.
+//! The encoder starts at the first frame (its size is known then) and is finalized with EOS, so the
+//! file gets its index (`moov`) and plays.
+//!
+//! I420 is forced before x264enc: from BGR, videoconvert would otherwise negotiate Y444 and x264
+//! writes "High 4:4:4" H.264, which many players refuse.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+
+use super::OutputError;
+use crate::frame::Frame;
+
+/// How long finalizing may take before we give up on the muxer.
+const FINALIZE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings of one MP4 output.
+#[derive(Debug, Clone)]
+pub struct Mp4Settings {
+    pub path: PathBuf,
+    pub overlay: bool,
+    pub preset: String,
+    pub bitrate_kbps: u32,
+}
+
+struct Encoder {
+    pipeline: gst::Pipeline,
+    src: gst_app::AppSrc,
+    width: u32,
+    height: u32,
+    first_pts: Option<u64>,
+    next_pts: u64,
+}
+
+pub struct Mp4Writer {
+    settings: Mp4Settings,
+    classes: Vec<String>,
+    enc: Option<Encoder>,
+    pub frames: u64,
+}
+
+impl Mp4Writer {
+    pub fn new(settings: Mp4Settings, classes: Vec<String>) -> Result<Self, OutputError> {
+        // Fail early (before any frame) when the file cannot be created.
+        drop(super::create_file(&settings.path)?);
+        Ok(Self { settings, classes, enc: None, frames: 0 })
+    }
+
+    fn err(&self, message: impl Into<String>) -> OutputError {
+        OutputError::Encode { path: self.settings.path.display().to_string(), message: message.into() }
+    }
+
+    fn start(&self, width: u32, height: u32, fps: (i32, i32)) -> Result<Encoder, OutputError> {
+        let e = |m: String| self.err(m);
+        let pipeline = gst::Pipeline::with_name("mp4-out");
+        let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Bgr, width, height)
+            .fps(gst::Fraction::new(fps.0, fps.1.max(1)))
+            .build()
+            .map_err(|x| e(x.to_string()))?
+            .to_caps()
+            .map_err(|x| e(x.to_string()))?;
+        let src = gst_app::AppSrc::builder()
+            .caps(&caps)
+            .format(gst::Format::Time)
+            .block(true)
+            .max_bytes(u64::from(width) * u64::from(height) * 3 * 4)
+            .build();
+        let make = |name: &str| gst::ElementFactory::make(name).build().map_err(|x| e(format!("{name}: {x}")));
+        let convert = make("videoconvert")?;
+        let i420 = gst::ElementFactory::make("capsfilter")
+            .property("caps", gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::I420).build())
+            .build()
+            .map_err(|x| e(x.to_string()))?;
+        let x264 = make("x264enc")?;
+        x264.set_property_from_str("speed-preset", &self.settings.preset);
+        x264.set_property("bitrate", self.settings.bitrate_kbps);
+        let parse = make("h264parse")?;
+        let mux = make("mp4mux")?;
+        let sink = gst::ElementFactory::make("filesink")
+            .property("location", self.settings.path.to_string_lossy().as_ref())
+            .build()
+            .map_err(|x| e(x.to_string()))?;
+        let elements = [src.upcast_ref(), &convert, &i420, &x264, &parse, &mux, &sink];
+        pipeline.add_many(elements).map_err(|x| e(x.to_string()))?;
+        gst::Element::link_many(elements).map_err(|x| e(x.to_string()))?;
+        pipeline.set_state(gst::State::Playing).map_err(|_| e(bus_error(&pipeline).unwrap_or_else(|| "cannot start the encoder".into())))?;
+        tracing::info!(target: "vigil::output", path = %self.settings.path.display(), width, height, "mp4 encoder started");
+        Ok(Encoder { pipeline, src, width, height, first_pts: None, next_pts: 0 })
+    }
+
+    /// Encode one frame (drawing its detections first if overlay is on).
+    pub fn write(&mut self, frame: &Frame) -> Result<(), OutputError> {
+        let (w, h) = (frame.image.width, frame.image.height);
+        if self.enc.is_none() {
+            self.enc = Some(self.start(w, h, frame.fps)?);
+        }
+        let Some(enc) = self.enc.as_mut() else { return Ok(()) };
+        if (enc.width, enc.height) != (w, h) {
+            let msg = format!("frame size changed from {}x{} to {w}x{h}; this file keeps the first size", enc.width, enc.height);
+            return Err(OutputError::Encode { path: self.settings.path.display().to_string(), message: msg });
+        }
+        let mut pixels = frame.image.bgr.clone();
+        if self.settings.overlay {
+            super::overlay::draw(&mut pixels, w, h, &frame.detections, &self.classes)
+                .map_err(|x| OutputError::Encode { path: self.settings.path.display().to_string(), message: x.to_string() })?;
+        }
+        // Timestamps start at zero; frames without a PTS follow the previous one.
+        let pts = match (frame.pts_ns, enc.first_pts) {
+            (Some(p), None) => {
+                enc.first_pts = Some(p);
+                0
+            }
+            (Some(p), Some(first)) => p.saturating_sub(first).max(enc.next_pts),
+            (None, _) => enc.next_pts,
+        };
+        let duration = frame.duration_ns.unwrap_or(40_000_000);
+        enc.next_pts = pts + duration;
+        let mut buffer = gst::Buffer::from_mut_slice(pixels);
+        if let Some(b) = buffer.get_mut() {
+            b.set_pts(gst::ClockTime::from_nseconds(pts));
+            b.set_duration(gst::ClockTime::from_nseconds(duration));
+        }
+        enc.src.push_buffer(buffer).map_err(|flow| {
+            let detail = bus_error(&enc.pipeline).unwrap_or_else(|| format!("{flow:?}"));
+            OutputError::Encode { path: self.settings.path.display().to_string(), message: detail }
+        })?;
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Send EOS and wait until the muxer has written the index. Returns frames written.
+    pub fn finish(mut self) -> Result<u64, OutputError> {
+        let Some(enc) = self.enc.take() else {
+            // No frame ever came: leave no empty, unplayable file behind.
+            let _ = std::fs::remove_file(&self.settings.path);
+            return Ok(0);
+        };
+        let result = finalize(&enc);
+        let _ = enc.pipeline.set_state(gst::State::Null);
+        result.map_err(|m| self.err(m))?;
+        tracing::info!(target: "vigil::output", path = %self.settings.path.display(), frames = self.frames, "mp4 finalized");
+        Ok(self.frames)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.settings.path
+    }
+}
+
+fn finalize(enc: &Encoder) -> Result<(), String> {
+    enc.src.end_of_stream().map_err(|f| format!("cannot end the stream: {f:?}"))?;
+    let bus = enc.pipeline.bus().ok_or("encoder pipeline has no bus")?;
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(FINALIZE_TIMEOUT.as_nanos() as u64),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(e.error().to_string()),
+        _ => Err(format!("the muxer did not finish within {FINALIZE_TIMEOUT:?}")),
+    }
+}
+
+fn bus_error(p: &gst::Pipeline) -> Option<String> {
+    let bus = p.bus()?;
+    let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,59 @@
+//! Draw detections on a BGR frame with OpenCV: a box per object, `class score` (and `#track`) above it.
+
+use opencv::core::{Mat, Point, Rect, Scalar, Vec3b};
+use opencv::imgproc;
+
+use crate::frame::Detection;
+
+/// A distinct, stable colour per class (or per track when tracked), BGR.
+fn colour(key: u64) -> Scalar {
+    const PALETTE: [(f64, f64, f64); 10] = [
+        (56.0, 56.0, 255.0),
+        (151.0, 157.0, 255.0),
+        (31.0, 112.0, 255.0),
+        (29.0, 178.0, 255.0),
+        (49.0, 210.0, 207.0),
+        (10.0, 249.0, 72.0),
+        (23.0, 204.0, 146.0),
+        (134.0, 219.0, 61.0),
+        (211.0, 188.0, 0.0),
+        (255.0, 115.0, 100.0),
+    ];
+    let (b, g, r) = PALETTE[(key % PALETTE.len() as u64) as usize];
+    Scalar::new(b, g, r, 0.0)
+}
+
+/// Draw `detections` into `bgr` (`width × height`, tightly packed).
+pub fn draw(bgr: &mut [u8], width: u32, height: u32, detections: &[Detection], classes: &[String]) -> opencv::Result<()> {
+    let mut mat = Mat::new_rows_cols_with_bytes_mut::<Vec3b>(height as i32, width as i32, bgr)?;
+    let thickness = ((width.max(height) as f32 / 400.0).round() as i32).max(1);
+    let font_scale = (thickness as f64) * 0.45;
+    for d in detections {
+        let b = d.box_in_frame.0;
+        let c = colour(d.track_id.unwrap_or(d.class_id as u64));
+        let rect = Rect::new(b.x1 as i32, b.y1 as i32, b.width().max(1.0) as i32, b.height().max(1.0) as i32);
+        imgproc::rectangle(&mut mat, rect, c, thickness, imgproc::LINE_8, 0)?;
+        let name = classes.get(d.class_id as usize).map_or("?", String::as_str);
+        let label = match d.track_id {
+            Some(t) => format!("#{t} {name} {:.2}", d.score),
+            None => format!("{name} {:.2}", d.score),
+        };
+        let mut base = 0;
+        let size = imgproc::get_text_size(&label, imgproc::FONT_HERSHEY_SIMPLEX, font_scale, 1, &mut base)?;
+        let top = (b.y1 as i32 - size.height - base).max(0);
+        let bg = Rect::new(b.x1 as i32, top, size.width + 2, size.height + base);
+        imgproc::rectangle(&mut mat, bg, c, imgproc::FILLED, imgproc::LINE_8, 0)?;
+        imgproc::put_text(
+            &mut mat,
+            &label,
+            Point::new(b.x1 as i32 + 1, top + size.height),
+            imgproc::FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            Scalar::new(255.0, 255.0, 255.0, 0.0),
+            1,
+            imgproc::LINE_AA,
+            false,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! Builds and runs a pipeline's threads:
+//!
+//! ```text
+//! ingest(src) ─► preprocess(src) ─┐                 ┌─► post(src) ─► mp4(src), jsonl(src), …
+//! ingest(src) ─► preprocess(src) ─┴─► detect+nms ───┴─► post(src) ─► …
+//! ```
+//! Live sources drop the oldest frame on their first edge when the chain behind is busy; every
+//! other edge blocks, so nothing already paid for is thrown away. EOS of each stream follows its
+//! frames through every stage; outputs finalize on it, or when their input closes because a stage
+//! before them failed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::Plan;
+use crate::config::plan::OutputKind;
+use crate::detect::Detector;
+use crate::frame::{Frame, Msg, StreamId};
+use crate::output::jsonl::JsonlWriter;
+use crate::output::mp4::{Mp4Settings, Mp4Writer};
+use crate::output::record::Record;
+use crate::preprocess::{self, ModelInput};
+use crate::runtime::edge::{EdgeRx, EdgeStats, EdgeTx, WhenFull, edge};
+use crate::runtime::metrics::StageStats;
+
+/// How a run behaves beyond its plan.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Leave wall-clock fields out of metadata, so reruns give byte-identical output.
+    pub deterministic: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub wall: Duration,
+    /// Frames decoded per source.
+    pub frames_in: Vec<(String, u64)>,
+    /// Frames that reached each output, `(description, count)`.
+    pub outputs: Vec<(String, u64)>,
+    /// `(stage, frames, mean ms per frame)`.
+    pub stages: Vec<(String, u64, f64)>,
+    /// `(edge, sent, dropped)`.
+    pub edges: Vec<(String, u64, u64)>,
+    /// Every error, each naming its source or output.
+    pub errors: Vec<String>,
+    /// The run ended because a stop (SIGINT/SIGTERM) was requested.
+    pub stopped: bool,
+}
+
+type Prepared = (Frame, ModelInput);
+
+/// Run `plan` with `detector` until every source ends (or `stop` is set and everything drains).
+pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &RunOptions) -> RunReport {
+    let started = Instant::now();
+    let cap = plan.queue_capacity;
+    let mut stages: Vec<(String, Arc<StageStats>)> = Vec::new();
+    let mut edges: Vec<(String, Arc<EdgeStats>)> = Vec::new();
+    let mut stage = |name: String| {
+        let s = Arc::new(StageStats::default());
+        stages.push((name, s.clone()));
+        s
+    };
+
+    let (det_tx, det_rx) = edge::<Prepared>("preprocess→detect", cap, WhenFull::Block);
+    edges.push(("preprocess→detect".into(), det_tx.stats().clone()));
+    let mut post_txs: HashMap<StreamId, EdgeTx<Frame>> = HashMap::new();
+
+    struct SourceWiring {
+        ingest_tx: EdgeTx<Frame>,
+        ingest_rx: EdgeRx<Frame>,
+        post_rx: EdgeRx<Frame>,
+        outputs: Vec<(String, OutputKind, EdgeTx<Frame>, EdgeRx<Frame>, Arc<StageStats>)>,
+        ingest_stats: Arc<StageStats>,
+        pre_stats: Arc<StageStats>,
+        post_stats: Arc<StageStats>,
+    }
+    let mut wiring = Vec::new();
+    for s in &plan.sources {
+        let name = format!("ingest→preprocess[{}]", s.id);
+        let (ingest_tx, ingest_rx) = edge::<Frame>(&name, cap, s.when_full);
+        edges.push((name, ingest_tx.stats().clone()));
+        let name = format!("detect→post[{}]", s.id);
+        let (post_tx, post_rx) = edge::<Frame>(&name, cap, WhenFull::Block);
+        edges.push((name, post_tx.stats().clone()));
+        post_txs.insert(s.id.as_str().into(), post_tx);
+        let mut outputs = Vec::new();
+        for o in plan.outputs.iter().filter(|o| o.source == s.id) {
+            let desc = match &o.kind {
+                OutputKind::Mp4 { path, .. } => format!("mp4 {}", path.display()),
+                OutputKind::Jsonl { path } => format!("jsonl {}", path.display()),
+            };
+            let name = format!("post→{desc}");
+            let (tx, rx) = edge::<Frame>(&name, cap, WhenFull::Block);
+            edges.push((name, tx.stats().clone()));
+            let st = stage(format!("output {desc}"));
+            outputs.push((desc, o.kind.clone(), tx, rx, st));
+        }
+        wiring.push(SourceWiring {
+            ingest_tx,
+            ingest_rx,
+            post_rx,
+            outputs,
+            ingest_stats: stage(format!("ingest[{}]", s.id)),
+            pre_stats: stage(format!("preprocess[{}]", s.id)),
+            post_stats: stage(format!("post[{}]", s.id)),
+        });
+    }
+    let det_stats = stage("detect".into());
+
+    let classes = plan.model.classes.clone();
+    let mut report = RunReport::default();
+    std::thread::scope(|scope| {
+        let mut ingest_handles = Vec::new();
+        let mut other_handles = Vec::new();
+        let mut output_handles = Vec::new();
+        for (s, w) in plan.sources.iter().zip(wiring) {
+            let SourceWiring { ingest_tx, ingest_rx, post_rx, outputs, ingest_stats, pre_stats, post_stats } = w;
+            ingest_handles.push((
+                s.id.clone(),
+                std::thread::Builder::new()
+                    .name(format!("ingest-{}", s.id))
+                    .spawn_scoped(scope, move || crate::ingest::run(s, &ingest_tx, stop, &ingest_stats))
+                    .expect("spawn ingest thread"),
+            ));
+            let det_tx = det_tx.clone();
+            let (model_w, model_h) = plan.model.input;
+            let resize = plan.resize;
+            other_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("pre-{}", s.id))
+                    .spawn_scoped(scope, move || preprocess_stage(&ingest_rx, &det_tx, (model_w, model_h), resize, &pre_stats))
+                    .expect("spawn preprocess thread"),
+            );
+            let out_txs: Vec<EdgeTx<Frame>> = outputs.iter().map(|o| o.2.clone()).collect();
+            other_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("post-{}", s.id))
+                    .spawn_scoped(scope, move || post_stage(&post_rx, out_txs, &post_stats))
+                    .expect("spawn post thread"),
+            );
+            for (desc, kind, tx, rx, st) in outputs {
+                drop(tx);
+                let classes = classes.clone();
+                let pipeline_name = plan.name.clone();
+                let deterministic = opts.deterministic;
+                output_handles.push((
+                    desc.clone(),
+                    std::thread::Builder::new()
+                        .name(format!("out-{}", s.id))
+                        .spawn_scoped(scope, move || output_stage(&rx, kind, classes, &pipeline_name, deterministic, &st))
+                        .expect("spawn output thread"),
+                ));
+            }
+        }
+        drop(det_tx);
+        let n_sources = plan.sources.len();
+        let post = plan.post.clone();
+        let batch = plan.batch;
+        let det_handle = std::thread::Builder::new()
+            .name("detect".into())
+            .spawn_scoped(scope, move || detect_stage(&det_rx, post_txs, detector, &post, batch, n_sources, &det_stats))
+            .expect("spawn detect thread");
+
+        for (id, h) in ingest_handles {
+            match h.join() {
+                Ok(Ok(r)) => report.frames_in.push((id, r.frames)),
+                Ok(Err(e)) => {
+                    report.frames_in.push((id, 0));
+                    report.errors.push(e.to_string());
+                }
+                Err(_) => report.errors.push(format!("source `{id}`: ingest thread panicked")),
+            }
+        }
+        if let Ok(Err(e)) = det_handle.join() {
+            report.errors.push(e);
+        }
+        for h in other_handles {
+            if let Ok(Err(e)) = h.join() {
+                report.errors.push(e);
+            }
+        }
+        for (desc, h) in output_handles {
+            match h.join() {
+                Ok(Ok(n)) => report.outputs.push((desc, n)),
+                Ok(Err(e)) => report.errors.push(e),
+                Err(_) => report.errors.push(format!("{desc}: output thread panicked")),
+            }
+        }
+    });
+    report.stopped = stop.load(Ordering::Relaxed);
+    report.wall = started.elapsed();
+    report.stages = stages
+        .iter()
+        .map(|(n, s)| (n.clone(), s.frames.load(Ordering::Relaxed), s.mean_ms()))
+        .collect();
+    report.edges = edges
+        .iter()
+        .map(|(n, s)| (n.clone(), s.sent.load(Ordering::Relaxed), s.dropped.load(Ordering::Relaxed)))
+        .collect();
+    report
+}
+
+fn preprocess_stage(
+    rx: &EdgeRx<Frame>,
+    tx: &EdgeTx<Prepared>,
+    model: (u32, u32),
+    resize: crate::config::spec::Resize,
+    stats: &StageStats,
+) -> Result<(), String> {
+    while let Ok(msg) = rx.recv() {
+        let out = match msg {
+            Msg::Item(frame) => {
+                let t = Instant::now();
+                let input = preprocess::prepare(&frame.image, model, resize)
+                    .map_err(|e| format!("source `{}`: preprocess: {e}", frame.stream))?;
+                stats.record(t.elapsed());
+                Msg::Item((frame, input))
+            }
+            Msg::Eos(s) => Msg::Eos(s),
+        };
+        if tx.send(out).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn detect_stage(
+    rx: &EdgeRx<Prepared>,
+    post: HashMap<StreamId, EdgeTx<Frame>>,
+    detector: Box<dyn Detector>,
+    params: &crate::detect::PostParams,
+    max_batch: usize,
+    n_sources: usize,
+    stats: &StageStats,
+) -> Result<(), String> {
+    let mut ended = 0;
+    let mut batch: Vec<Prepared> = Vec::with_capacity(max_batch);
+    let mut eos: Vec<StreamId> = Vec::new();
+    while ended < n_sources {
+        let Ok(first) = rx.recv() else { break };
+        // Take whatever else is already waiting, up to the batch size; never wait for more.
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Item(p) => batch.push(p),
+                Msg::Eos(s) => eos.push(s),
+            }
+            if batch.len() < max_batch && eos.is_empty() {
+                next = rx.try_recv();
+            }
+        }
+        if !batch.is_empty() {
+            let t = Instant::now();
+            let inputs: Vec<&ModelInput> = batch.iter().map(|(_, i)| i).collect();
+            let cands = detector
+                .infer(&inputs, params.confidence)
+                .map_err(|e| format!("detector: {e}"))?;
+            let per_frame = t.elapsed() / inputs.len().max(1) as u32;
+            drop(inputs);
+            for ((mut frame, input), c) in batch.drain(..).zip(cands) {
+                frame.detections = crate::detect::postprocess(c, params, &input);
+                stats.record(per_frame);
+                tracing::trace!(target: "vigil::detect", source = %frame.stream, seq = frame.seq, n = frame.detections.len(), "detected");
+                if let Some(tx) = post.get(&frame.stream) {
+                    let _ = tx.send(Msg::Item(frame));
+                }
+            }
+        }
+        for s in eos.drain(..) {
+            ended += 1;
+            if let Some(tx) = post.get(&s) {
+                let _ = tx.send(Msg::Eos(s));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn post_stage(rx: &EdgeRx<Frame>, outputs: Vec<EdgeTx<Frame>>, stats: &StageStats) -> Result<(), String> {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Item(frame) => {
+                let t = Instant::now();
+                stats.record(t.elapsed());
+                for o in &outputs {
+                    let _ = o.send(Msg::Item(frame.clone()));
+                }
+            }
+            Msg::Eos(s) => {
+                for o in &outputs {
+                    let _ = o.send(Msg::Eos(s.clone()));
+                }
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Writer {
+    Mp4(Mp4Writer),
+    Jsonl(JsonlWriter),
+}
+
+fn output_stage(
+    rx: &EdgeRx<Frame>,
+    kind: OutputKind,
+    classes: Vec<String>,
+    pipeline: &str,
+    deterministic: bool,
+    stats: &StageStats,
+) -> Result<u64, String> {
+    let mut writer = match kind {
+        OutputKind::Mp4 { path, overlay, preset, bitrate_kbps } => {
+            Mp4Writer::new(Mp4Settings { path, overlay, preset, bitrate_kbps }, classes.clone()).map(Writer::Mp4)
+        }
+        OutputKind::Jsonl { path } => JsonlWriter::create(&path).map(Writer::Jsonl),
+    }
+    .map_err(|e| e.to_string());
+    let mut first_error: Option<String> = None;
+    // Keep draining after an error, so the stages before never block on us.
+    while let Ok(msg) = rx.recv() {
+        let Msg::Item(frame) = msg else { break };
+        let Ok(w) = writer.as_mut() else { continue };
+        if first_error.is_some() {
+            continue;
+        }
+        let t = Instant::now();
+        let r = match w {
+            Writer::Mp4(m) => m.write(&frame),
+            Writer::Jsonl(j) => j.write(&Record::of(&frame, pipeline, &classes, !deterministic)),
+        };
+        stats.record(t.elapsed());
+        if let Err(e) = r {
+            tracing::error!(target: "vigil::output", "{e}");
+            first_error = Some(e.to_string());
+        }
+    }
+    let n = match writer? {
+        Writer::Mp4(m) => m.finish(),
+        Writer::Jsonl(j) => j.finish(),
+    }
+    .map_err(|e| e.to_string())?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
+}
