@@ -16,14 +16,22 @@ pub struct ImageError {
 
 /// Read any image OpenCV decodes, as BGR.
 pub fn read(path: &Path) -> Result<Image, ImageError> {
-    let err = |message: String| ImageError { path: path.display().to_string(), message };
+    let err = |message: String| ImageError {
+        path: path.display().to_string(),
+        message,
+    };
     if !path.is_file() {
         return Err(err("no such file".into()));
     }
-    let mat = imgcodecs::imread(path.as_os_str(), imgcodecs::IMREAD_COLOR).map_err(|e| err(e.to_string()))?;
+    let mat = imgcodecs::imread(path.as_os_str(), imgcodecs::IMREAD_COLOR)
+        .map_err(|e| err(e.to_string()))?;
     if mat.empty() {
         return Err(err("not an image OpenCV can decode".into()));
     }
     let bgr = mat.data_bytes().map_err(|e| err(e.to_string()))?.to_vec();
-    Ok(Image { width: mat.cols() as u32, height: mat.rows() as u32, bgr })
+    Ok(Image {
+        width: mat.cols() as u32,
+        height: mat.rows() as u32,
+        bgr,
+    })
 }

@@ -18,7 +18,11 @@ use vigil::output::record::Record;
 use vigil::runtime::{self, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "vigil", version, about = "Real-time video analytics: detect, track, record")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Real-time video analytics: detect, track, record"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,7 +80,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -91,11 +96,20 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Run { pipeline, deterministic } => run(&pipeline, deterministic),
+        Command::Run {
+            pipeline,
+            deterministic,
+        } => run(&pipeline, deterministic),
         Command::Check { files } => Ok(check(&files)),
-        Command::Detect { images, model, confidence, iou, resize, device, json } => {
-            detect_images(&images, &model, confidence, iou, resize, &device, json)
-        }
+        Command::Detect {
+            images,
+            model,
+            confidence,
+            iou,
+            resize,
+            device,
+            json,
+        } => detect_images(&images, &model, confidence, iou, resize, &device, json),
     }
 }
 
@@ -110,7 +124,11 @@ fn check(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn run(path: &PathBuf, deterministic: bool) -> Result<ExitCode> {
@@ -121,11 +139,14 @@ fn run(path: &PathBuf, deterministic: bool) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    vigil::ingest::init().map_err(anyhow::Error::msg).context("GStreamer")?;
+    vigil::ingest::init()
+        .map_err(anyhow::Error::msg)
+        .context("GStreamer")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while draining exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone()).context("signal handler")?;
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .context("signal handler")?;
         signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
     }
     let device = detect::device(&plan.device)?;
@@ -139,7 +160,11 @@ fn run(path: &PathBuf, deterministic: bool) -> Result<ExitCode> {
         "{}: {frames} frames in {secs:.1} s ({:.1} fps){}",
         plan.name,
         frames as f64 / secs.max(1e-9),
-        if report.stopped { ", stopped by signal" } else { "" }
+        if report.stopped {
+            ", stopped by signal"
+        } else {
+            ""
+        }
     );
     for (stage, n, ms) in &report.stages {
         eprintln!("  stage {stage}: {n} frames, {ms:.2} ms/frame");
@@ -177,7 +202,11 @@ fn detect_images(
     let post = PostParams {
         confidence,
         classes: None,
-        nms: NmsParams { iou, class_aware: true, max_detections: config::spec::DEFAULT_MAX_DETECTIONS },
+        nms: NmsParams {
+            iou,
+            class_aware: true,
+            max_detections: config::spec::DEFAULT_MAX_DETECTIONS,
+        },
     };
     let mut failed = false;
     for path in images {
@@ -190,7 +219,10 @@ fn detect_images(
             }
         };
         let input = vigil::preprocess::prepare(&image, info.input, resize)?;
-        let cands = detector.infer(&[&input], confidence)?.pop().unwrap_or_default();
+        let cands = detector
+            .infer(&[&input], confidence)?
+            .pop()
+            .unwrap_or_default();
         let frame = Frame {
             stream: path.display().to_string().into(),
             seq: 0,
@@ -206,13 +238,35 @@ fn detect_images(
         if json {
             println!("{}", serde_json::to_string(&record)?);
         } else {
-            println!("{} ({}x{}, {:?}): {} objects", path.display(), frame.image.width, frame.image.height, resize, record.detections.len());
-            println!("  {:<14} {:>6}  {:>7} {:>7} {:>7} {:>7}", "class", "score", "x", "y", "w", "h");
+            println!(
+                "{} ({}x{}, {:?}): {} objects",
+                path.display(),
+                frame.image.width,
+                frame.image.height,
+                resize,
+                record.detections.len()
+            );
+            println!(
+                "  {:<14} {:>6}  {:>7} {:>7} {:>7} {:>7}",
+                "class", "score", "x", "y", "w", "h"
+            );
             for d in &record.detections {
                 let [x1, y1, x2, y2] = d.bbox;
-                println!("  {:<14} {:>6.3}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}", d.class, d.score, x1, y1, x2 - x1, y2 - y1);
+                println!(
+                    "  {:<14} {:>6.3}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}",
+                    d.class,
+                    d.score,
+                    x1,
+                    y1,
+                    x2 - x1,
+                    y2 - y1
+                );
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -24,7 +24,14 @@ impl fmt::Display for Problem {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
         }
     }
 }
@@ -62,17 +69,18 @@ pub fn load(path: &Path) -> Result<Plan, ConfigError> {
             message: format!("cannot read pipeline file: {e}"),
         }],
     })?;
-    let spec: spec::PipelineSpec = serde_saphyr::from_str_with_options(&text, options()).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        ConfigError {
-            problems: vec![Problem {
-                file: path.to_path_buf(),
-                line,
-                column,
-                message: strip_location(&e.to_string()),
-            }],
-        }
-    })?;
+    let spec: spec::PipelineSpec =
+        serde_saphyr::from_str_with_options(&text, options()).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError {
+                problems: vec![Problem {
+                    file: path.to_path_buf(),
+                    line,
+                    column,
+                    message: strip_location(&e.to_string()),
+                }],
+            }
+        })?;
     plan::resolve(path, spec)
 }
 

@@ -59,7 +59,16 @@ pub enum OutputKind {
 
 const PLACEHOLDERS: &[&str] = &["pipeline", "source"];
 const X264_PRESETS: &[&str] = &[
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
 ];
 
 struct Collector<'a> {
@@ -81,7 +90,11 @@ impl Collector<'_> {
 /// Resolve `p` relative to the pipeline file's folder.
 fn relative_to(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Substitute `{pipeline}`/`{source}`; `Err` names an unknown placeholder.
@@ -91,14 +104,20 @@ fn expand(template: &str, pipeline: &str, source: &str) -> Result<String, String
     while let Some(i) = rest.find('{') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        let j = after.find('}').ok_or_else(|| format!("`{template}` has a `{{` without `}}`"))?;
+        let j = after
+            .find('}')
+            .ok_or_else(|| format!("`{template}` has a `{{` without `}}`"))?;
         match &after[..j] {
             "pipeline" => out.push_str(pipeline),
             "source" => out.push_str(source),
             other => {
                 return Err(format!(
                     "unknown placeholder `{{{other}}}` in `{template}`; known: {}",
-                    PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+                    PLACEHOLDERS
+                        .iter()
+                        .map(|p| format!("{{{p}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }
@@ -110,16 +129,26 @@ fn expand(template: &str, pipeline: &str, source: &str) -> Result<String, String
 
 fn in_unit(c: &mut Collector, v: &Spanned<f32>, what: &str) -> f32 {
     if !(0.0..=1.0).contains(&v.value) {
-        c.at(v.referenced, format!("{what} must be between 0 and 1, got {}", v.value));
+        c.at(
+            v.referenced,
+            format!("{what} must be between 0 and 1, got {}", v.value),
+        );
     }
     v.value
 }
 
 /// Validate a parsed pipeline file into a [`Plan`], collecting every problem.
 pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
-    let mut c = Collector { file, problems: Vec::new() };
+    let mut c = Collector {
+        file,
+        problems: Vec::new(),
+    };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
     let name = spec.name.value.clone();
     if name.trim().is_empty() {
         c.at(spec.name.referenced, "name must not be empty".into());
@@ -127,13 +156,23 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
 
     // Sources
     if spec.sources.value.is_empty() {
-        c.at(spec.sources.referenced, "sources: at least one source is needed".into());
+        c.at(
+            spec.sources.referenced,
+            "sources: at least one source is needed".into(),
+        );
     }
     let mut sources: Vec<SourcePlan> = Vec::new();
     for s in &spec.sources.value {
         let id = s.id.value.clone();
-        if id.is_empty() || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-            c.at(s.id.referenced, format!("source id `{id}` must be non-empty letters, digits, `-`, `_` or `.`"));
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            c.at(
+                s.id.referenced,
+                format!("source id `{id}` must be non-empty letters, digits, `-`, `_` or `.`"),
+            );
         }
         if sources.iter().any(|p| p.id == id) {
             c.at(s.id.referenced, format!("duplicate source id `{id}`"));
@@ -142,21 +181,46 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         let uri = if let Some(path) = raw.strip_prefix("file:").filter(|p| !p.starts_with("//")) {
             let abs = relative_to(&base, path);
             match std::path::absolute(&abs) {
-                Ok(a) if a.is_file() => format!("file://{}", a.display()),
+                Ok(a) if a.is_file() => match gstreamer::glib::filename_to_uri(&a, None) {
+                    Ok(u) => u.to_string(),
+                    Err(e) => {
+                        c.at(
+                            s.uri.referenced,
+                            format!("source `{id}`: {}: {e}", a.display()),
+                        );
+                        String::new()
+                    }
+                },
                 _ => {
-                    c.at(s.uri.referenced, format!("source `{id}`: no such file {}", abs.display()));
+                    c.at(
+                        s.uri.referenced,
+                        format!("source `{id}`: no such file {}", abs.display()),
+                    );
                     String::new()
                 }
             }
         } else if raw.contains("://") {
             raw.to_string()
         } else {
-            c.at(s.uri.referenced, format!("source `{id}`: `{raw}` is not a URI (use file:PATH, file:///…, rtsp://…)"));
+            c.at(
+                s.uri.referenced,
+                format!("source `{id}`: `{raw}` is not a URI (use file:PATH, file:///…, rtsp://…)"),
+            );
             String::new()
         };
         let live = !(uri.starts_with("file:")) || s.pace == Pace::Realtime;
-        let when_full = spec.queues.when_full.unwrap_or(if live { WhenFull::DropOldest } else { WhenFull::Block });
-        sources.push(SourcePlan { id, uri, pace: s.pace, live, when_full });
+        let when_full = spec.queues.when_full.unwrap_or(if live {
+            WhenFull::DropOldest
+        } else {
+            WhenFull::Block
+        });
+        sources.push(SourcePlan {
+            id,
+            uri,
+            pace: s.pace,
+            live,
+            when_full,
+        });
     }
 
     // Detector
@@ -169,21 +233,43 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             None
         }
     };
-    let device = d.device.as_ref().map_or_else(|| "cpu".to_string(), |s| s.value.clone());
+    let device = d
+        .device
+        .as_ref()
+        .map_or_else(|| "cpu".to_string(), |s| s.value.clone());
     if let Some(dev) = &d.device {
-        let ok = dev.value == "cpu" || dev.value == "auto" || dev.value.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+        let ok = dev.value == "cpu"
+            || dev.value == "auto"
+            || dev
+                .value
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
         if !ok {
-            c.at(dev.referenced, format!("detector.device `{}`: expected cpu, cuda:N or auto", dev.value));
+            c.at(
+                dev.referenced,
+                format!(
+                    "detector.device `{}`: expected cpu, cuda:N or auto",
+                    dev.value
+                ),
+            );
         }
     }
-    let confidence = d.confidence.as_ref().map_or(spec::DEFAULT_CONFIDENCE, |v| in_unit(&mut c, v, "detector.confidence"));
+    let confidence = d.confidence.as_ref().map_or(spec::DEFAULT_CONFIDENCE, |v| {
+        in_unit(&mut c, v, "detector.confidence")
+    });
     let classes = match (&d.classes, &model) {
         (Some(names), Some(m)) => {
             let mut mask = vec![false; m.classes.len()];
             for n in names {
                 match m.class_id(&n.value) {
                     Some(i) => mask[i as usize] = true,
-                    None => c.at(n.referenced, format!("detector.classes: model `{}` has no class `{}`", m.name, n.value)),
+                    None => c.at(
+                        n.referenced,
+                        format!(
+                            "detector.classes: model `{}` has no class `{}`",
+                            m.name, n.value
+                        ),
+                    ),
                 }
             }
             Some(mask)
@@ -192,14 +278,20 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     };
     let batch = d.batch.as_ref().map_or(1, |b| {
         if b.value == 0 || b.value > 64 {
-            c.at(b.referenced, format!("detector.batch must be 1..=64, got {}", b.value));
+            c.at(
+                b.referenced,
+                format!("detector.batch must be 1..=64, got {}", b.value),
+            );
         }
         b.value.clamp(1, 64)
     });
     let iou = in_unit(&mut c, &spec.nms.iou, "nms.iou");
     let cap = spec.queues.capacity.value;
     if cap == 0 || cap > 4096 {
-        c.at(spec.queues.capacity.referenced, format!("queues.capacity must be 1..=4096, got {cap}"));
+        c.at(
+            spec.queues.capacity.referenced,
+            format!("queues.capacity must be 1..=4096, got {cap}"),
+        );
     }
 
     // Outputs, expanded per source
@@ -208,13 +300,35 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     for o in &spec.outputs {
         for s in &sources {
             let (template, make): (&str, Box<dyn Fn(PathBuf) -> OutputKind>) = match &o.value {
-                OutputSpec::Mp4 { path, overlay, preset, bitrate_kbps } => {
-                    let preset = preset.clone().unwrap_or_else(|| spec::DEFAULT_X264_PRESET.to_string());
+                OutputSpec::Mp4 {
+                    path,
+                    overlay,
+                    preset,
+                    bitrate_kbps,
+                } => {
+                    let preset = preset
+                        .clone()
+                        .unwrap_or_else(|| spec::DEFAULT_X264_PRESET.to_string());
                     if !X264_PRESETS.contains(&preset.as_str()) && s.id == sources[0].id {
-                        c.at(o.referenced, format!("mp4 preset `{preset}` is not an x264 preset ({})", X264_PRESETS.join(", ")));
+                        c.at(
+                            o.referenced,
+                            format!(
+                                "mp4 preset `{preset}` is not an x264 preset ({})",
+                                X264_PRESETS.join(", ")
+                            ),
+                        );
                     }
-                    let (overlay, bitrate_kbps) = (*overlay, bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS));
-                    (path, Box::new(move |path| OutputKind::Mp4 { path, overlay, preset: preset.clone(), bitrate_kbps }))
+                    let (overlay, bitrate_kbps) =
+                        (*overlay, bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS));
+                    (
+                        path,
+                        Box::new(move |path| OutputKind::Mp4 {
+                            path,
+                            overlay,
+                            preset: preset.clone(),
+                            bitrate_kbps,
+                        }),
+                    )
                 }
                 OutputSpec::Jsonl { path } => (path, Box::new(|path| OutputKind::Jsonl { path })),
             };
@@ -222,10 +336,19 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 Ok(p) => {
                     let path = relative_to(&base, &p);
                     if seen_paths.contains(&path) {
-                        c.at(o.referenced, format!("output path {} is written twice (add {{source}} to the path?)", path.display()));
+                        c.at(
+                            o.referenced,
+                            format!(
+                                "output path {} is written twice (add {{source}} to the path?)",
+                                path.display()
+                            ),
+                        );
                     }
                     seen_paths.push(path.clone());
-                    outputs.push(OutputPlan { source: s.id.clone(), kind: make(path) });
+                    outputs.push(OutputPlan {
+                        source: s.id.clone(),
+                        kind: make(path),
+                    });
                 }
                 Err(m) => {
                     if s.id == sources[0].id {
@@ -247,13 +370,19 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             post: PostParams {
                 confidence,
                 classes,
-                nms: NmsParams { iou, class_aware: spec.nms.class_aware, max_detections: spec.nms.max_detections },
+                nms: NmsParams {
+                    iou,
+                    class_aware: spec.nms.class_aware,
+                    max_detections: spec.nms.max_detections,
+                },
             },
             batch,
             queue_capacity: cap.clamp(1, 4096),
             outputs,
         }),
-        _ => Err(ConfigError { problems: c.problems }),
+        _ => Err(ConfigError {
+            problems: c.problems,
+        }),
     }
 }
 
@@ -263,7 +392,10 @@ mod tests {
 
     #[test]
     fn placeholders_expand_and_unknown_ones_are_named() {
-        assert_eq!(expand("out/{pipeline}-{source}.mp4", "p", "cam").unwrap(), "out/p-cam.mp4");
+        assert_eq!(
+            expand("out/{pipeline}-{source}.mp4", "p", "cam").unwrap(),
+            "out/p-cam.mp4"
+        );
         let e = expand("out/{camera}.mp4", "p", "cam").unwrap_err();
         assert!(e.contains("{camera}"), "{e}");
     }

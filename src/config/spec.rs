@@ -115,7 +115,11 @@ pub struct NmsSpec {
 impl Default for NmsSpec {
     fn default() -> Self {
         Self {
-            iou: Spanned::new(DEFAULT_NMS_IOU, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN),
+            iou: Spanned::new(
+                DEFAULT_NMS_IOU,
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
             class_aware: true,
             max_detections: DEFAULT_MAX_DETECTIONS,
         }
@@ -137,7 +141,11 @@ pub struct QueueSpec {
 impl Default for QueueSpec {
     fn default() -> Self {
         Self {
-            capacity: Spanned::new(DEFAULT_QUEUE_CAPACITY, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN),
+            capacity: Spanned::new(
+                DEFAULT_QUEUE_CAPACITY,
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
             when_full: None,
         }
     }

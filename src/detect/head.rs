@@ -48,14 +48,25 @@ impl YoloHead {
         }
         let num: usize = sec.get(file, "num", all.len() / 2)?;
         if num != all.len() / 2 {
-            return Err(sec.error(file, format!("[yolo] num={num} but {} anchor pairs are given", all.len() / 2)));
+            return Err(sec.error(
+                file,
+                format!(
+                    "[yolo] num={num} but {} anchor pairs are given",
+                    all.len() / 2
+                ),
+            ));
         }
-        let mask: Vec<usize> = sec.list(file, "mask")?.unwrap_or_else(|| (0..num).collect());
+        let mask: Vec<usize> = sec
+            .list(file, "mask")?
+            .unwrap_or_else(|| (0..num).collect());
         let mut anchors = Vec::with_capacity(mask.len());
         for m in mask {
-            let a = all
-                .get(2 * m..2 * m + 2)
-                .ok_or_else(|| sec.error(file, format!("[yolo] mask names anchor {m}, but there are {num}")))?;
+            let a = all.get(2 * m..2 * m + 2).ok_or_else(|| {
+                sec.error(
+                    file,
+                    format!("[yolo] mask names anchor {m}, but there are {num}"),
+                )
+            })?;
             anchors.push((a[0], a[1]));
         }
         let expected = anchors.len() * (5 + classes);
@@ -81,7 +92,13 @@ impl YoloHead {
 
     /// Decode one image's output (`anchors·(5+C)` planes of `grid_h × grid_w`, row-major) into
     /// candidates with score ≥ `threshold`, one per class above it (darknet's multi-label rule).
-    pub fn decode(&self, raw: &[f32], grid: (usize, usize), threshold: f32, out: &mut Vec<Candidate>) {
+    pub fn decode(
+        &self,
+        raw: &[f32],
+        grid: (usize, usize),
+        threshold: f32,
+        out: &mut Vec<Candidate>,
+    ) {
         let (gh, gw) = grid;
         let plane = gh * gw;
         let stride = 5 + self.classes;
@@ -152,7 +169,13 @@ mod tests {
         assert_eq!(out[0].class_id, 1);
         let b = out[0].box_in_model.0;
         // centre (1.5/2*64, ...) = 48, size 10x20
-        assert!((b.x1 - 43.0).abs() < 1e-4 && (b.y1 - 38.0).abs() < 1e-4, "{b:?}");
-        assert!((b.x2 - 53.0).abs() < 1e-4 && (b.y2 - 58.0).abs() < 1e-4, "{b:?}");
+        assert!(
+            (b.x1 - 43.0).abs() < 1e-4 && (b.y1 - 38.0).abs() < 1e-4,
+            "{b:?}"
+        );
+        assert!(
+            (b.x2 - 53.0).abs() < 1e-4 && (b.y2 - 58.0).abs() < 1e-4,
+            "{b:?}"
+        );
     }
 }

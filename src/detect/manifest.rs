@@ -79,13 +79,20 @@ impl ModelInfo {
             path: path.display().to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read model manifest: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read model manifest: {e}")))?;
         let opts = serde_saphyr::options! { with_snippet: false };
-        let spec: ManifestSpec = serde_saphyr::from_str_with_options(&text, opts).map_err(|e| err(e.to_string()))?;
+        let spec: ManifestSpec =
+            serde_saphyr::from_str_with_options(&text, opts).map_err(|e| err(e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let classes_path = dir.join(&spec.classes);
         let classes: Vec<String> = std::fs::read_to_string(&classes_path)
-            .map_err(|e| err(format!("cannot read class names {}: {e}", classes_path.display())))?
+            .map_err(|e| {
+                err(format!(
+                    "cannot read class names {}: {e}",
+                    classes_path.display()
+                ))
+            })?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
@@ -96,12 +103,16 @@ impl ModelInfo {
         }
         let sha = spec.weights.sha256.to_ascii_lowercase();
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err(format!("weights.sha256 `{}` is not 64 hex digits", spec.weights.sha256)));
+            return Err(err(format!(
+                "weights.sha256 `{}` is not 64 hex digits",
+                spec.weights.sha256
+            )));
         }
         let cfg = dir.join(&spec.cfg);
         let input = match spec.family {
             Family::Darknet => {
-                let parsed = super::darknet::cfg::Cfg::load(&cfg).map_err(|e| err(e.to_string()))?;
+                let parsed =
+                    super::darknet::cfg::Cfg::load(&cfg).map_err(|e| err(e.to_string()))?;
                 let net = parsed
                     .sections
                     .first()
@@ -127,6 +138,9 @@ impl ModelInfo {
 
     /// The class id of `name`, if the model has it.
     pub fn class_id(&self, name: &str) -> Option<u32> {
-        self.classes.iter().position(|c| c == name).map(|i| i as u32)
+        self.classes
+            .iter()
+            .position(|c| c == name)
+            .map(|i| i as u32)
     }
 }

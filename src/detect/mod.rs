@@ -28,7 +28,11 @@ pub enum DetectError {
         source: darknet::DarknetError,
     },
     #[error("model {model}: weights file {path}: {message}")]
-    Weights { model: String, path: String, message: String },
+    Weights {
+        model: String,
+        path: String,
+        message: String,
+    },
     #[error("device `{0}`: {1}")]
     Device(String, String),
     #[error("inference: {0}")]
@@ -46,7 +50,9 @@ pub fn device(spec: &str) -> Result<Device, DetectError> {
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => {
                 if !candle_core::utils::cuda_is_available() {
-                    return Err(err("this vigil was built without CUDA (cargo feature `cuda`)"));
+                    return Err(err(
+                        "this vigil was built without CUDA (cargo feature `cuda`)",
+                    ));
                 }
                 Device::new_cuda(n).map_err(|e| err(&e.to_string()))
             }
@@ -59,7 +65,11 @@ pub fn device(spec: &str) -> Result<Device, DetectError> {
 pub trait Detector: Send {
     fn info(&self) -> &ModelInfo;
     /// Run a batch; one list of candidates (model pixels, before NMS, score ≥ `threshold`) per input.
-    fn infer(&self, inputs: &[&ModelInput], threshold: f32) -> Result<Vec<Vec<Candidate>>, DetectError>;
+    fn infer(
+        &self,
+        inputs: &[&ModelInput],
+        threshold: f32,
+    ) -> Result<Vec<Vec<Candidate>>, DetectError>;
 }
 
 /// Verify a weights file against its manifest's SHA-256.
@@ -79,7 +89,9 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
     }
     let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if got != expected {
-        return Err(format!("SHA-256 is {got}, the manifest expects {expected}: wrong or corrupted file"));
+        return Err(format!(
+            "SHA-256 is {got}, the manifest expects {expected}: wrong or corrupted file"
+        ));
     }
     Ok(())
 }
@@ -93,10 +105,13 @@ pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, Dete
     })?;
     match info.family {
         Family::Darknet => {
-            let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| DetectError::Darknet {
-                model: info.name.clone(),
-                source,
-            })?;
+            let net =
+                darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| {
+                    DetectError::Darknet {
+                        model: info.name.clone(),
+                        source,
+                    }
+                })?;
             Ok(Box::new(DarknetDetector {
                 info: info.clone(),
                 net,
@@ -121,11 +136,18 @@ impl DarknetDetector {
         let mut data = Vec::with_capacity(inputs.len() * inputs.first().map_or(0, |i| i.chw.len()));
         for i in inputs {
             if (i.width, i.height) != want {
-                return Err(DetectError::InputSize { got: (i.width, i.height), want });
+                return Err(DetectError::InputSize {
+                    got: (i.width, i.height),
+                    want,
+                });
             }
             data.extend_from_slice(&i.chw);
         }
-        let x = Tensor::from_vec(data, (inputs.len(), 3, want.1 as usize, want.0 as usize), &self.device)?;
+        let x = Tensor::from_vec(
+            data,
+            (inputs.len(), 3, want.1 as usize, want.0 as usize),
+            &self.device,
+        )?;
         Ok(self.net.forward(&x)?)
     }
 }
@@ -135,7 +157,11 @@ impl Detector for DarknetDetector {
         &self.info
     }
 
-    fn infer(&self, inputs: &[&ModelInput], threshold: f32) -> Result<Vec<Vec<Candidate>>, DetectError> {
+    fn infer(
+        &self,
+        inputs: &[&ModelInput],
+        threshold: f32,
+    ) -> Result<Vec<Vec<Candidate>>, DetectError> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }

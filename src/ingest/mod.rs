@@ -12,6 +12,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
+mod container;
+
 use crate::config::plan::SourcePlan;
 use crate::config::spec::Pace;
 use crate::frame::{Frame, Image, Msg, StreamId};
@@ -29,10 +31,11 @@ pub enum IngestError {
     Stream { source_id: String, message: String },
 }
 
-/// What one source produced.
-#[derive(Debug, Clone, Default)]
+/// What one source produced, and why it stopped if it failed.
+#[derive(Debug, Default)]
 pub struct IngestReport {
     pub frames: u64,
+    pub error: Option<IngestError>,
 }
 
 /// Initialise GStreamer once per process.
@@ -52,17 +55,25 @@ pub fn redact_uri(uri: &str) -> String {
 }
 
 /// Run one source until it ends, fails, or `stop` is set; always sends `Eos` downstream last.
-pub fn run(src: &SourcePlan, out: &EdgeTx<Frame>, stop: &AtomicBool, stats: &StageStats) -> Result<IngestReport, IngestError> {
+pub fn run(
+    src: &SourcePlan,
+    out: &EdgeTx<Frame>,
+    stop: &AtomicBool,
+    stats: &StageStats,
+) -> IngestReport {
     let stream: StreamId = src.id.as_str().into();
     let mut report = IngestReport::default();
     let result = pull_all(src, &stream, out, stop, stats, &mut report);
     // The downstream may already be gone (it failed): nothing more to tell it.
     let _ = out.send(Msg::Eos(stream));
-    match &result {
-        Ok(()) => tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "end of stream"),
-        Err(e) => tracing::warn!(target: "vigil::ingest", source = %src.id, frames = report.frames, "stopped: {e}"),
+    // A failure is passed on in the report (the caller reports it); only the clean end is logged here.
+    match result {
+        Ok(()) => {
+            tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "end of stream")
+        }
+        Err(e) => report.error = Some(e),
     }
-    result.map(|()| report)
+    report
 }
 
 fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
@@ -71,9 +82,15 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
         .property("uri", &src.uri)
         .build()
         .map_err(|e| e.to_string())?;
-    let convert = gst::ElementFactory::make("videoconvert").build().map_err(|e| e.to_string())?;
+    let convert = gst::ElementFactory::make("videoconvert")
+        .build()
+        .map_err(|e| e.to_string())?;
     let sink = gst_app::AppSink::builder()
-        .caps(&gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::Bgr).build())
+        .caps(
+            &gst_video::VideoCapsBuilder::new()
+                .format(gst_video::VideoFormat::Bgr)
+                .build(),
+        )
         .sync(src.pace == Pace::Realtime)
         .max_buffers(4)
         .drop(false)
@@ -110,18 +127,37 @@ fn pull_all(
     report: &mut IngestReport,
 ) -> Result<(), IngestError> {
     let safe_uri = redact_uri(&src.uri);
-    let (pipeline, sink) = build(src).map_err(|message| IngestError::Build { source_id: src.id.clone(), message })?;
-    let stream_err = |message: String| IngestError::Stream { source_id: src.id.clone(), message };
-    let bus = pipeline.bus().ok_or_else(|| stream_err("pipeline has no bus".into()))?;
+    let (pipeline, sink) = build(src).map_err(|message| IngestError::Build {
+        source_id: src.id.clone(),
+        message,
+    })?;
+    let stream_err = |message: String| IngestError::Stream {
+        source_id: src.id.clone(),
+        message,
+    };
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| stream_err("pipeline has no bus".into()))?;
     tracing::info!(target: "vigil::ingest", source = %src.id, uri = %safe_uri, "starting");
     let _guard = StopOnDrop(pipeline.clone());
     pipeline
         .set_state(gst::State::Playing)
-        .map_err(|_| stream_err(format!("{safe_uri}: cannot start playing (see the error below)")))
+        .map_err(|_| {
+            stream_err(format!(
+                "{safe_uri}: cannot start playing (see the error below)"
+            ))
+        })
         .or_else(|e| match first_error(&bus) {
             Some(m) => Err(stream_err(format!("{safe_uri}: {m}"))),
             None => Err(e),
         })?;
+    // A file cut short still decodes up to the cut; say so at the end rather than end "cleanly".
+    let truncated = gst::glib::filename_from_uri(&src.uri)
+        .ok()
+        .and_then(|(path, _)| container::truncation(&path));
+    if let Some(t) = &truncated {
+        tracing::warn!(target: "vigil::ingest", source = %src.id, "{t}; decoding what is there");
+    }
     loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!(target: "vigil::ingest", source = %src.id, "stop requested");
@@ -146,7 +182,15 @@ fn pull_all(
                     return Err(stream_err(format!("{safe_uri}: {m}")));
                 }
                 if report.frames == 0 {
-                    return Err(stream_err(format!("{safe_uri}: ended without a single video frame")));
+                    return Err(stream_err(format!(
+                        "{safe_uri}: ended without a single video frame"
+                    )));
+                }
+                if let Some(t) = truncated {
+                    return Err(stream_err(format!(
+                        "{safe_uri}: {t} ({} frames decoded up to the cut)",
+                        report.frames
+                    )));
                 }
                 return Ok(());
             }
@@ -168,8 +212,10 @@ fn first_error(bus: &gst::Bus) -> Option<String> {
     while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Warning]) {
         match msg.view() {
             gst::MessageView::Error(e) => {
-                let detail = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
-                return Some(format!("{}{}", e.error(), detail.lines().next().unwrap_or("")));
+                if let Some(d) = e.debug() {
+                    tracing::debug!(target: "vigil::ingest", "GStreamer error detail: {d}");
+                }
+                return Some(e.error().to_string());
             }
             gst::MessageView::Warning(w) => {
                 tracing::warn!(target: "vigil::ingest", "GStreamer warning: {}", w.error());
@@ -184,7 +230,8 @@ fn to_frame(sample: &gst::Sample, stream: &StreamId, seq: u64) -> Result<Frame, 
     let captured_at = SystemTime::now();
     let ingested = Instant::now();
     let caps = sample.caps().ok_or("decoded sample without caps")?;
-    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| format!("unusable caps {caps}: {e}"))?;
+    let info =
+        gst_video::VideoInfo::from_caps(caps).map_err(|e| format!("unusable caps {caps}: {e}"))?;
     let buffer = sample.buffer().ok_or("decoded sample without a buffer")?;
     let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
         .map_err(|e| format!("cannot map a decoded frame: {e}"))?;
@@ -194,7 +241,9 @@ fn to_frame(sample: &gst::Sample, stream: &StreamId, seq: u64) -> Result<Frame, 
     let row = w as usize * 3;
     let mut bgr = Vec::with_capacity(row * h as usize);
     for y in 0..h as usize {
-        let line = data.get(y * stride..y * stride + row).ok_or("decoded frame is shorter than its caps say")?;
+        let line = data
+            .get(y * stride..y * stride + row)
+            .ok_or("decoded frame is shorter than its caps say")?;
         bgr.extend_from_slice(line);
     }
     Ok(Frame {
@@ -205,7 +254,11 @@ fn to_frame(sample: &gst::Sample, stream: &StreamId, seq: u64) -> Result<Frame, 
         fps: (info.fps().numer(), info.fps().denom()),
         captured_at,
         ingested,
-        image: Arc::new(Image { width: w, height: h, bgr }),
+        image: Arc::new(Image {
+            width: w,
+            height: h,
+            bgr,
+        }),
         detections: Vec::new(),
     })
 }
@@ -216,7 +269,10 @@ mod tests {
 
     #[test]
     fn credentials_never_reach_logs() {
-        assert_eq!(redact_uri("rtsp://admin:hunter2@10.0.0.5:554/x"), "rtsp://***@10.0.0.5:554/x");
+        assert_eq!(
+            redact_uri("rtsp://admin:hunter2@10.0.0.5:554/x"),
+            "rtsp://***@10.0.0.5:554/x"
+        );
         assert_eq!(redact_uri("file:///a/b@c.mp4"), "file:///a/b@c.mp4");
     }
 }

@@ -17,7 +17,11 @@ pub struct JsonlWriter {
 impl JsonlWriter {
     pub fn create(path: &Path) -> Result<Self, OutputError> {
         let file = super::create_file(path)?;
-        Ok(Self { path: path.to_path_buf(), file, lines: 0 })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            lines: 0,
+        })
     }
 
     pub fn write(&mut self, record: &Record) -> Result<(), OutputError> {
@@ -26,10 +30,12 @@ impl JsonlWriter {
             message: e.to_string(),
         })?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| OutputError::Io {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| OutputError::Io {
+                path: self.path.display().to_string(),
+                message: e.to_string(),
+            })?;
         self.lines += 1;
         Ok(())
     }

@@ -19,7 +19,10 @@ pub enum OutputError {
 
 /// Create `path` and its parent folders.
 pub fn create_file(path: &Path) -> Result<File, OutputError> {
-    let io = |e: std::io::Error| OutputError::Io { path: path.display().to_string(), message: e.to_string() };
+    let io = |e: std::io::Error| OutputError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }

@@ -48,11 +48,19 @@ impl Mp4Writer {
     pub fn new(settings: Mp4Settings, classes: Vec<String>) -> Result<Self, OutputError> {
         // Fail early (before any frame) when the file cannot be created.
         drop(super::create_file(&settings.path)?);
-        Ok(Self { settings, classes, enc: None, frames: 0 })
+        Ok(Self {
+            settings,
+            classes,
+            enc: None,
+            frames: 0,
+        })
     }
 
     fn err(&self, message: impl Into<String>) -> OutputError {
-        OutputError::Encode { path: self.settings.path.display().to_string(), message: message.into() }
+        OutputError::Encode {
+            path: self.settings.path.display().to_string(),
+            message: message.into(),
+        }
     }
 
     fn start(&self, width: u32, height: u32, fps: (i32, i32)) -> Result<Encoder, OutputError> {
@@ -70,10 +78,19 @@ impl Mp4Writer {
             .block(true)
             .max_bytes(u64::from(width) * u64::from(height) * 3 * 4)
             .build();
-        let make = |name: &str| gst::ElementFactory::make(name).build().map_err(|x| e(format!("{name}: {x}")));
+        let make = |name: &str| {
+            gst::ElementFactory::make(name)
+                .build()
+                .map_err(|x| e(format!("{name}: {x}")))
+        };
         let convert = make("videoconvert")?;
         let i420 = gst::ElementFactory::make("capsfilter")
-            .property("caps", gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::I420).build())
+            .property(
+                "caps",
+                gst_video::VideoCapsBuilder::new()
+                    .format(gst_video::VideoFormat::I420)
+                    .build(),
+            )
             .build()
             .map_err(|x| e(x.to_string()))?;
         let x264 = make("x264enc")?;
@@ -85,12 +102,29 @@ impl Mp4Writer {
             .property("location", self.settings.path.to_string_lossy().as_ref())
             .build()
             .map_err(|x| e(x.to_string()))?;
-        let elements = [src.upcast_ref(), &convert, &i420, &x264, &parse, &mux, &sink];
+        let elements = [
+            src.upcast_ref(),
+            &convert,
+            &i420,
+            &x264,
+            &parse,
+            &mux,
+            &sink,
+        ];
         pipeline.add_many(elements).map_err(|x| e(x.to_string()))?;
         gst::Element::link_many(elements).map_err(|x| e(x.to_string()))?;
-        pipeline.set_state(gst::State::Playing).map_err(|_| e(bus_error(&pipeline).unwrap_or_else(|| "cannot start the encoder".into())))?;
+        pipeline.set_state(gst::State::Playing).map_err(|_| {
+            e(bus_error(&pipeline).unwrap_or_else(|| "cannot start the encoder".into()))
+        })?;
         tracing::info!(target: "vigil::output", path = %self.settings.path.display(), width, height, "mp4 encoder started");
-        Ok(Encoder { pipeline, src, width, height, first_pts: None, next_pts: 0 })
+        Ok(Encoder {
+            pipeline,
+            src,
+            width,
+            height,
+            first_pts: None,
+            next_pts: 0,
+        })
     }
 
     /// Encode one frame (drawing its detections first if overlay is on).
@@ -99,15 +133,27 @@ impl Mp4Writer {
         if self.enc.is_none() {
             self.enc = Some(self.start(w, h, frame.fps)?);
         }
-        let Some(enc) = self.enc.as_mut() else { return Ok(()) };
+        let Some(enc) = self.enc.as_mut() else {
+            return Ok(());
+        };
         if (enc.width, enc.height) != (w, h) {
-            let msg = format!("frame size changed from {}x{} to {w}x{h}; this file keeps the first size", enc.width, enc.height);
-            return Err(OutputError::Encode { path: self.settings.path.display().to_string(), message: msg });
+            let msg = format!(
+                "frame size changed from {}x{} to {w}x{h}; this file keeps the first size",
+                enc.width, enc.height
+            );
+            return Err(OutputError::Encode {
+                path: self.settings.path.display().to_string(),
+                message: msg,
+            });
         }
         let mut pixels = frame.image.bgr.clone();
         if self.settings.overlay {
-            super::overlay::draw(&mut pixels, w, h, &frame.detections, &self.classes)
-                .map_err(|x| OutputError::Encode { path: self.settings.path.display().to_string(), message: x.to_string() })?;
+            super::overlay::draw(&mut pixels, w, h, &frame.detections, &self.classes).map_err(
+                |x| OutputError::Encode {
+                    path: self.settings.path.display().to_string(),
+                    message: x.to_string(),
+                },
+            )?;
         }
         // Timestamps start at zero; frames without a PTS follow the previous one.
         let pts = match (frame.pts_ns, enc.first_pts) {
@@ -127,7 +173,10 @@ impl Mp4Writer {
         }
         enc.src.push_buffer(buffer).map_err(|flow| {
             let detail = bus_error(&enc.pipeline).unwrap_or_else(|| format!("{flow:?}"));
-            OutputError::Encode { path: self.settings.path.display().to_string(), message: detail }
+            OutputError::Encode {
+                path: self.settings.path.display().to_string(),
+                message: detail,
+            }
         })?;
         self.frames += 1;
         Ok(())
@@ -153,7 +202,9 @@ impl Mp4Writer {
 }
 
 fn finalize(enc: &Encoder) -> Result<(), String> {
-    enc.src.end_of_stream().map_err(|f| format!("cannot end the stream: {f:?}"))?;
+    enc.src
+        .end_of_stream()
+        .map_err(|f| format!("cannot end the stream: {f:?}"))?;
     let bus = enc.pipeline.bus().ok_or("encoder pipeline has no bus")?;
     let msg = bus.timed_pop_filtered(
         gst::ClockTime::from_nseconds(FINALIZE_TIMEOUT.as_nanos() as u64),
@@ -162,7 +213,9 @@ fn finalize(enc: &Encoder) -> Result<(), String> {
     match msg.as_ref().map(|m| m.view()) {
         Some(gst::MessageView::Eos(_)) => Ok(()),
         Some(gst::MessageView::Error(e)) => Err(e.error().to_string()),
-        _ => Err(format!("the muxer did not finish within {FINALIZE_TIMEOUT:?}")),
+        _ => Err(format!(
+            "the muxer did not finish within {FINALIZE_TIMEOUT:?}"
+        )),
     }
 }
 

@@ -24,14 +24,25 @@ fn colour(key: u64) -> Scalar {
 }
 
 /// Draw `detections` into `bgr` (`width × height`, tightly packed).
-pub fn draw(bgr: &mut [u8], width: u32, height: u32, detections: &[Detection], classes: &[String]) -> opencv::Result<()> {
+pub fn draw(
+    bgr: &mut [u8],
+    width: u32,
+    height: u32,
+    detections: &[Detection],
+    classes: &[String],
+) -> opencv::Result<()> {
     let mut mat = Mat::new_rows_cols_with_bytes_mut::<Vec3b>(height as i32, width as i32, bgr)?;
     let thickness = ((width.max(height) as f32 / 400.0).round() as i32).max(1);
     let font_scale = (thickness as f64) * 0.45;
     for d in detections {
         let b = d.box_in_frame.0;
         let c = colour(d.track_id.unwrap_or(d.class_id as u64));
-        let rect = Rect::new(b.x1 as i32, b.y1 as i32, b.width().max(1.0) as i32, b.height().max(1.0) as i32);
+        let rect = Rect::new(
+            b.x1 as i32,
+            b.y1 as i32,
+            b.width().max(1.0) as i32,
+            b.height().max(1.0) as i32,
+        );
         imgproc::rectangle(&mut mat, rect, c, thickness, imgproc::LINE_8, 0)?;
         let name = classes.get(d.class_id as usize).map_or("?", String::as_str);
         let label = match d.track_id {
@@ -39,7 +50,13 @@ pub fn draw(bgr: &mut [u8], width: u32, height: u32, detections: &[Detection], c
             None => format!("{name} {:.2}", d.score),
         };
         let mut base = 0;
-        let size = imgproc::get_text_size(&label, imgproc::FONT_HERSHEY_SIMPLEX, font_scale, 1, &mut base)?;
+        let size = imgproc::get_text_size(
+            &label,
+            imgproc::FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            1,
+            &mut base,
+        )?;
         let top = (b.y1 as i32 - size.height - base).max(0);
         let bg = Rect::new(b.x1 as i32, top, size.width + 2, size.height + base);
         imgproc::rectangle(&mut mat, bg, c, imgproc::FILLED, imgproc::LINE_8, 0)?;

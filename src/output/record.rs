@@ -41,14 +41,18 @@ impl Record {
             source: frame.stream.to_string(),
             seq: frame.seq,
             pts_ns: frame.pts_ns,
-            captured_at: with_clock.then(|| humantime::format_rfc3339_millis(frame.captured_at).to_string()),
+            captured_at: with_clock
+                .then(|| humantime::format_rfc3339_millis(frame.captured_at).to_string()),
             detections: frame
                 .detections
                 .iter()
                 .map(|d| {
                     let b = d.box_in_frame.0;
                     RecordDetection {
-                        class: classes.get(d.class_id as usize).cloned().unwrap_or_else(|| d.class_id.to_string()),
+                        class: classes
+                            .get(d.class_id as usize)
+                            .cloned()
+                            .unwrap_or_else(|| d.class_id.to_string()),
                         class_id: d.class_id,
                         score: d.score,
                         bbox: [b.x1, b.y1, b.x2, b.y2],

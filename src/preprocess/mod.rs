@@ -54,7 +54,12 @@ pub enum PreprocessError {
     #[error("opencv: {0}")]
     OpenCv(#[from] opencv::Error),
     #[error("image of {width}x{height} has {len} bytes, expected {expected}")]
-    BadImage { width: u32, height: u32, len: usize, expected: usize },
+    BadImage {
+        width: u32,
+        height: u32,
+        len: usize,
+        expected: usize,
+    },
 }
 
 /// The size the frame is scaled to and where it sits in the model input.
@@ -76,7 +81,11 @@ fn placement(frame: (u32, u32), model: (u32, u32), resize: Resize) -> (u32, u32,
 }
 
 /// Resize `image` into a `model.0 × model.1` network input.
-pub fn prepare(image: &Image, model: (u32, u32), resize: Resize) -> Result<ModelInput, PreprocessError> {
+pub fn prepare(
+    image: &Image,
+    model: (u32, u32),
+    resize: Resize,
+) -> Result<ModelInput, PreprocessError> {
     let expected = image.row_bytes() * image.height as usize;
     if image.bgr.len() != expected || image.width == 0 || image.height == 0 {
         return Err(PreprocessError::BadImage {
@@ -87,9 +96,20 @@ pub fn prepare(image: &Image, model: (u32, u32), resize: Resize) -> Result<Model
         });
     }
     let (nw, nh, ox, oy) = placement((image.width, image.height), model, resize);
-    let src = Mat::new_rows_cols_with_bytes::<Vec3b>(image.height as i32, image.width as i32, &image.bgr)?;
+    let src = Mat::new_rows_cols_with_bytes::<Vec3b>(
+        image.height as i32,
+        image.width as i32,
+        &image.bgr,
+    )?;
     let mut dst = Mat::default();
-    imgproc::resize(&src, &mut dst, Size::new(nw as i32, nh as i32), 0.0, 0.0, imgproc::INTER_LINEAR)?;
+    imgproc::resize(
+        &src,
+        &mut dst,
+        Size::new(nw as i32, nh as i32),
+        0.0,
+        0.0,
+        imgproc::INTER_LINEAR,
+    )?;
     let resized = dst.data_bytes()?;
 
     let (mw, mh) = (model.0 as usize, model.1 as usize);
@@ -126,7 +146,11 @@ mod tests {
     use super::*;
 
     fn image(w: u32, h: u32) -> Image {
-        Image { width: w, height: h, bgr: vec![255; (w * h * 3) as usize] }
+        Image {
+            width: w,
+            height: h,
+            bgr: vec![255; (w * h * 3) as usize],
+        }
     }
 
     /// A wide frame letterboxed into a square keeps its aspect and is centred vertically.
@@ -138,15 +162,33 @@ mod tests {
         // top rows are padding, middle is image
         assert_eq!(input.chw[0], LETTERBOX_FILL);
         assert_eq!(input.chw[208 * 416 + 10], 1.0);
-        let b = t.apply(BoxInModel(Xyxy { x1: 0.0, y1: 52.0, x2: 416.0, y2: 364.0 })).0;
-        assert!((b.x2 - 768.0).abs() < 0.5 && (b.y2 - 576.0).abs() < 0.5 && b.y1.abs() < 1e-3, "{b:?}");
+        let b = t
+            .apply(BoxInModel(Xyxy {
+                x1: 0.0,
+                y1: 52.0,
+                x2: 416.0,
+                y2: 364.0,
+            }))
+            .0;
+        assert!(
+            (b.x2 - 768.0).abs() < 0.5 && (b.y2 - 576.0).abs() < 0.5 && b.y1.abs() < 1e-3,
+            "{b:?}"
+        );
     }
 
     #[test]
     fn stretch_fills_the_input() {
         let input = prepare(&image(640, 272), (416, 416), Resize::Stretch).unwrap();
         assert!(input.chw.iter().all(|&v| v == 1.0));
-        let b = input.frame_from_model.apply(BoxInModel(Xyxy { x1: 208.0, y1: 208.0, x2: 416.0, y2: 416.0 })).0;
+        let b = input
+            .frame_from_model
+            .apply(BoxInModel(Xyxy {
+                x1: 208.0,
+                y1: 208.0,
+                x2: 416.0,
+                y2: 416.0,
+            }))
+            .0;
         assert_eq!((b.x1, b.y1, b.x2, b.y2), (320.0, 136.0, 640.0, 272.0));
     }
 
@@ -154,6 +196,9 @@ mod tests {
     fn rejects_short_buffers() {
         let mut im = image(4, 4);
         im.bgr.pop();
-        assert!(matches!(prepare(&im, (8, 8), Resize::Stretch), Err(PreprocessError::BadImage { .. })));
+        assert!(matches!(
+            prepare(&im, (8, 8), Resize::Stretch),
+            Err(PreprocessError::BadImage { .. })
+        ));
     }
 }

@@ -88,7 +88,9 @@ impl<T> EdgeTx<T> {
             loop {
                 match self.tx.try_send(msg) {
                     Ok(()) => break,
-                    Err(TrySendError::Disconnected(_)) => return Err(Disconnected(self.name.clone())),
+                    Err(TrySendError::Disconnected(_)) => {
+                        return Err(Disconnected(self.name.clone()));
+                    }
                     Err(TrySendError::Full(back)) => {
                         msg = back;
                         match self.drain.try_recv() {

@@ -53,7 +53,12 @@ pub struct RunReport {
 type Prepared = (Frame, ModelInput);
 
 /// Run `plan` with `detector` until every source ends (or `stop` is set and everything drains).
-pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &RunOptions) -> RunReport {
+pub fn run(
+    plan: &Plan,
+    detector: Box<dyn Detector>,
+    stop: &AtomicBool,
+    opts: &RunOptions,
+) -> RunReport {
     let started = Instant::now();
     let cap = plan.queue_capacity;
     let mut stages: Vec<(String, Arc<StageStats>)> = Vec::new();
@@ -72,7 +77,13 @@ pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &R
         ingest_tx: EdgeTx<Frame>,
         ingest_rx: EdgeRx<Frame>,
         post_rx: EdgeRx<Frame>,
-        outputs: Vec<(String, OutputKind, EdgeTx<Frame>, EdgeRx<Frame>, Arc<StageStats>)>,
+        outputs: Vec<(
+            String,
+            OutputKind,
+            EdgeTx<Frame>,
+            EdgeRx<Frame>,
+            Arc<StageStats>,
+        )>,
         ingest_stats: Arc<StageStats>,
         pre_stats: Arc<StageStats>,
         post_stats: Arc<StageStats>,
@@ -117,12 +128,22 @@ pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &R
         let mut other_handles = Vec::new();
         let mut output_handles = Vec::new();
         for (s, w) in plan.sources.iter().zip(wiring) {
-            let SourceWiring { ingest_tx, ingest_rx, post_rx, outputs, ingest_stats, pre_stats, post_stats } = w;
+            let SourceWiring {
+                ingest_tx,
+                ingest_rx,
+                post_rx,
+                outputs,
+                ingest_stats,
+                pre_stats,
+                post_stats,
+            } = w;
             ingest_handles.push((
                 s.id.clone(),
                 std::thread::Builder::new()
                     .name(format!("ingest-{}", s.id))
-                    .spawn_scoped(scope, move || crate::ingest::run(s, &ingest_tx, stop, &ingest_stats))
+                    .spawn_scoped(scope, move || {
+                        crate::ingest::run(s, &ingest_tx, stop, &ingest_stats)
+                    })
                     .expect("spawn ingest thread"),
             ));
             let det_tx = det_tx.clone();
@@ -131,7 +152,15 @@ pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &R
             other_handles.push(
                 std::thread::Builder::new()
                     .name(format!("pre-{}", s.id))
-                    .spawn_scoped(scope, move || preprocess_stage(&ingest_rx, &det_tx, (model_w, model_h), resize, &pre_stats))
+                    .spawn_scoped(scope, move || {
+                        preprocess_stage(
+                            &ingest_rx,
+                            &det_tx,
+                            (model_w, model_h),
+                            resize,
+                            &pre_stats,
+                        )
+                    })
                     .expect("spawn preprocess thread"),
             );
             let out_txs: Vec<EdgeTx<Frame>> = outputs.iter().map(|o| o.2.clone()).collect();
@@ -150,7 +179,9 @@ pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &R
                     desc.clone(),
                     std::thread::Builder::new()
                         .name(format!("out-{}", s.id))
-                        .spawn_scoped(scope, move || output_stage(&rx, kind, classes, &pipeline_name, deterministic, &st))
+                        .spawn_scoped(scope, move || {
+                            output_stage(&rx, kind, classes, &pipeline_name, deterministic, &st)
+                        })
                         .expect("spawn output thread"),
                 ));
             }
@@ -161,17 +192,22 @@ pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &R
         let batch = plan.batch;
         let det_handle = std::thread::Builder::new()
             .name("detect".into())
-            .spawn_scoped(scope, move || detect_stage(&det_rx, post_txs, detector, &post, batch, n_sources, &det_stats))
+            .spawn_scoped(scope, move || {
+                detect_stage(
+                    &det_rx, post_txs, detector, &post, batch, n_sources, &det_stats,
+                )
+            })
             .expect("spawn detect thread");
 
         for (id, h) in ingest_handles {
             match h.join() {
-                Ok(Ok(r)) => report.frames_in.push((id, r.frames)),
-                Ok(Err(e)) => {
-                    report.frames_in.push((id, 0));
-                    report.errors.push(e.to_string());
+                Ok(r) => {
+                    report.frames_in.push((id, r.frames));
+                    report.errors.extend(r.error.map(|e| e.to_string()));
                 }
-                Err(_) => report.errors.push(format!("source `{id}`: ingest thread panicked")),
+                Err(_) => report
+                    .errors
+                    .push(format!("source `{id}`: ingest thread panicked")),
             }
         }
         if let Ok(Err(e)) = det_handle.join() {
@@ -186,7 +222,9 @@ pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &R
             match h.join() {
                 Ok(Ok(n)) => report.outputs.push((desc, n)),
                 Ok(Err(e)) => report.errors.push(e),
-                Err(_) => report.errors.push(format!("{desc}: output thread panicked")),
+                Err(_) => report
+                    .errors
+                    .push(format!("{desc}: output thread panicked")),
             }
         }
     });
@@ -198,7 +236,13 @@ pub fn run(plan: &Plan, detector: Box<dyn Detector>, stop: &AtomicBool, opts: &R
         .collect();
     report.edges = edges
         .iter()
-        .map(|(n, s)| (n.clone(), s.sent.load(Ordering::Relaxed), s.dropped.load(Ordering::Relaxed)))
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                s.sent.load(Ordering::Relaxed),
+                s.dropped.load(Ordering::Relaxed),
+            )
+        })
         .collect();
     report
 }
@@ -280,7 +324,11 @@ fn detect_stage(
     Ok(())
 }
 
-fn post_stage(rx: &EdgeRx<Frame>, outputs: Vec<EdgeTx<Frame>>, stats: &StageStats) -> Result<(), String> {
+fn post_stage(
+    rx: &EdgeRx<Frame>,
+    outputs: Vec<EdgeTx<Frame>>,
+    stats: &StageStats,
+) -> Result<(), String> {
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Item(frame) => {
@@ -315,9 +363,21 @@ fn output_stage(
     stats: &StageStats,
 ) -> Result<u64, String> {
     let mut writer = match kind {
-        OutputKind::Mp4 { path, overlay, preset, bitrate_kbps } => {
-            Mp4Writer::new(Mp4Settings { path, overlay, preset, bitrate_kbps }, classes.clone()).map(Writer::Mp4)
-        }
+        OutputKind::Mp4 {
+            path,
+            overlay,
+            preset,
+            bitrate_kbps,
+        } => Mp4Writer::new(
+            Mp4Settings {
+                path,
+                overlay,
+                preset,
+                bitrate_kbps,
+            },
+            classes.clone(),
+        )
+        .map(Writer::Mp4),
         OutputKind::Jsonl { path } => JsonlWriter::create(&path).map(Writer::Jsonl),
     }
     .map_err(|e| e.to_string());

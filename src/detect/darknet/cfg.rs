@@ -109,11 +109,24 @@ impl Section {
     }
 
     /// Parse `key` as `T`, or `default` when absent.
-    pub fn get<T: std::str::FromStr>(&self, file: &str, key: &str, default: T) -> Result<T, CfgError> {
+    pub fn get<T: std::str::FromStr>(
+        &self,
+        file: &str,
+        key: &str,
+        default: T,
+    ) -> Result<T, CfgError> {
         match self.options.get(key) {
             None => Ok(default),
             Some((v, _)) => v.parse::<T>().map_err(|_| {
-                self.err(file, Some(key), format!("[{}] {key}={v}: not a valid {}", self.kind, std::any::type_name::<T>()))
+                self.err(
+                    file,
+                    Some(key),
+                    format!(
+                        "[{}] {key}={v}: not a valid {}",
+                        self.kind,
+                        std::any::type_name::<T>()
+                    ),
+                )
             }),
         }
     }
@@ -124,12 +137,24 @@ impl Section {
             return Err(self.err(file, None, format!("[{}] needs `{key}`", self.kind)));
         };
         v.parse::<T>().map_err(|_| {
-            self.err(file, Some(key), format!("[{}] {key}={v}: not a valid {}", self.kind, std::any::type_name::<T>()))
+            self.err(
+                file,
+                Some(key),
+                format!(
+                    "[{}] {key}={v}: not a valid {}",
+                    self.kind,
+                    std::any::type_name::<T>()
+                ),
+            )
         })
     }
 
     /// A comma-separated list of numbers (`layers=-1, 8`), `None` when absent.
-    pub fn list<T: std::str::FromStr>(&self, file: &str, key: &str) -> Result<Option<Vec<T>>, CfgError> {
+    pub fn list<T: std::str::FromStr>(
+        &self,
+        file: &str,
+        key: &str,
+    ) -> Result<Option<Vec<T>>, CfgError> {
         let Some((v, _)) = self.options.get(key) else {
             return Ok(None);
         };
@@ -138,7 +163,11 @@ impl Section {
             .filter(|s| !s.is_empty())
             .map(|s| {
                 s.parse::<T>().map_err(|_| {
-                    self.err(file, Some(key), format!("[{}] {key}: `{s}` is not a valid number", self.kind))
+                    self.err(
+                        file,
+                        Some(key),
+                        format!("[{}] {key}: `{s}` is not a valid number", self.kind),
+                    )
                 })
             })
             .collect::<Result<Vec<T>, _>>()
@@ -166,11 +195,18 @@ mod tests {
 
     #[test]
     fn parses_sections_keys_and_lines() {
-        let cfg = Cfg::parse("x.cfg", "# c\n[net]\nwidth=416\n\n[convolutional]\nfilters = 16 \n").unwrap();
+        let cfg = Cfg::parse(
+            "x.cfg",
+            "# c\n[net]\nwidth=416\n\n[convolutional]\nfilters = 16 \n",
+        )
+        .unwrap();
         assert_eq!(cfg.sections.len(), 2);
         assert_eq!(cfg.sections[1].kind, "convolutional");
         assert_eq!(cfg.sections[1].options["filters"], ("16".to_string(), 6));
-        assert_eq!(cfg.sections[0].get::<usize>("x.cfg", "width", 0).unwrap(), 416);
+        assert_eq!(
+            cfg.sections[0].get::<usize>("x.cfg", "width", 0).unwrap(),
+            416
+        );
     }
 
     #[test]

@@ -43,7 +43,10 @@ impl Activation {
             "logistic" => Self::Logistic,
             "mish" => Self::Mish,
             other => {
-                return Err(sec.error(file, format!("[{}] activation `{other}` is not supported", sec.kind)));
+                return Err(sec.error(
+                    file,
+                    format!("[{}] activation `{other}` is not supported", sec.kind),
+                ));
             }
         })
     }
@@ -110,25 +113,112 @@ enum Layer {
 
 /// Keys darknet reads for training only; accepted and ignored.
 const NET_KEYS: &[&str] = &[
-    "batch", "subdivisions", "width", "height", "channels", "momentum", "decay", "angle", "saturation",
-    "exposure", "hue", "learning_rate", "burn_in", "max_batches", "policy", "steps", "scales", "mosaic",
-    "max_chart_loss", "flip", "letter_box", "min_crop", "max_crop", "jitter", "power", "aspect", "gamma",
-    "mixup", "blur", "cutmix", "adam", "B1", "B2", "eps", "step", "rate", "time_steps", "optimized_memory",
-    "track", "augment_speed", "sequential_subdivisions", "try_fix_nan", "dynamic_minibatch", "inputs",
-    "max_crop", "label_smooth_eps", "workspace_size_limit_MB", "adversarial_lr", "attention",
+    "batch",
+    "subdivisions",
+    "width",
+    "height",
+    "channels",
+    "momentum",
+    "decay",
+    "angle",
+    "saturation",
+    "exposure",
+    "hue",
+    "learning_rate",
+    "burn_in",
+    "max_batches",
+    "policy",
+    "steps",
+    "scales",
+    "mosaic",
+    "max_chart_loss",
+    "flip",
+    "letter_box",
+    "min_crop",
+    "max_crop",
+    "jitter",
+    "power",
+    "aspect",
+    "gamma",
+    "mixup",
+    "blur",
+    "cutmix",
+    "adam",
+    "B1",
+    "B2",
+    "eps",
+    "step",
+    "rate",
+    "time_steps",
+    "optimized_memory",
+    "track",
+    "augment_speed",
+    "sequential_subdivisions",
+    "try_fix_nan",
+    "dynamic_minibatch",
+    "inputs",
+    "max_crop",
+    "label_smooth_eps",
+    "workspace_size_limit_MB",
+    "adversarial_lr",
+    "attention",
 ];
 const CONV_KEYS: &[&str] = &[
-    "batch_normalize", "filters", "size", "stride", "pad", "padding", "activation", "groups", "dilation",
-    "stride_x", "stride_y", "binary", "xnor", "flipped", "dot",
+    "batch_normalize",
+    "filters",
+    "size",
+    "stride",
+    "pad",
+    "padding",
+    "activation",
+    "groups",
+    "dilation",
+    "stride_x",
+    "stride_y",
+    "binary",
+    "xnor",
+    "flipped",
+    "dot",
 ];
-const MAXPOOL_KEYS: &[&str] = &["size", "stride", "padding", "stride_x", "stride_y", "maxpool_depth"];
+const MAXPOOL_KEYS: &[&str] = &[
+    "size",
+    "stride",
+    "padding",
+    "stride_x",
+    "stride_y",
+    "maxpool_depth",
+];
 const ROUTE_KEYS: &[&str] = &["layers", "groups", "group_id", "stopbackward"];
 const UPSAMPLE_KEYS: &[&str] = &["stride", "scale"];
-const SHORTCUT_KEYS: &[&str] = &["from", "activation", "weights_type", "weights_normalization"];
+const SHORTCUT_KEYS: &[&str] = &[
+    "from",
+    "activation",
+    "weights_type",
+    "weights_normalization",
+];
 const YOLO_KEYS: &[&str] = &[
-    "mask", "anchors", "classes", "num", "jitter", "ignore_thresh", "truth_thresh", "random", "scale_x_y",
-    "iou_thresh", "cls_normalizer", "iou_normalizer", "iou_loss", "nms_kind", "beta_nms", "max_delta",
-    "resize", "new_coords", "counters_per_class", "label_smooth_eps", "objectness_smooth", "max",
+    "mask",
+    "anchors",
+    "classes",
+    "num",
+    "jitter",
+    "ignore_thresh",
+    "truth_thresh",
+    "random",
+    "scale_x_y",
+    "iou_thresh",
+    "cls_normalizer",
+    "iou_normalizer",
+    "iou_loss",
+    "nms_kind",
+    "beta_nms",
+    "max_delta",
+    "resize",
+    "new_coords",
+    "counters_per_class",
+    "label_smooth_eps",
+    "objectness_smooth",
+    "max",
 ];
 
 /// A loaded darknet network.
@@ -147,12 +237,17 @@ type Chw = (usize, usize, usize);
 
 impl DarknetNet {
     /// Build from a cfg file and a darknet `.weights` file on `device`.
-    pub fn load(cfg_path: &Path, weights_path: &Path, device: &Device) -> Result<Self, DarknetError> {
+    pub fn load(
+        cfg_path: &Path,
+        weights_path: &Path,
+        device: &Device,
+    ) -> Result<Self, DarknetError> {
         let cfg = Cfg::load(cfg_path)?;
-        let mut weights = WeightReader::open(weights_path).map_err(|message| DarknetError::Weights {
-            path: weights_path.display().to_string(),
-            message,
-        })?;
+        let mut weights =
+            WeightReader::open(weights_path).map_err(|message| DarknetError::Weights {
+                path: weights_path.display().to_string(),
+                message,
+            })?;
         let net = Self::build(&cfg, &mut weights, device)?;
         let left = weights.remaining();
         if left != 0 {
@@ -183,7 +278,12 @@ impl DarknetNet {
         let height: usize = net_sec.require(file, "height")?;
         let channels: usize = net_sec.get(file, "channels", 3)?;
         if width == 0 || height == 0 || channels == 0 {
-            return Err(net_sec.error(file, "[net] width, height and channels must be positive".into()).into());
+            return Err(net_sec
+                .error(
+                    file,
+                    "[net] width, height and channels must be positive".into(),
+                )
+                .into());
         }
 
         let mut layers = Vec::with_capacity(body.len());
@@ -195,7 +295,13 @@ impl DarknetNet {
             let resolve = |r: i64| -> Result<usize, CfgError> {
                 let abs = if r < 0 { index as i64 + r } else { r };
                 if abs < 0 || abs as usize >= index {
-                    Err(sec.error(file, format!("[{}] refers to layer {r}, which does not exist before layer {index}", sec.kind)))
+                    Err(sec.error(
+                        file,
+                        format!(
+                            "[{}] refers to layer {r}, which does not exist before layer {index}",
+                            sec.kind
+                        ),
+                    ))
                 } else {
                     Ok(abs as usize)
                 }
@@ -207,21 +313,54 @@ impl DarknetNet {
                     let size: usize = sec.get(file, "size", 1)?;
                     let stride: usize = sec.get(file, "stride", 1)?;
                     let pad: usize = sec.get(file, "pad", 0)?;
-                    let padding: usize = if pad != 0 { size / 2 } else { sec.get(file, "padding", 0)? };
+                    let padding: usize = if pad != 0 {
+                        size / 2
+                    } else {
+                        sec.get(file, "padding", 0)?
+                    };
                     let groups: usize = sec.get(file, "groups", 1)?;
                     let bn: usize = sec.get(file, "batch_normalize", 0)?;
                     let activation = Activation::parse(sec, file)?;
                     let (c, h, wd) = prev;
-                    if filters == 0 || size == 0 || stride == 0 || groups == 0 || c % groups != 0 || filters % groups != 0 {
+                    if filters == 0
+                        || size == 0
+                        || stride == 0
+                        || groups == 0
+                        || c % groups != 0
+                        || filters % groups != 0
+                    {
                         return Err(sec.error(file, format!("[convolutional] filters={filters} size={size} stride={stride} groups={groups} do not fit {c} input channels")).into());
                     }
                     if h + 2 * padding < size || wd + 2 * padding < size {
                         return Err(sec.error(file, format!("[convolutional] kernel {size} is larger than its {wd}x{h} input")).into());
                     }
-                    let conv = load_conv(w, device, ConvShape { filters, in_per_group: c / groups, size, bn: bn != 0 })
-                        .map_err(|message| sec.error(file, message))?;
-                    let out = (filters, (h + 2 * padding - size) / stride + 1, (wd + 2 * padding - size) / stride + 1);
-                    (Layer::Conv(Conv { weight: conv.0, bias: conv.1, stride, padding, groups, activation }), out)
+                    let conv = load_conv(
+                        w,
+                        device,
+                        ConvShape {
+                            filters,
+                            in_per_group: c / groups,
+                            size,
+                            bn: bn != 0,
+                        },
+                    )
+                    .map_err(|message| sec.error(file, message))?;
+                    let out = (
+                        filters,
+                        (h + 2 * padding - size) / stride + 1,
+                        (wd + 2 * padding - size) / stride + 1,
+                    );
+                    (
+                        Layer::Conv(Conv {
+                            weight: conv.0,
+                            bias: conv.1,
+                            stride,
+                            padding,
+                            groups,
+                            activation,
+                        }),
+                        out,
+                    )
                 }
                 "maxpool" | "max" => {
                     sec.check_keys(file, MAXPOOL_KEYS)?;
@@ -229,14 +368,35 @@ impl DarknetNet {
                     let stride: usize = sec.get(file, "stride", 1)?;
                     let padding: usize = sec.get(file, "padding", size.saturating_sub(1))?;
                     if size == 0 || stride == 0 {
-                        return Err(sec.error(file, "[maxpool] size and stride must be positive".into()).into());
+                        return Err(sec
+                            .error(file, "[maxpool] size and stride must be positive".into())
+                            .into());
                     }
                     let (c, h, wd) = prev;
                     if h + padding < size || wd + padding < size {
-                        return Err(sec.error(file, format!("[maxpool] window {size} is larger than its {wd}x{h} input")).into());
+                        return Err(sec
+                            .error(
+                                file,
+                                format!(
+                                    "[maxpool] window {size} is larger than its {wd}x{h} input"
+                                ),
+                            )
+                            .into());
                     }
-                    let out = (c, (h + padding - size) / stride + 1, (wd + padding - size) / stride + 1);
-                    (Layer::MaxPool { size, stride, pad_lo: padding / 2, pad_hi: padding - padding / 2 }, out)
+                    let out = (
+                        c,
+                        (h + padding - size) / stride + 1,
+                        (wd + padding - size) / stride + 1,
+                    );
+                    (
+                        Layer::MaxPool {
+                            size,
+                            stride,
+                            pad_lo: padding / 2,
+                            pad_hi: padding - padding / 2,
+                        },
+                        out,
+                    )
                 }
                 "route" => {
                     sec.check_keys(file, ROUTE_KEYS)?;
@@ -247,9 +407,19 @@ impl DarknetNet {
                     let groups: usize = sec.get(file, "groups", 1)?;
                     let group_id: usize = sec.get(file, "group_id", 0)?;
                     if groups == 0 || group_id >= groups {
-                        return Err(sec.error(file, format!("[route] group_id={group_id} must be below groups={groups}")).into());
+                        return Err(sec
+                            .error(
+                                file,
+                                format!(
+                                    "[route] group_id={group_id} must be below groups={groups}"
+                                ),
+                            )
+                            .into());
                     }
-                    let layers = refs.into_iter().map(&resolve).collect::<Result<Vec<_>, _>>()?;
+                    let layers = refs
+                        .into_iter()
+                        .map(&resolve)
+                        .collect::<Result<Vec<_>, _>>()?;
                     let (_, h, wd) = shapes[layers[0]];
                     let mut c = 0;
                     for &l in &layers {
@@ -262,13 +432,22 @@ impl DarknetNet {
                         }
                         c += lc / groups;
                     }
-                    (Layer::Route { layers, groups, group_id }, (c, h, wd))
+                    (
+                        Layer::Route {
+                            layers,
+                            groups,
+                            group_id,
+                        },
+                        (c, h, wd),
+                    )
                 }
                 "upsample" => {
                     sec.check_keys(file, UPSAMPLE_KEYS)?;
                     let stride: usize = sec.get(file, "stride", 2)?;
                     if stride == 0 {
-                        return Err(sec.error(file, "[upsample] stride must be positive".into()).into());
+                        return Err(sec
+                            .error(file, "[upsample] stride must be positive".into())
+                            .into());
                     }
                     let (c, h, wd) = prev;
                     (Layer::Upsample { stride }, (c, h * stride, wd * stride))
@@ -277,9 +456,23 @@ impl DarknetNet {
                     sec.check_keys(file, SHORTCUT_KEYS)?;
                     let from = resolve(sec.require(file, "from")?)?;
                     if shapes[from] != prev {
-                        return Err(sec.error(file, format!("[shortcut] from layer {from} has shape {:?}, this one {:?}", shapes[from], prev)).into());
+                        return Err(sec
+                            .error(
+                                file,
+                                format!(
+                                    "[shortcut] from layer {from} has shape {:?}, this one {:?}",
+                                    shapes[from], prev
+                                ),
+                            )
+                            .into());
                     }
-                    (Layer::Shortcut { from, activation: Activation::parse(sec, file)? }, prev)
+                    (
+                        Layer::Shortcut {
+                            from,
+                            activation: Activation::parse(sec, file)?,
+                        },
+                        prev,
+                    )
                 }
                 "yolo" => {
                     sec.check_keys(file, YOLO_KEYS)?;
@@ -297,9 +490,20 @@ impl DarknetNet {
             prev = out;
         }
         if heads.is_empty() {
-            return Err(CfgError { file: file.to_string(), line: 1, message: "the network has no [yolo] head".into() }.into());
+            return Err(CfgError {
+                file: file.to_string(),
+                line: 1,
+                message: "the network has no [yolo] head".into(),
+            }
+            .into());
         }
-        Ok(Self { layers, heads, width, height, channels })
+        Ok(Self {
+            layers,
+            heads,
+            width,
+            height,
+            channels,
+        })
     }
 
     /// The detection heads, in output order.
@@ -315,17 +519,27 @@ impl DarknetNet {
         for layer in &self.layers {
             cur = match layer {
                 Layer::Conv(c) => c.forward(&cur)?,
-                Layer::MaxPool { size, stride, pad_lo, pad_hi } => {
+                Layer::MaxPool {
+                    size,
+                    stride,
+                    pad_lo,
+                    pad_hi,
+                } => {
                     // Replicating the edge equals darknet's -inf padding: every window keeps at
                     // least one real value, and the copy never exceeds the value it copies.
                     let p = if pad_lo + pad_hi > 0 {
-                        cur.pad_with_same(2, *pad_lo, *pad_hi)?.pad_with_same(3, *pad_lo, *pad_hi)?
+                        cur.pad_with_same(2, *pad_lo, *pad_hi)?
+                            .pad_with_same(3, *pad_lo, *pad_hi)?
                     } else {
                         cur.clone()
                     };
                     p.max_pool2d_with_stride(*size, *stride)?
                 }
-                Layer::Route { layers, groups, group_id } => {
+                Layer::Route {
+                    layers,
+                    groups,
+                    group_id,
+                } => {
                     let parts = layers
                         .iter()
                         .map(|&l| {
@@ -338,13 +552,19 @@ impl DarknetNet {
                             }
                         })
                         .collect::<candle_core::Result<Vec<_>>>()?;
-                    if parts.len() == 1 { parts[0].clone() } else { Tensor::cat(&parts, 1)? }
+                    if parts.len() == 1 {
+                        parts[0].clone()
+                    } else {
+                        Tensor::cat(&parts, 1)?
+                    }
                 }
                 Layer::Upsample { stride } => {
                     let (_, _, h, w) = cur.dims4()?;
                     cur.upsample_nearest2d(h * stride, w * stride)?
                 }
-                Layer::Shortcut { from, activation } => activation.apply(&(&cur + &outs[*from])?)?,
+                Layer::Shortcut { from, activation } => {
+                    activation.apply(&(&cur + &outs[*from])?)?
+                }
                 Layer::Yolo => {
                     heads.push(cur.clone());
                     cur
@@ -366,7 +586,11 @@ struct ConvShape {
 
 /// Read one convolution's weights in darknet order (biases, [scales, mean, variance], kernel) and fold
 /// batch norm into the kernel and bias: `w' = w·γ/(σ+ε)`, `b' = β − μ·γ/(σ+ε)`.
-fn load_conv(w: &mut WeightReader, device: &Device, s: ConvShape) -> Result<(Tensor, Tensor), String> {
+fn load_conv(
+    w: &mut WeightReader,
+    device: &Device,
+    s: ConvShape,
+) -> Result<(Tensor, Tensor), String> {
     let n = s.filters;
     let biases = w.take(n)?;
     let per_filter = s.in_per_group * s.size * s.size;
@@ -389,7 +613,11 @@ fn load_conv(w: &mut WeightReader, device: &Device, s: ConvShape) -> Result<(Ten
         (w.take(n * per_filter)?, biases)
     };
     kernel.shrink_to_fit();
-    let kernel = Tensor::from_vec(kernel, (n, s.in_per_group, s.size, s.size), device).map_err(|e| e.to_string())?;
+    let kernel = Tensor::from_vec(kernel, (n, s.in_per_group, s.size, s.size), device)
+        .map_err(|e| e.to_string())?;
     let bias = Tensor::from_vec(bias, n, device).map_err(|e| e.to_string())?;
-    Ok((kernel.to_dtype(DType::F32).map_err(|e| e.to_string())?, bias))
+    Ok((
+        kernel.to_dtype(DType::F32).map_err(|e| e.to_string())?,
+        bias,
+    ))
 }

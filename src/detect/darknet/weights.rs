@@ -26,10 +26,19 @@ impl WeightReader {
         };
         let (major, minor) = (int(0)?, int(1)?);
         let _revision = int(2)?;
-        let header = if major * 10 + minor >= 2 && major < 1000 && minor < 1000 { 20 } else { 16 };
-        let body = bytes.get(header..).ok_or("too short for a darknet header")?;
+        let header = if major * 10 + minor >= 2 && major < 1000 && minor < 1000 {
+            20
+        } else {
+            16
+        };
+        let body = bytes
+            .get(header..)
+            .ok_or("too short for a darknet header")?;
         if body.len() % 4 != 0 {
-            return Err(format!("{} bytes after the header is not a whole number of f32 values", body.len()));
+            return Err(format!(
+                "{} bytes after the header is not a whole number of f32 values",
+                body.len()
+            ));
         }
         let values = body
             .chunks_exact(4)

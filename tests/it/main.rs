@@ -1,0 +1,9 @@
+//! vigil's integration tests: one binary, real GStreamer, real weights, real video.
+//! Assets come from `scripts/fetch-assets` (`make test` runs it first).
+
+mod bad_input;
+mod common;
+mod config_files;
+mod demo;
+mod detect_parity;
+mod sigterm;
