@@ -3,10 +3,12 @@
 //! Every head decoder yields the same [`head::Candidate`], so NMS, tracking and outputs never
 //! care which model ran.
 
+pub mod conv;
 pub mod darknet;
 pub mod head;
 pub mod manifest;
 pub mod nms;
+pub mod pool;
 
 use std::io::Read;
 use std::path::Path;
@@ -98,27 +100,29 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
 
 /// Load the model a manifest describes onto `device`.
 pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+    match info.family {
+        Family::Darknet => Ok(Box::new(load_darknet(info, device)?)),
+    }
+}
+
+/// Load a darknet-family model as its concrete type (tests reach its raw heads).
+pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector, DetectError> {
     verify_sha256(&info.weights, &info.weights_sha256).map_err(|message| DetectError::Weights {
         model: info.name.clone(),
         path: info.weights.display().to_string(),
         message,
     })?;
-    match info.family {
-        Family::Darknet => {
-            let net =
-                darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| {
-                    DetectError::Darknet {
-                        model: info.name.clone(),
-                        source,
-                    }
-                })?;
-            Ok(Box::new(DarknetDetector {
-                info: info.clone(),
-                net,
-                device: device.clone(),
-            }))
+    let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| {
+        DetectError::Darknet {
+            model: info.name.clone(),
+            source,
         }
-    }
+    })?;
+    Ok(DarknetDetector {
+        info: info.clone(),
+        net,
+        device: device.clone(),
+    })
 }
 
 /// A darknet network with `[yolo]` heads.
@@ -132,6 +136,15 @@ pub struct DarknetDetector {
 impl DarknetDetector {
     /// The raw head tensors for a batch, `(batch, channels, h, w)` each (for parity tests).
     pub fn raw_heads(&self, inputs: &[&ModelInput]) -> Result<Vec<Tensor>, DetectError> {
+        Ok(self.net.forward(&self.batch_tensor(inputs)?)?)
+    }
+
+    /// The same through Candle's stock convolution (the fused path's reference).
+    pub fn raw_heads_reference(&self, inputs: &[&ModelInput]) -> Result<Vec<Tensor>, DetectError> {
+        Ok(self.net.forward_reference(&self.batch_tensor(inputs)?)?)
+    }
+
+    fn batch_tensor(&self, inputs: &[&ModelInput]) -> Result<Tensor, DetectError> {
         let want = self.info.input;
         let mut data = Vec::with_capacity(inputs.len() * inputs.first().map_or(0, |i| i.chw.len()));
         for i in inputs {
@@ -143,12 +156,11 @@ impl DarknetDetector {
             }
             data.extend_from_slice(&i.chw);
         }
-        let x = Tensor::from_vec(
+        Ok(Tensor::from_vec(
             data,
             (inputs.len(), 3, want.1 as usize, want.0 as usize),
             &self.device,
-        )?;
-        Ok(self.net.forward(&x)?)
+        )?)
     }
 }
 

@@ -143,3 +143,29 @@ fn letterbox_boxes_come_back_in_frame_pixels() {
         );
     }
 }
+
+/// The fused CPU convolution gives the same raw head tensors as Candle's stock convolution on a
+/// real image with the real weights (max error ≤ 1e-4 of the tensor's largest magnitude).
+#[test]
+fn fast_conv_heads_match_candle_reference_on_real_weights() {
+    let info = vigil::detect::manifest::ModelInfo::load(&model()).unwrap();
+    let det = vigil::detect::load_darknet(&info, &candle_core::Device::Cpu).unwrap();
+    let image = vigil::image_io::read(&asset("images/person.jpg")).unwrap();
+    let input =
+        vigil::preprocess::prepare(&image, info.input, vigil::config::spec::Resize::Letterbox)
+            .unwrap();
+    let fast = det.raw_heads(&[&input]).unwrap();
+    let plain = det.raw_heads_reference(&[&input]).unwrap();
+    assert_eq!(fast.len(), 2);
+    for (f, p) in fast.iter().zip(&plain) {
+        assert_eq!(f.dims(), p.dims());
+        let f: Vec<f32> = f.flatten_all().unwrap().to_vec1().unwrap();
+        let p: Vec<f32> = p.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = p.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = f
+            .iter()
+            .zip(&p)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-4 * scale, "max error {err} vs scale {scale}");
+    }
+}

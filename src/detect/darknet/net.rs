@@ -10,7 +10,9 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::cfg::{Cfg, CfgError, Section};
 use super::weights::WeightReader;
+use crate::detect::conv::{FastConv, Fused};
 use crate::detect::head::YoloHead;
+use crate::detect::pool::MaxPool;
 
 /// Errors while building or running a darknet network.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +75,25 @@ struct Conv {
     padding: usize,
     groups: usize,
     activation: Activation,
+    /// The fused CPU path (weights packed at load), when the activation can be fused.
+    fast: Option<FastConv>,
+}
+
+impl Conv {
+    /// Candle's own conv + bias + activation: every device, and the reference for the fast path.
+    fn forward_plain(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        self.activation.apply(&y)
+    }
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
-        self.activation.apply(&y)
+        match &self.fast {
+            Some(fast) if x.device().is_cpu() => x.contiguous()?.apply_op1_no_bwd(fast),
+            _ => self.forward_plain(x),
+        }
     }
 }
 
@@ -88,12 +102,7 @@ impl Module for Conv {
 enum Layer {
     Conv(Conv),
     /// darknet maxpool: `pad_lo` before, `pad_hi` after (size 2 / stride 1 pads right and bottom only).
-    MaxPool {
-        size: usize,
-        stride: usize,
-        pad_lo: usize,
-        pad_hi: usize,
-    },
+    MaxPool(MaxPool),
     /// Concatenate (a channel group of) earlier outputs along channels.
     Route {
         layers: Vec<usize>,
@@ -109,6 +118,19 @@ enum Layer {
     },
     /// A detection head: passes its input through and records it as an output.
     Yolo,
+}
+
+impl Layer {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Conv(_) => "convolutional",
+            Self::MaxPool(_) => "maxpool",
+            Self::Route { .. } => "route",
+            Self::Upsample { .. } => "upsample",
+            Self::Shortcut { .. } => "shortcut",
+            Self::Yolo => "yolo",
+        }
+    }
 }
 
 /// Keys darknet reads for training only; accepted and ignored.
@@ -350,6 +372,29 @@ impl DarknetNet {
                         (h + 2 * padding - size) / stride + 1,
                         (wd + 2 * padding - size) / stride + 1,
                     );
+                    let act = match activation {
+                        Activation::Linear => Fused::Linear,
+                        Activation::Leaky => Fused::Leaky(0.1f32.to_bits()),
+                        Activation::Relu => Fused::Relu,
+                        Activation::Logistic => Fused::Logistic,
+                        Activation::Mish => Fused::Mish,
+                    };
+                    let fast = if device.is_cpu() {
+                        Some(FastConv {
+                            weight: conv.0.flatten_all()?.to_vec1()?,
+                            bias: conv.1.to_vec1()?,
+                            c_out: filters,
+                            c_in: c,
+                            k: size,
+                            stride,
+                            padding,
+                            groups,
+                            act,
+                            threads: rayon::current_num_threads(),
+                        })
+                    } else {
+                        None
+                    };
                     (
                         Layer::Conv(Conv {
                             weight: conv.0,
@@ -358,6 +403,7 @@ impl DarknetNet {
                             padding,
                             groups,
                             activation,
+                            fast,
                         }),
                         out,
                     )
@@ -389,12 +435,12 @@ impl DarknetNet {
                         (wd + padding - size) / stride + 1,
                     );
                     (
-                        Layer::MaxPool {
+                        Layer::MaxPool(MaxPool {
                             size,
                             stride,
                             pad_lo: padding / 2,
                             pad_hi: padding - padding / 2,
-                        },
+                        }),
                         out,
                     )
                 }
@@ -513,27 +559,39 @@ impl DarknetNet {
 
     /// Run the network; returns one raw tensor per head, in `heads()` order.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        self.run(x, true)
+    }
+
+    /// Like [`forward`](Self::forward) but with Candle's stock convolution everywhere: the
+    /// reference the fused CPU path is tested against.
+    pub fn forward_reference(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        self.run(x, false)
+    }
+
+    fn run(&self, x: &Tensor, fast: bool) -> candle_core::Result<Vec<Tensor>> {
         let mut outs: Vec<Tensor> = Vec::with_capacity(self.layers.len());
         let mut heads = Vec::with_capacity(self.heads.len());
         let mut cur = x.clone();
-        for layer in &self.layers {
+        // Per-layer timing for profiling: RUST_LOG=vigil::detect::layers=trace
+        let profile = tracing::enabled!(target: "vigil::detect::layers", tracing::Level::TRACE);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let started = profile.then(std::time::Instant::now);
             cur = match layer {
-                Layer::Conv(c) => c.forward(&cur)?,
-                Layer::MaxPool {
-                    size,
-                    stride,
-                    pad_lo,
-                    pad_hi,
-                } => {
+                Layer::Conv(c) if fast => c.forward(&cur)?,
+                Layer::Conv(c) => c.forward_plain(&cur)?,
+                Layer::MaxPool(p) if fast && cur.device().is_cpu() => {
+                    cur.contiguous()?.apply_op1_no_bwd(p)?
+                }
+                Layer::MaxPool(p) => {
                     // Replicating the edge equals darknet's -inf padding: every window keeps at
                     // least one real value, and the copy never exceeds the value it copies.
-                    let p = if pad_lo + pad_hi > 0 {
-                        cur.pad_with_same(2, *pad_lo, *pad_hi)?
-                            .pad_with_same(3, *pad_lo, *pad_hi)?
+                    let padded = if p.pad_lo + p.pad_hi > 0 {
+                        cur.pad_with_same(2, p.pad_lo, p.pad_hi)?
+                            .pad_with_same(3, p.pad_lo, p.pad_hi)?
                     } else {
                         cur.clone()
                     };
-                    p.max_pool2d_with_stride(*size, *stride)?
+                    padded.max_pool2d_with_stride(p.size, p.stride)?
                 }
                 Layer::Route {
                     layers,
@@ -570,6 +628,9 @@ impl DarknetNet {
                     cur
                 }
             };
+            if let Some(t) = started {
+                tracing::trace!(target: "vigil::detect::layers", index, kind = layer.kind(), shape = ?cur.dims(), us = t.elapsed().as_micros() as u64, "layer");
+            }
             outs.push(cur.clone());
         }
         Ok(heads)
