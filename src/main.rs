@@ -1,7 +1,7 @@
 //! The `vigil` command line. Exit codes: 0 success, 1 failure (bad config, a source or output
 //! failed), 2 bad usage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -132,7 +132,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf, deterministic: bool) -> Result<ExitCode> {
+fn run(path: &Path, deterministic: bool) -> Result<ExitCode> {
     let plan = match config::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -187,7 +187,7 @@ fn run(path: &PathBuf, deterministic: bool) -> Result<ExitCode> {
 
 fn detect_images(
     images: &[PathBuf],
-    model: &PathBuf,
+    model: &Path,
     confidence: f32,
     iou: f32,
     resize: Option<Resize>,

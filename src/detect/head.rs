@@ -43,7 +43,7 @@ impl YoloHead {
     ) -> Result<Self, CfgError> {
         let classes: usize = sec.get(file, "classes", 80)?;
         let all: Vec<f32> = sec.list(file, "anchors")?.unwrap_or_default();
-        if all.is_empty() || all.len() % 2 != 0 {
+        if all.is_empty() || !all.len().is_multiple_of(2) {
             return Err(sec.error(file, "[yolo] needs `anchors` as w,h pairs".into()));
         }
         let num: usize = sec.get(file, "num", all.len() / 2)?;

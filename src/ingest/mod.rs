@@ -109,10 +109,11 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
             .unwrap_or(false);
         let Some(convert) = convert_weak.upgrade() else { return };
         let Some(sinkpad) = convert.static_pad("sink") else { return };
-        if is_video && !sinkpad.is_linked() {
-            if let Err(e) = pad.link(&sinkpad) {
-                tracing::warn!(target: "vigil::ingest", source = %id, "cannot link decoded video: {e:?}");
-            }
+        if is_video
+            && !sinkpad.is_linked()
+            && let Err(e) = pad.link(&sinkpad)
+        {
+            tracing::warn!(target: "vigil::ingest", source = %id, "cannot link decoded video: {e:?}");
         }
     });
     Ok((pipeline, sink))
@@ -140,17 +141,10 @@ fn pull_all(
         .ok_or_else(|| stream_err("pipeline has no bus".into()))?;
     tracing::info!(target: "vigil::ingest", source = %src.id, uri = %safe_uri, "starting");
     let _guard = StopOnDrop(pipeline.clone());
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|_| {
-            stream_err(format!(
-                "{safe_uri}: cannot start playing (see the error below)"
-            ))
-        })
-        .or_else(|e| match first_error(&bus) {
-            Some(m) => Err(stream_err(format!("{safe_uri}: {m}"))),
-            None => Err(e),
-        })?;
+    pipeline.set_state(gst::State::Playing).map_err(|_| {
+        let why = first_error(&bus).unwrap_or_else(|| "cannot start playing".into());
+        stream_err(format!("{safe_uri}: {why}"))
+    })?;
     // A file cut short still decodes up to the cut; say so at the end rather than end "cleanly".
     let truncated = gst::glib::filename_from_uri(&src.uri)
         .ok()

@@ -51,6 +51,14 @@ pub struct RunReport {
 }
 
 type Prepared = (Frame, ModelInput);
+/// One output of one source: description, settings, its edge, its stats.
+type OutputWiring = (
+    String,
+    OutputKind,
+    EdgeTx<Frame>,
+    EdgeRx<Frame>,
+    Arc<StageStats>,
+);
 
 /// Run `plan` with `detector` until every source ends (or `stop` is set and everything drains).
 pub fn run(
@@ -77,13 +85,7 @@ pub fn run(
         ingest_tx: EdgeTx<Frame>,
         ingest_rx: EdgeRx<Frame>,
         post_rx: EdgeRx<Frame>,
-        outputs: Vec<(
-            String,
-            OutputKind,
-            EdgeTx<Frame>,
-            EdgeRx<Frame>,
-            Arc<StageStats>,
-        )>,
+        outputs: Vec<OutputWiring>,
         ingest_stats: Arc<StageStats>,
         pre_stats: Arc<StageStats>,
         post_stats: Arc<StageStats>,

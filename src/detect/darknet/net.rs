@@ -348,8 +348,8 @@ impl DarknetNet {
                         || size == 0
                         || stride == 0
                         || groups == 0
-                        || c % groups != 0
-                        || filters % groups != 0
+                        || !c.is_multiple_of(groups)
+                        || !filters.is_multiple_of(groups)
                     {
                         return Err(sec.error(file, format!("[convolutional] filters={filters} size={size} stride={stride} groups={groups} do not fit {c} input channels")).into());
                     }
@@ -473,7 +473,7 @@ impl DarknetNet {
                         if (lh, lw) != (h, wd) {
                             return Err(sec.error(file, format!("[route] joins layers of different sizes ({wd}x{h} and {lw}x{lh})")).into());
                         }
-                        if lc % groups != 0 {
+                        if !lc.is_multiple_of(groups) {
                             return Err(sec.error(file, format!("[route] layer {l} has {lc} channels, not divisible into {groups} groups")).into());
                         }
                         c += lc / groups;
