@@ -7,4 +7,6 @@ pub mod image_io;
 pub mod ingest;
 pub mod output;
 pub mod preprocess;
+pub mod regress;
 pub mod runtime;
+pub mod track;

@@ -66,6 +66,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Score a tracker's output against ground truth (MOT15 CSV files): MOTA, MOTP, IDF1, …
+    TrackEval {
+        /// Ground truth (`frame,id,x,y,w,h,…`).
+        #[arg(long)]
+        gt: PathBuf,
+        /// Tracker output in the same format.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Minimum IoU for a match.
+        #[arg(long, default_value_t = 0.5)]
+        iou: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_resize(s: &str) -> Result<Resize, String> {
@@ -102,6 +117,19 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             deterministic,
         } => run(&pipeline, deterministic),
         Command::Check { files } => Ok(check(&files)),
+        Command::TrackEval { gt, pred, iou, json } => {
+            let m = vigil::regress::mot::evaluate(
+                &vigil::regress::mot::load(&gt)?,
+                &vigil::regress::mot::load(&pred)?,
+                1.0 - iou,
+            );
+            if json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!("{m}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Detect {
             images,
             model,

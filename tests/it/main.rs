@@ -6,4 +6,5 @@ mod common;
 mod config_files;
 mod demo;
 mod detect_parity;
+mod mot_metrics;
 mod sigterm;

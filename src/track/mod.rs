@@ -1,0 +1,3 @@
+//! Multi-object tracking.
+
+pub mod assign;
