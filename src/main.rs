@@ -117,7 +117,12 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             deterministic,
         } => run(&pipeline, deterministic),
         Command::Check { files } => Ok(check(&files)),
-        Command::TrackEval { gt, pred, iou, json } => {
+        Command::TrackEval {
+            gt,
+            pred,
+            iou,
+            json,
+        } => {
             let m = vigil::regress::mot::evaluate(
                 &vigil::regress::mot::load(&gt)?,
                 &vigil::regress::mot::load(&pred)?,

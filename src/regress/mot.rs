@@ -37,17 +37,35 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<MotRow>, MotError> {
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
-        let f: Vec<&str> = t.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).collect();
-        let err = |message: String| MotError { path: path.to_string(), line: i + 1, message };
+        let f: Vec<&str> = t
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let err = |message: String| MotError {
+            path: path.to_string(),
+            line: i + 1,
+            message,
+        };
         if f.len() < 6 {
-            return Err(err(format!("expected at least 6 fields (frame,id,x,y,w,h), found {}", f.len())));
+            return Err(err(format!(
+                "expected at least 6 fields (frame,id,x,y,w,h), found {}",
+                f.len()
+            )));
         }
-        let num = |k: usize| f[k].parse::<f64>().map_err(|_| err(format!("field {} `{}` is not a number", k + 1, f[k])));
+        let num = |k: usize| {
+            f[k].parse::<f64>()
+                .map_err(|_| err(format!("field {} `{}` is not a number", k + 1, f[k])))
+        };
         let (x, y, w, h) = (num(2)?, num(3)?, num(4)?, num(5)?);
         rows.push(MotRow {
             frame: num(0)? as i64,
             id: num(1)? as i64,
-            bbox: Xyxy { x1: x as f32, y1: y as f32, x2: (x + w) as f32, y2: (y + h) as f32 },
+            bbox: Xyxy {
+                x1: x as f32,
+                y1: y as f32,
+                x2: (x + w) as f32,
+                y2: (y + h) as f32,
+            },
         });
     }
     Ok(rows)
@@ -96,7 +114,11 @@ fn iou_distance(a: &Xyxy, b: &Xyxy) -> f64 {
     let ih = (ay2.min(by2) - ay1.max(by1)).max(0.0);
     let inter = iw * ih;
     let union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter;
-    if inter <= 0.0 || union <= 0.0 { 1.0 } else { 1.0 - inter / union }
+    if inter <= 0.0 || union <= 0.0 {
+        1.0
+    } else {
+        1.0 - inter / union
+    }
 }
 
 /// Score `pred` against `gt` with IoU distance threshold `max_distance` (0.5 = IoU ≥ 0.5).
@@ -108,7 +130,11 @@ pub fn evaluate(gt: &[MotRow], pred: &[MotRow], max_distance: f64) -> MotMetrics
     for r in pred {
         by_frame.entry(r.frame).or_default().1.push(r);
     }
-    let mut m = MotMetrics { num_objects: gt.len() as u64, num_predictions: pred.len() as u64, ..Default::default() };
+    let mut m = MotMetrics {
+        num_objects: gt.len() as u64,
+        num_predictions: pred.len() as u64,
+        ..Default::default()
+    };
     let mut last: HashMap<i64, i64> = HashMap::new();
     let mut dist_sum = 0f64;
     // per object id: frames present, and whether tracked in each (in frame order)
@@ -145,7 +171,9 @@ pub fn evaluate(gt: &[MotRow], pred: &[MotRow], max_distance: f64) -> MotMetrics
         let mut matched: Vec<(usize, usize, bool)> = Vec::new(); // (o, h, switch)
         // 1. keep last frame's partners that are still valid
         for (i, o) in objs.iter().enumerate() {
-            let Some(&prev) = last.get(&o.id) else { continue };
+            let Some(&prev) = last.get(&o.id) else {
+                continue;
+            };
             if let Some(j) = hyps.iter().position(|h| h.id == prev)
                 && !hyp_done[j]
                 && d[i * nh + j].is_some()
@@ -159,7 +187,10 @@ pub fn evaluate(gt: &[MotRow], pred: &[MotRow], max_distance: f64) -> MotMetrics
         let free_o: Vec<usize> = (0..no).filter(|&i| !obj_done[i]).collect();
         let free_h: Vec<usize> = (0..nh).filter(|&j| !hyp_done[j]).collect();
         let dr = &d;
-        let sub: Vec<Option<f64>> = free_o.iter().flat_map(|&i| free_h.iter().map(move |&j| dr[i * nh + j])).collect();
+        let sub: Vec<Option<f64>> = free_o
+            .iter()
+            .flat_map(|&i| free_h.iter().map(move |&j| dr[i * nh + j]))
+            .collect();
         for (r, c) in assign::max_valid_min_cost(&sub, free_o.len(), free_h.len()) {
             let (i, j) = (free_o[r], free_h[c]);
             let switch = last.get(&objs[i].id).is_some_and(|&p| p != hyps[j].id);
@@ -186,8 +217,14 @@ pub fn evaluate(gt: &[MotRow], pred: &[MotRow], max_distance: f64) -> MotMetrics
     }
 
     let detections = m.num_matches + m.num_switches;
-    m.motp = if detections > 0 { dist_sum / detections as f64 } else { f64::NAN };
-    m.mota = 1.0 - (m.num_misses + m.num_switches + m.num_false_positives) as f64 / m.num_objects.max(1) as f64;
+    m.motp = if detections > 0 {
+        dist_sum / detections as f64
+    } else {
+        f64::NAN
+    };
+    m.mota = 1.0
+        - (m.num_misses + m.num_switches + m.num_false_positives) as f64
+            / m.num_objects.max(1) as f64;
     m.recall = detections as f64 / m.num_objects.max(1) as f64;
     m.precision = detections as f64 / (detections + m.num_false_positives).max(1) as f64;
     m.num_unique_objects = history.len() as u64;
@@ -200,8 +237,14 @@ pub fn evaluate(gt: &[MotRow], pred: &[MotRow], max_distance: f64) -> MotMetrics
         } else {
             m.mostly_lost += 1;
         }
-        if let (Some(first), Some(last)) = (tracked.iter().position(|&t| t), tracked.iter().rposition(|&t| t)) {
-            m.num_fragmentations += tracked[first..=last].windows(2).filter(|w| w[0] && !w[1]).count() as u64;
+        if let (Some(first), Some(last)) = (
+            tracked.iter().position(|&t| t),
+            tracked.iter().rposition(|&t| t),
+        ) {
+            m.num_fragmentations += tracked[first..=last]
+                .windows(2)
+                .filter(|w| w[0] && !w[1])
+                .count() as u64;
         }
     }
 
@@ -236,12 +279,20 @@ impl std::fmt::Display for MotMetrics {
         writeln!(f, "IDR         {:.6}", self.idr)?;
         writeln!(f, "recall      {:.6}", self.recall)?;
         writeln!(f, "precision   {:.6}", self.precision)?;
-        writeln!(f, "objects     {}  ({} identities)", self.num_objects, self.num_unique_objects)?;
+        writeln!(
+            f,
+            "objects     {}  ({} identities)",
+            self.num_objects, self.num_unique_objects
+        )?;
         writeln!(f, "predictions {}", self.num_predictions)?;
         writeln!(f, "FP          {}", self.num_false_positives)?;
         writeln!(f, "misses      {}", self.num_misses)?;
         writeln!(f, "ID switches {}", self.num_switches)?;
         writeln!(f, "fragment.   {}", self.num_fragmentations)?;
-        write!(f, "MT / PT / ML {} / {} / {}", self.mostly_tracked, self.partially_tracked, self.mostly_lost)
+        write!(
+            f,
+            "MT / PT / ML {} / {} / {}",
+            self.mostly_tracked, self.partially_tracked, self.mostly_lost
+        )
     }
 }

@@ -24,7 +24,11 @@ pub fn min_cost(costs: &[f64], rows: usize, cols: usize) -> Vec<(usize, usize)> 
     } else {
         let m = Matrix::from_fn(cols, rows, |(c, r)| to_int(costs[r * cols + c]));
         let (_, assign) = kuhn_munkres_min(&m);
-        assign.into_iter().enumerate().map(|(c, r)| (r, c)).collect()
+        assign
+            .into_iter()
+            .enumerate()
+            .map(|(c, r)| (r, c))
+            .collect()
     };
     pairs.sort_unstable();
     pairs

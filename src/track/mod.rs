@@ -1,3 +1,67 @@
-//! Multi-object tracking.
+//! Multi-object tracking: per-stream trackers that give detections stable identities.
+//!
+//! Every tracker takes one frame's detections and returns the tracks it reports for that frame,
+//! each with the index of the detection it was updated with (if any). IDs are unique per tracker
+//! (per stream), start at 1 and are never reused; finished tracks are dropped after `max_age`
+//! frames, so memory stays bounded however long the stream runs.
 
 pub mod assign;
+pub mod bytetrack;
+pub mod iou;
+pub mod kalman;
+pub mod sort;
+
+/// One detection handed to a tracker, in frame pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackerInput {
+    /// `[x1, y1, x2, y2]`
+    pub bbox: [f64; 4],
+    pub score: f64,
+    pub class_id: u32,
+}
+
+/// A track reported for the current frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackOutput {
+    pub track_id: u64,
+    /// The tracker's box for this frame (Kalman state for SORT-like trackers).
+    pub bbox: [f64; 4],
+    pub score: f64,
+    pub class_id: u32,
+    /// Index of the input detection this track was updated with in this frame.
+    pub det: Option<usize>,
+}
+
+/// A multi-object tracker for one stream.
+pub trait Tracker: Send {
+    /// Advance one frame with its detections.
+    fn update(&mut self, dets: &[TrackerInput]) -> Vec<TrackOutput>;
+    /// Tracks held in memory (active, lost and not yet evicted).
+    fn held(&self) -> usize;
+}
+
+/// IoU of two `[x1, y1, x2, y2]` boxes (no +1 pixel convention); 0 when the union is empty.
+pub fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union <= 0.0 { 0.0 } else { inter / union }
+}
+
+/// Which tracker, with its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrackerKind {
+    Iou(iou::IouParams),
+    Sort(sort::SortParams),
+    ByteTrack(bytetrack::ByteTrackParams),
+}
+
+/// Build a fresh tracker (one per stream).
+pub fn build(kind: &TrackerKind) -> Box<dyn Tracker> {
+    match kind {
+        TrackerKind::Iou(p) => Box::new(iou::IouTracker::new(p.clone())),
+        TrackerKind::Sort(p) => Box::new(sort::Sort::new(p.clone())),
+        TrackerKind::ByteTrack(p) => Box::new(bytetrack::ByteTrack::new(p.clone())),
+    }
+}

@@ -8,3 +8,4 @@ mod demo;
 mod detect_parity;
 mod mot_metrics;
 mod sigterm;
+mod trackers;
