@@ -44,6 +44,15 @@ pub struct Frame {
     pub image: Arc<Image>,
     /// Objects found in the frame, boxes in frame pixels (filled by the detector stage).
     pub detections: Vec<Detection>,
+    /// Recent path of each track reported in this frame (for the overlay), oldest point first.
+    pub trails: Vec<Trail>,
+}
+
+/// Where a track has been: bottom-centre points of its last boxes, in frame pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trail {
+    pub track_id: u64,
+    pub points: Vec<(f32, f32)>,
 }
 
 /// An axis-aligned box `[x1, y1, x2, y2]` in some coordinate space.

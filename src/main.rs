@@ -267,6 +267,7 @@ fn detect_images(
             ingested: std::time::Instant::now(),
             image: Arc::new(image),
             detections: detect::postprocess(cands, &post, &input),
+            trails: Vec::new(),
         };
         let record = Record::of(&frame, "detect", &info.classes, false);
         if json {

@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde_saphyr::{Location, Spanned};
 
-use super::spec::{self, OutputSpec, Pace, PipelineSpec, Resize};
+use super::spec::{self, OutputSpec, Pace, PipelineSpec, Resize, TrackerSpec};
 use super::{ConfigError, Problem};
 use crate::detect::PostParams;
 use crate::detect::manifest::ModelInfo;
 use crate::detect::nms::NmsParams;
 use crate::runtime::edge::WhenFull;
+use crate::track::TrackerKind;
+use crate::track::bytetrack::ByteTrackParams;
+use crate::track::iou::IouParams;
+use crate::track::sort::SortParams;
 
 /// A pipeline ready to run.
 #[derive(Debug, Clone)]
@@ -23,6 +27,8 @@ pub struct Plan {
     pub resize: Resize,
     pub post: PostParams,
     pub batch: usize,
+    /// `None`: no tracking.
+    pub tracker: Option<TrackerKind>,
     pub queue_capacity: usize,
     /// Outputs, already expanded per source.
     pub outputs: Vec<OutputPlan>,
@@ -294,6 +300,8 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         );
     }
 
+    let tracker = resolve_tracker(&mut c, spec.tracker.as_ref());
+
     // Outputs, expanded per source
     let mut outputs = Vec::new();
     let mut seen_paths: Vec<PathBuf> = Vec::new();
@@ -377,6 +385,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 },
             },
             batch,
+            tracker,
             queue_capacity: cap.clamp(1, 4096),
             outputs,
         }),
@@ -384,6 +393,70 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             problems: c.problems,
         }),
     }
+}
+
+/// The tracker a spec asks for (ByteTrack when absent), with range checks.
+fn resolve_tracker(c: &mut Collector, spec: Option<&Spanned<TrackerSpec>>) -> Option<TrackerKind> {
+    let Some(spec) = spec else {
+        return Some(TrackerKind::ByteTrack(ByteTrackParams::default()));
+    };
+    let loc = spec.referenced;
+    let mut unit = |name: &str, v: Option<f64>, default: f64| {
+        let v = v.unwrap_or(default);
+        if !(0.0..=1.0).contains(&v) {
+            c.at(
+                loc,
+                format!("tracker.{name} must be between 0 and 1, got {v}"),
+            );
+        }
+        v
+    };
+    Some(match &spec.value {
+        TrackerSpec::None => return None,
+        TrackerSpec::Iou { iou, max_age } => {
+            let d = IouParams::default();
+            TrackerKind::Iou(IouParams {
+                iou: unit("iou", *iou, d.iou),
+                max_age: max_age.unwrap_or(d.max_age),
+            })
+        }
+        TrackerSpec::Sort {
+            max_age,
+            min_hits,
+            iou,
+        } => {
+            let d = SortParams::default();
+            TrackerKind::Sort(SortParams {
+                iou: unit("iou", *iou, d.iou),
+                max_age: max_age.unwrap_or(d.max_age),
+                min_hits: min_hits.unwrap_or(d.min_hits),
+            })
+        }
+        TrackerSpec::Bytetrack {
+            high,
+            low,
+            match_thresh,
+            max_age,
+        } => {
+            let d = ByteTrackParams::default();
+            let p = ByteTrackParams {
+                high: unit("high", *high, d.high),
+                low: unit("low", *low, d.low),
+                match_thresh: unit("match_thresh", *match_thresh, d.match_thresh),
+                max_age: max_age.unwrap_or(d.max_age),
+            };
+            if p.low >= p.high {
+                c.at(
+                    loc,
+                    format!(
+                        "tracker.low ({}) must be below tracker.high ({})",
+                        p.low, p.high
+                    ),
+                );
+            }
+            TrackerKind::ByteTrack(p)
+        }
+    })
 }
 
 #[cfg(test)]

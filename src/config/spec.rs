@@ -32,6 +32,9 @@ pub struct PipelineSpec {
     /// Non-maximum suppression of overlapping boxes.
     #[serde(default)]
     pub nms: NmsSpec,
+    /// Multi-object tracker, one per source (IDs in metadata and overlay). Default: ByteTrack.
+    #[serde(default)]
+    pub tracker: Option<Spanned<TrackerSpec>>,
     /// Capacity and full-policy of the queues between stages.
     #[serde(default)]
     pub queues: QueueSpec,
@@ -124,6 +127,50 @@ impl Default for NmsSpec {
             max_detections: DEFAULT_MAX_DETECTIONS,
         }
     }
+}
+
+/// A multi-object tracker and its settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TrackerSpec {
+    /// No tracking: detections carry no `track_id`.
+    None,
+    /// Greedy IoU matching, no motion model.
+    Iou {
+        /// Minimum IoU to continue a track. Default 0.5.
+        #[serde(default)]
+        iou: Option<f64>,
+        /// Frames a track survives unmatched. Default 5.
+        #[serde(default)]
+        max_age: Option<u64>,
+    },
+    /// SORT: Kalman filter + Hungarian matching on IoU.
+    Sort {
+        /// Frames a track survives unmatched. Default 1.
+        #[serde(default)]
+        max_age: Option<u64>,
+        /// Consecutive matches before a track is reported. Default 3.
+        #[serde(default)]
+        min_hits: Option<u64>,
+        /// Minimum IoU for a match. Default 0.3.
+        #[serde(default)]
+        iou: Option<f64>,
+    },
+    /// ByteTrack: two-stage association with high- and low-score detections.
+    Bytetrack {
+        /// Score above which a detection is "high" (first stage). New tracks need high + 0.1. Default 0.5.
+        #[serde(default)]
+        high: Option<f64>,
+        /// Score above which a detection joins the second stage. Default 0.1.
+        #[serde(default)]
+        low: Option<f64>,
+        /// First-stage match threshold on the cost 1 − IoU·score. Default 0.8.
+        #[serde(default)]
+        match_thresh: Option<f64>,
+        /// Frames a lost track is kept to be re-found. Default 30.
+        #[serde(default)]
+        max_age: Option<u64>,
+    },
 }
 
 /// Queues between stages.

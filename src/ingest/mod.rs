@@ -254,6 +254,7 @@ fn to_frame(sample: &gst::Sample, stream: &StreamId, seq: u64) -> Result<Frame, 
             bgr,
         }),
         detections: Vec::new(),
+        trails: Vec::new(),
     })
 }
 

@@ -148,12 +148,18 @@ impl Mp4Writer {
         }
         let mut pixels = frame.image.bgr.clone();
         if self.settings.overlay {
-            super::overlay::draw(&mut pixels, w, h, &frame.detections, &self.classes).map_err(
-                |x| OutputError::Encode {
-                    path: self.settings.path.display().to_string(),
-                    message: x.to_string(),
-                },
-            )?;
+            super::overlay::draw(
+                &mut pixels,
+                w,
+                h,
+                &frame.detections,
+                &frame.trails,
+                &self.classes,
+            )
+            .map_err(|x| OutputError::Encode {
+                path: self.settings.path.display().to_string(),
+                message: x.to_string(),
+            })?;
         }
         // Timestamps start at zero; frames without a PTS follow the previous one.
         let pts = match (frame.pts_ns, enc.first_pts) {

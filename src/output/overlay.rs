@@ -3,7 +3,7 @@
 use opencv::core::{Mat, Point, Rect, Scalar, Vec3b};
 use opencv::imgproc;
 
-use crate::frame::Detection;
+use crate::frame::{Detection, Trail};
 
 /// A distinct, stable colour per class (or per track when tracked), BGR.
 fn colour(key: u64) -> Scalar {
@@ -23,17 +23,33 @@ fn colour(key: u64) -> Scalar {
     Scalar::new(b, g, r, 0.0)
 }
 
-/// Draw `detections` into `bgr` (`width × height`, tightly packed).
+/// Draw `detections` (and the `trails` of tracked ones) into `bgr` (`width × height`, tightly packed).
 pub fn draw(
     bgr: &mut [u8],
     width: u32,
     height: u32,
     detections: &[Detection],
+    trails: &[Trail],
     classes: &[String],
 ) -> opencv::Result<()> {
     let mut mat = Mat::new_rows_cols_with_bytes_mut::<Vec3b>(height as i32, width as i32, bgr)?;
     let thickness = ((width.max(height) as f32 / 400.0).round() as i32).max(1);
-    let font_scale = (thickness as f64) * 0.45;
+    for t in trails {
+        let c = colour(t.track_id);
+        for w in t.points.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            imgproc::line(
+                &mut mat,
+                Point::new(a.0 as i32, a.1 as i32),
+                Point::new(b.0 as i32, b.1 as i32),
+                c,
+                thickness,
+                imgproc::LINE_AA,
+                0,
+            )?;
+        }
+    }
+    let font_scale = (thickness as f64) * 0.35;
     for d in detections {
         let b = d.box_in_frame.0;
         let c = colour(d.track_id.unwrap_or(d.class_id as u64));

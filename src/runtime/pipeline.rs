@@ -166,10 +166,13 @@ pub fn run(
                     .expect("spawn preprocess thread"),
             );
             let out_txs: Vec<EdgeTx<Frame>> = outputs.iter().map(|o| o.2.clone()).collect();
+            let tracker = plan.tracker.clone();
             other_handles.push(
                 std::thread::Builder::new()
                     .name(format!("post-{}", s.id))
-                    .spawn_scoped(scope, move || post_stage(&post_rx, out_txs, &post_stats))
+                    .spawn_scoped(scope, move || {
+                        post_stage(&post_rx, out_txs, tracker, &post_stats)
+                    })
                     .expect("spawn post thread"),
             );
             for (desc, kind, tx, rx, st) in outputs {
@@ -326,16 +329,25 @@ fn detect_stage(
     Ok(())
 }
 
+/// Tracking and fan-out of one stream: IDs and trails onto the frame, then a copy to every output.
 fn post_stage(
     rx: &EdgeRx<Frame>,
     outputs: Vec<EdgeTx<Frame>>,
+    tracker: Option<crate::track::TrackerKind>,
     stats: &StageStats,
 ) -> Result<(), String> {
+    let mut tracker = tracker.as_ref().map(crate::track::build);
+    let mut trails = crate::track::trails::Trails::default();
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Item(frame) => {
+            Msg::Item(mut frame) => {
                 let t = Instant::now();
+                if let Some(tr) = tracker.as_deref_mut() {
+                    crate::track::assign_ids(tr, &mut frame.detections);
+                    frame.trails = trails.update(&frame.detections);
+                }
                 stats.record(t.elapsed());
+                tracing::trace!(target: "vigil::track", source = %frame.stream, seq = frame.seq, "tracked");
                 for o in &outputs {
                     let _ = o.send(Msg::Item(frame.clone()));
                 }

@@ -10,6 +10,7 @@ pub mod bytetrack;
 pub mod iou;
 pub mod kalman;
 pub mod sort;
+pub mod trails;
 
 /// One detection handed to a tracker, in frame pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,6 +56,26 @@ pub enum TrackerKind {
     Iou(iou::IouParams),
     Sort(sort::SortParams),
     ByteTrack(bytetrack::ByteTrackParams),
+}
+
+/// Give `detections` the IDs of the tracks they updated this frame.
+pub fn assign_ids(tracker: &mut dyn Tracker, detections: &mut [crate::frame::Detection]) {
+    let inputs: Vec<TrackerInput> = detections
+        .iter()
+        .map(|d| {
+            let b = d.box_in_frame.0;
+            TrackerInput {
+                bbox: [b.x1 as f64, b.y1 as f64, b.x2 as f64, b.y2 as f64],
+                score: d.score as f64,
+                class_id: d.class_id,
+            }
+        })
+        .collect();
+    for t in tracker.update(&inputs) {
+        if let Some(d) = t.det.and_then(|i| detections.get_mut(i)) {
+            d.track_id = Some(t.track_id);
+        }
+    }
 }
 
 /// Build a fresh tracker (one per stream).
