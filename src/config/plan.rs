@@ -14,6 +14,7 @@ use crate::runtime::edge::WhenFull;
 use crate::track::TrackerKind;
 use crate::track::bytetrack::ByteTrackParams;
 use crate::track::iou::IouParams;
+use crate::track::ocsort::OcSortParams;
 use crate::track::sort::SortParams;
 
 /// A pipeline ready to run.
@@ -455,6 +456,24 @@ fn resolve_tracker(c: &mut Collector, spec: Option<&Spanned<TrackerSpec>>) -> Op
                 );
             }
             TrackerKind::ByteTrack(p)
+        }
+        TrackerSpec::Ocsort {
+            det_thresh,
+            max_age,
+            min_hits,
+            iou,
+            delta_t,
+            inertia,
+        } => {
+            let d = OcSortParams::default();
+            TrackerKind::OcSort(OcSortParams {
+                det_thresh: unit("det_thresh", *det_thresh, d.det_thresh),
+                iou: unit("iou", *iou, d.iou),
+                inertia: unit("inertia", *inertia, d.inertia),
+                max_age: max_age.unwrap_or(d.max_age),
+                min_hits: min_hits.unwrap_or(d.min_hits),
+                delta_t: delta_t.unwrap_or(d.delta_t).max(1),
+            })
         }
     })
 }

@@ -171,6 +171,27 @@ pub enum TrackerSpec {
         #[serde(default)]
         max_age: Option<u64>,
     },
+    /// OC-SORT: SORT with observation-centric momentum, re-update and recovery (robust to occlusion).
+    Ocsort {
+        /// Detections above this score are associated and start tracks. Default 0.5.
+        #[serde(default)]
+        det_thresh: Option<f64>,
+        /// Frames a track survives unmatched. Default 30.
+        #[serde(default)]
+        max_age: Option<u64>,
+        /// Consecutive matches before a track is reported. Default 3.
+        #[serde(default)]
+        min_hits: Option<u64>,
+        /// Minimum IoU for a match. Default 0.3.
+        #[serde(default)]
+        iou: Option<f64>,
+        /// Frames between the observations that give a track's direction. Default 3.
+        #[serde(default)]
+        delta_t: Option<u64>,
+        /// Weight of the direction-consistency term. Default 0.2.
+        #[serde(default)]
+        inertia: Option<f64>,
+    },
 }
 
 /// Queues between stages.

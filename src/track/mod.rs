@@ -9,6 +9,7 @@ pub mod assign;
 pub mod bytetrack;
 pub mod iou;
 pub mod kalman;
+pub mod ocsort;
 pub mod sort;
 pub mod trails;
 
@@ -56,6 +57,7 @@ pub enum TrackerKind {
     Iou(iou::IouParams),
     Sort(sort::SortParams),
     ByteTrack(bytetrack::ByteTrackParams),
+    OcSort(ocsort::OcSortParams),
 }
 
 /// Give `detections` the IDs of the tracks they updated this frame.
@@ -84,5 +86,6 @@ pub fn build(kind: &TrackerKind) -> Box<dyn Tracker> {
         TrackerKind::Iou(p) => Box::new(iou::IouTracker::new(p.clone())),
         TrackerKind::Sort(p) => Box::new(sort::Sort::new(p.clone())),
         TrackerKind::ByteTrack(p) => Box::new(bytetrack::ByteTrack::new(p.clone())),
+        TrackerKind::OcSort(p) => Box::new(ocsort::OcSort::new(p.clone())),
     }
 }

@@ -146,3 +146,17 @@ fn trackers_stay_bounded_over_100k_frames_of_churn() {
         );
     }
 }
+
+#[test]
+fn ocsort_matches_reference_ids_and_boxes() {
+    use vigil::track::ocsort::{OcSort, OcSortParams};
+    let mut t = OcSort::new(OcSortParams {
+        det_thresh: 0.5,
+        max_age: 30,
+        min_hits: 3,
+        iou: 0.3,
+        delta_t: 3,
+        inertia: 0.2,
+    });
+    compare("ocsort", &replay(&mut t), &reference("ocsort"));
+}
