@@ -42,6 +42,9 @@ enum Command {
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also print the resolved plan (defaults settled, paths absolute, secrets masked).
+        #[arg(long)]
+        print_plan: bool,
     },
     /// Detect objects in still images and print them.
     Detect {
@@ -116,7 +119,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             pipeline,
             deterministic,
         } => run(&pipeline, deterministic),
-        Command::Check { files } => Ok(check(&files)),
+        Command::Check { files, print_plan } => Ok(check(&files, print_plan)),
         Command::TrackEval {
             gt,
             pred,
@@ -147,11 +150,16 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-fn check(files: &[PathBuf]) -> ExitCode {
+fn check(files: &[PathBuf], print_plan: bool) -> ExitCode {
     let mut ok = true;
     for f in files {
         match config::load(f) {
-            Ok(_) => println!("{}: ok", f.display()),
+            Ok(plan) => {
+                println!("{}: ok", f.display());
+                if print_plan {
+                    print!("{}", plan.describe());
+                }
+            }
             Err(e) => {
                 ok = false;
                 println!("{e}");

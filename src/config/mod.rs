@@ -54,9 +54,26 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Parse options: no snippets in messages (we print `file:line:col`), budgets against hostile input.
+/// Nesting deeper than this is refused (a pipeline file needs about 5 levels).
+pub const MAX_DEPTH: usize = 32;
+/// Parser events (nodes) allowed in one file, aliases expanded: refuses "billion laughs".
+pub const MAX_EVENTS: usize = 100_000;
+
+/// Parse options: no snippets in messages (we print `file:line:col`), tight budgets against hostile
+/// input, and `${VAR}` / `${VAR:-default}` from the environment (values redacted from errors).
 fn options() -> serde_saphyr::Options {
-    serde_saphyr::options! { with_snippet: false }
+    let budget = serde_saphyr::budget! {
+        max_depth: MAX_DEPTH,
+        max_events: MAX_EVENTS,
+        max_nodes: MAX_EVENTS,
+        max_aliases: 1_000,
+        max_documents: 1,
+        max_total_scalar_bytes: 1 << 20,
+        max_property_expansion_depth: 4,
+        max_total_property_interpolation_work: 1 << 16,
+    };
+    serde_saphyr::options! { with_snippet: false, budget: budget }
+        .with_properties(std::env::vars().collect())
 }
 
 /// Read, parse and validate a pipeline file.
@@ -69,19 +86,184 @@ pub fn load(path: &Path) -> Result<Plan, ConfigError> {
             message: format!("cannot read pipeline file: {e}"),
         }],
     })?;
+    if text.trim().is_empty() {
+        return Err(ConfigError {
+            problems: vec![Problem {
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: "the file is empty: a pipeline needs `name`, `sources` and `detector`"
+                    .into(),
+            }],
+        });
+    }
     let spec: spec::PipelineSpec =
         serde_saphyr::from_str_with_options(&text, options()).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            let (line, column, message) =
+                explain(&text, line, column, &strip_location(&e.to_string()));
             ConfigError {
                 problems: vec![Problem {
                     file: path.to_path_buf(),
                     line,
                     column,
-                    message: strip_location(&e.to_string()),
+                    message,
                 }],
             }
         })?;
     plan::resolve(path, spec)
+}
+
+/// Append "did you mean `x`?" when one of the message's "expected one of" names is a likely typo fix.
+fn with_suggestion(msg: &str, word: &str) -> String {
+    let Some(list) = msg.split("expected one of ").nth(1) else {
+        return msg.to_string();
+    };
+    let best = list
+        .split(',')
+        .map(str::trim)
+        .map(|c| (edit_distance(word, c), c))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, c)) if d <= 2.max(word.len() / 3) && d > 0 => {
+            format!("{msg}: did you mean `{c}`?")
+        }
+        _ => msg.to_string(),
+    }
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(prev + usize::from(ca != *cb));
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The first backquoted word of `msg` (`unknown field `x`` → `x`).
+fn quoted(msg: &str) -> Option<&str> {
+    let a = msg.find('`')?;
+    let b = msg[a + 1..].find('`')?;
+    Some(&msg[a + 1..a + 1 + b])
+}
+
+/// Make the parser's message say what a person needs: the key it is about, the right place when
+/// the parser only knew the enclosing block, and plain words for YAML jargon.
+fn explain(text: &str, line: u64, column: u64, msg: &str) -> (u64, u64, String) {
+    let lines: Vec<&str> = text.lines().collect();
+    let key_at = |l: u64| -> Option<&str> {
+        let src = lines
+            .get((l as usize).checked_sub(1)?)?
+            .trim_start()
+            .trim_start_matches("- ");
+        let (k, _) = src.split_once(':')?;
+        let k = k.trim();
+        (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(k)
+    };
+    // Internally tagged enums (outputs, tracker) report their own start: find the named item below.
+    if (msg.starts_with("unknown field") || msg.starts_with("unknown variant"))
+        && let Some(word) = quoted(msg)
+    {
+        for (i, l) in lines
+            .iter()
+            .enumerate()
+            .skip((line as usize).saturating_sub(1))
+        {
+            if let Some(c) = l
+                .find(&format!("{word}:"))
+                .or_else(|| l.find(&format!(": {word}")).map(|c| c + 2))
+            {
+                let at = (i as u64 + 1, c as u64 + 1);
+                if at != (line, column) {
+                    return (at.0, at.1, with_suggestion(msg, word));
+                }
+                break;
+            }
+        }
+    }
+    // A wrong value inside a tagged enum is reported at the enum: find the value below.
+    if let Some(value) = msg
+        .strip_prefix("invalid type: string \"")
+        .and_then(|m| m.split('"').next())
+    {
+        for (i, l) in lines
+            .iter()
+            .enumerate()
+            .skip((line as usize).saturating_sub(1))
+        {
+            if let Some(c) = l.find(&format!(": {value}")) {
+                let (l, c) = (i as u64 + 1, c as u64 + 3);
+                let key = key_at(l).map(|k| format!("`{k}`: ")).unwrap_or_default();
+                return (l, c, format!("{key}{msg}"));
+            }
+        }
+    }
+    // A mapping where a list belongs: the list's key is the parent of the line pointed at.
+    if msg == "expected sequence start" {
+        let indent_at = lines
+            .get((line as usize).wrapping_sub(1))
+            .map_or(0, |l| l.len() - l.trim_start().len());
+        if column as usize == indent_at + 1 {
+            let parent = lines[..(line as usize).saturating_sub(1).min(lines.len())]
+                .iter()
+                .rev()
+                .find(|l| l.trim_end().ends_with(':') && l.len() - l.trim_start().len() < indent_at)
+                .map(|l| l.trim().trim_end_matches(':').to_string());
+            if let Some(p) = parent {
+                return (
+                    line,
+                    column,
+                    format!("`{p}` must be a list (`- item` lines or `[a, b]`), not a mapping"),
+                );
+            }
+        }
+    }
+    if (msg.starts_with("unknown field") || msg.starts_with("unknown variant"))
+        && let Some(word) = quoted(msg)
+    {
+        return (line, column, with_suggestion(msg, word));
+    }
+    if let Some(name) = msg
+        .strip_prefix("missing property `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        return (
+            line,
+            column,
+            format!(
+                "environment variable `{name}` is not set (write ${{{name}:-default}} to give a default)"
+            ),
+        );
+    }
+    if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return (line, column, format!("`{key}` is set twice"));
+    }
+    let msg = match msg {
+        "expected sequence start" => "expected a list (`- item` lines or `[a, b]`)".to_string(),
+        "invalid floating point" => "expected a number".to_string(),
+        m => m.to_string(),
+    };
+    match key_at(line) {
+        Some(k)
+            if !msg.contains(&format!("`{k}`"))
+                && !msg.starts_with("unknown")
+                && !msg.starts_with("missing") =>
+        {
+            (line, column, format!("`{k}`: {msg}"))
+        }
+        _ => (line, column, msg),
+    }
 }
 
 /// serde-saphyr's message may repeat the place (`… at line 3 column 5`); we print it in front.

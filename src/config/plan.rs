@@ -35,6 +35,61 @@ pub struct Plan {
     pub outputs: Vec<OutputPlan>,
 }
 
+impl Plan {
+    /// The resolved plan as a person reads it (`vigil check --print-plan`); credentials in URIs masked.
+    pub fn describe(&self) -> String {
+        let mut o = String::new();
+        let mut line = |s: String| {
+            o.push_str(&s);
+            o.push('\n');
+        };
+        line(format!("pipeline: {}", self.name));
+        line(format!("file: {}", self.file.display()));
+        line("sources:".into());
+        for s in &self.sources {
+            line(format!("  - id: {}", s.id));
+            line(format!("    uri: {}", crate::ingest::redact_uri(&s.uri)));
+            line(format!(
+                "    pace: {:?}, live: {}, first edge when full: {:?}",
+                s.pace, s.live, s.when_full
+            ));
+        }
+        line(format!(
+            "model: {} ({}), input {}x{}, resize {:?}",
+            self.model.name,
+            self.model.manifest.display(),
+            self.model.input.0,
+            self.model.input.1,
+            self.resize
+        ));
+        line(format!("device: {}", self.device));
+        line(format!("confidence: {}", self.post.confidence));
+        if let Some(mask) = &self.post.classes {
+            let names: Vec<&str> = mask
+                .iter()
+                .zip(&self.model.classes)
+                .filter(|(m, _)| **m)
+                .map(|(_, n)| n.as_str())
+                .collect();
+            line(format!("classes: [{}]", names.join(", ")));
+        }
+        line(format!(
+            "nms: iou {}, class-aware {}, max {}",
+            self.post.nms.iou, self.post.nms.class_aware, self.post.nms.max_detections
+        ));
+        line(format!("tracker: {:?}", self.tracker));
+        line(format!(
+            "batch: {}, queue capacity: {}",
+            self.batch, self.queue_capacity
+        ));
+        line("outputs:".into());
+        for out in &self.outputs {
+            line(format!("  - source {}: {:?}", out.source, out.kind));
+        }
+        o
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourcePlan {
     pub id: String,
@@ -307,7 +362,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     let mut outputs = Vec::new();
     let mut seen_paths: Vec<PathBuf> = Vec::new();
     for o in &spec.outputs {
-        for s in &sources {
+        for (si, s) in sources.iter().enumerate() {
             let (template, make): (&str, Box<dyn Fn(PathBuf) -> OutputKind>) = match &o.value {
                 OutputSpec::Mp4 {
                     path,
@@ -318,7 +373,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                     let preset = preset
                         .clone()
                         .unwrap_or_else(|| spec::DEFAULT_X264_PRESET.to_string());
-                    if !X264_PRESETS.contains(&preset.as_str()) && s.id == sources[0].id {
+                    if !X264_PRESETS.contains(&preset.as_str()) && si == 0 {
                         c.at(
                             o.referenced,
                             format!(
@@ -360,7 +415,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                     });
                 }
                 Err(m) => {
-                    if s.id == sources[0].id {
+                    if si == 0 {
                         c.at(o.referenced, m);
                     }
                 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod config_corpus;
 mod config_files;
 mod demo;
 mod detect_parity;
