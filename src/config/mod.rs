@@ -275,3 +275,48 @@ fn strip_location(msg: &str) -> String {
         None => first.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget itself stops an alias bomb, even where no schema would stop it first
+    /// (parsed into an untyped value): ten levels of ten-fold aliases would be 10¹⁰ nodes.
+    #[test]
+    fn alias_bomb_is_stopped_by_the_budget() {
+        let mut bomb = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [{}]\n",
+                vec![prev.as_str(); 10].join(", ")
+            ));
+        }
+        let started = std::time::Instant::now();
+        let r = serde_saphyr::from_str_with_options::<serde_json::Value>(&bomb, options());
+        assert!(r.is_err(), "the bomb was expanded");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// Nesting beyond the budget is refused.
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!("{}x{}", "[".repeat(10_000), "]".repeat(10_000));
+        let e =
+            serde_saphyr::from_str_with_options::<serde_json::Value>(&deep, options()).unwrap_err();
+        let m = e.to_string().to_lowercase();
+        assert!(m.contains("depth") || m.contains("recursion limit"), "{e}");
+    }
+
+    #[test]
+    fn typo_suggestions() {
+        assert_eq!(edit_distance("confidance", "confidence"), 1);
+        let m = with_suggestion(
+            "unknown field `sorces`, expected one of name, sources",
+            "sorces",
+        );
+        assert!(m.ends_with("did you mean `sources`?"), "{m}");
+        let m = with_suggestion("unknown field `zzz`, expected one of name, sources", "zzz");
+        assert!(!m.contains("did you mean"), "{m}");
+    }
+}
