@@ -7,6 +7,8 @@ use vigil::track::ocsort::OcSort;
 use vigil::track::sort::{Sort, SortParams};
 use vigil::track::{Tracker, TrackerInput};
 
+type NewTracker = fn() -> Box<dyn Tracker>;
+
 /// `n` boxes on a grid, shifted `f` pixels: frame `f` of a scene of `n` walking objects.
 fn frame(n: usize, f: usize) -> Vec<TrackerInput> {
     (0..n)
@@ -25,7 +27,7 @@ fn frame(n: usize, f: usize) -> Vec<TrackerInput> {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("tracker_update");
     for n in [10usize, 100, 500] {
-        let make: [(&str, fn() -> Box<dyn Tracker>); 3] = [
+        let make: [(&str, NewTracker); 3] = [
             ("bytetrack", || {
                 Box::new(ByteTrack::new(ByteTrackParams::default()))
             }),

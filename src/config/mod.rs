@@ -86,6 +86,11 @@ pub fn load(path: &Path) -> Result<Plan, ConfigError> {
             message: format!("cannot read pipeline file: {e}"),
         }],
     })?;
+    parse(path, &text)
+}
+
+/// Parse and validate pipeline text as if read from `path` (relative paths resolve against its folder).
+pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError {
             problems: vec![Problem {
@@ -98,10 +103,10 @@ pub fn load(path: &Path) -> Result<Plan, ConfigError> {
         });
     }
     let spec: spec::PipelineSpec =
-        serde_saphyr::from_str_with_options(&text, options()).map_err(|e| {
+        serde_saphyr::from_str_with_options(text, options()).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
             let (line, column, message) =
-                explain(&text, line, column, &strip_location(&e.to_string()));
+                explain(text, line, column, &strip_location(&e.to_string()));
             ConfigError {
                 problems: vec![Problem {
                     file: path.to_path_buf(),
@@ -289,7 +294,7 @@ mod tests {
             let prev = format!("*a{}", i - 1);
             bomb.push_str(&format!(
                 "a{i}: &a{i} [{}]\n",
-                vec![prev.as_str(); 10].join(", ")
+                [prev.as_str(); 10].join(", ")
             ));
         }
         let started = std::time::Instant::now();

@@ -62,8 +62,10 @@ pub struct SourceSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pace {
+    /// Every frame, as quick as the pipeline goes (regression, batch jobs).
     #[default]
     AsFastAsPossible,
+    /// Frames released at their timestamps, like a live camera.
     Realtime,
 }
 

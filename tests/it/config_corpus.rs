@@ -85,7 +85,7 @@ fn alias_bomb_and_deep_nesting_are_refused_fast() {
         let prev = format!("*a{}", i - 1);
         bomb.push_str(&format!(
             "a{i}: &a{i} [{}]\n",
-            vec![prev.as_str(); 10].join(", ")
+            [prev.as_str(); 10].join(", ")
         ));
     }
     bomb.push_str("name: *a9\n");

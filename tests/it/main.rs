@@ -4,7 +4,9 @@
 mod bad_input;
 mod common;
 mod config_corpus;
+mod config_docs;
 mod config_files;
+mod config_fuzz;
 mod demo;
 mod detect_parity;
 mod mot_metrics;
