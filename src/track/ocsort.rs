@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use super::assign::min_cost;
 use super::kalman::{SortKalman, xyxy_to_xysr};
+use super::sort::{split_candidates, unique_overlaps};
 use super::{TrackOutput, Tracker, TrackerInput, iou};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,24 +289,14 @@ impl Tracker for OcSort {
                         .map(move |t| iou(&[d[0], d[1], d[2], d[3]], t))
                 })
                 .collect();
-            let candidates: Vec<(usize, usize)> = if nd == 0 {
-                Vec::new()
+            let shortcut = if nd == 0 {
+                Some(Vec::new())
             } else {
-                let above = |r: usize, c: usize| ious[r * nt + c] > p.iou;
-                let row_max = (0..nd)
-                    .map(|r| (0..nt).filter(|&c| above(r, c)).count())
-                    .max()
-                    .unwrap_or(0);
-                let col_max = (0..nt)
-                    .map(|c| (0..nd).filter(|&r| above(r, c)).count())
-                    .max()
-                    .unwrap_or(0);
-                if row_max == 1 && col_max == 1 {
-                    (0..nd)
-                        .flat_map(|r| (0..nt).map(move |c| (r, c)))
-                        .filter(|&(r, c)| above(r, c))
-                        .collect()
-                } else {
+                unique_overlaps(&ious, nd, nt, p.iou)
+            };
+            let candidates: Vec<(usize, usize)> = match shortcut {
+                Some(pairs) => pairs,
+                None => {
                     // momentum: agreement of each detection with each track's direction of travel
                     let mut cost = Vec::with_capacity(nd * nt);
                     for (r, (_, d)) in dets.iter().enumerate() {
@@ -323,22 +314,7 @@ impl Tracker for OcSort {
                     min_cost(&cost, nd, nt)
                 }
             };
-            let mut ud: Vec<usize> = (0..nd)
-                .filter(|r| !candidates.iter().any(|m| m.0 == *r))
-                .collect();
-            let mut ut: Vec<usize> = (0..nt)
-                .filter(|c| !candidates.iter().any(|m| m.1 == *c))
-                .collect();
-            let mut m = Vec::new();
-            for (r, c) in candidates {
-                if ious[r * nt + c] < p.iou {
-                    ud.push(r);
-                    ut.push(c);
-                } else {
-                    m.push((r, c));
-                }
-            }
-            (m, ud, ut)
+            split_candidates(candidates, &ious, nd, nt, p.iou)
         };
         for &(r, c) in &matches {
             let (i, obs) = dets[r];

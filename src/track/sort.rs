@@ -58,6 +58,58 @@ impl Sort {
     }
 }
 
+/// SORT's shortcut: when every detection overlaps at most one track above `thr` and every track
+/// at most one detection, those pairs are the matching (no assignment solved).
+pub(super) fn unique_overlaps(
+    ious: &[f64],
+    nd: usize,
+    nt: usize,
+    thr: f64,
+) -> Option<Vec<(usize, usize)>> {
+    let above = |r: usize, c: usize| ious[r * nt + c] > thr;
+    let row_max = (0..nd)
+        .map(|r| (0..nt).filter(|&c| above(r, c)).count())
+        .max()
+        .unwrap_or(0);
+    let col_max = (0..nt)
+        .map(|c| (0..nd).filter(|&r| above(r, c)).count())
+        .max()
+        .unwrap_or(0);
+    (row_max == 1 && col_max == 1).then(|| {
+        (0..nd)
+            .flat_map(|r| (0..nt).map(move |c| (r, c)))
+            .filter(|&(r, c)| above(r, c))
+            .collect()
+    })
+}
+
+/// Split candidate pairs into matches (IoU ≥ `thr`) and the unmatched detections and tracks, in the
+/// order the reference lists them (never-paired first, ascending, then rejected pairs in order).
+pub(super) fn split_candidates(
+    candidates: Vec<(usize, usize)>,
+    ious: &[f64],
+    nd: usize,
+    nt: usize,
+    thr: f64,
+) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+    let mut ud: Vec<usize> = (0..nd)
+        .filter(|r| !candidates.iter().any(|m| m.0 == *r))
+        .collect();
+    let mut ut: Vec<usize> = (0..nt)
+        .filter(|c| !candidates.iter().any(|m| m.1 == *c))
+        .collect();
+    let mut matches = Vec::new();
+    for (r, c) in candidates {
+        if ious[r * nt + c] < thr {
+            ud.push(r);
+            ut.push(c);
+        } else {
+            matches.push((r, c));
+        }
+    }
+    (matches, ud, ut)
+}
+
 /// SORT's association: returns matches `(det, track)` and the unmatched detections in the order
 /// the reference creates tracks for them.
 pub(super) fn associate(
@@ -73,39 +125,15 @@ pub(super) fn associate(
         .iter()
         .flat_map(|d| trks.iter().map(move |t| iou(d, t)))
         .collect();
-    let candidates: Vec<(usize, usize)> = if nd == 0 {
+    let candidates = if nd == 0 {
         Vec::new()
     } else {
-        let above = |r: usize, c: usize| ious[r * nt + c] > thr;
-        let row_max = (0..nd)
-            .map(|r| (0..nt).filter(|&c| above(r, c)).count())
-            .max()
-            .unwrap_or(0);
-        let col_max = (0..nt)
-            .map(|c| (0..nd).filter(|&r| above(r, c)).count())
-            .max()
-            .unwrap_or(0);
-        if row_max == 1 && col_max == 1 {
-            (0..nd)
-                .flat_map(|r| (0..nt).map(move |c| (r, c)))
-                .filter(|&(r, c)| above(r, c))
-                .collect()
-        } else {
+        unique_overlaps(&ious, nd, nt, thr).unwrap_or_else(|| {
             let neg: Vec<f64> = ious.iter().map(|v| -v).collect();
             min_cost(&neg, nd, nt)
-        }
+        })
     };
-    let mut unmatched: Vec<usize> = (0..nd)
-        .filter(|d| !candidates.iter().any(|m| m.0 == *d))
-        .collect();
-    let mut matches = Vec::new();
-    for (d, t) in candidates {
-        if ious[d * nt + t] < thr {
-            unmatched.push(d);
-        } else {
-            matches.push((d, t));
-        }
-    }
+    let (matches, unmatched, _) = split_candidates(candidates, &ious, nd, nt, thr);
     (matches, unmatched)
 }
 
