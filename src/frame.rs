@@ -42,8 +42,11 @@ pub struct Frame {
     pub ingested: Instant,
     /// The pixels.
     pub image: Arc<Image>,
-    /// Objects found in the frame, boxes in frame pixels (filled by the detector stage).
+    /// Objects found in the frame, boxes in frame pixels (filled by the detector stage, or predicted
+    /// by the tracker on frames the detector skipped).
     pub detections: Vec<Detection>,
+    /// Whether the detector ran on this frame (`detector.every`).
+    pub detected: bool,
     /// Recent path of each track reported in this frame (for the overlay), oldest point first.
     pub trails: Vec<Trail>,
 }

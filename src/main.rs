@@ -276,6 +276,7 @@ fn detect_images(
             image: Arc::new(image),
             detections: detect::postprocess(cands, &post, &input),
             trails: Vec::new(),
+            detected: true,
         };
         let record = Record::of(&frame, "detect", &info.classes, false);
         if json {

@@ -28,6 +28,8 @@ pub struct Plan {
     pub resize: Resize,
     pub post: PostParams,
     pub batch: usize,
+    /// Run the detector on every `every`-th frame of each source.
+    pub every: u32,
     /// `None`: no tracking.
     pub tracker: Option<TrackerKind>,
     pub queue_capacity: usize,
@@ -79,8 +81,8 @@ impl Plan {
         ));
         line(format!("tracker: {:?}", self.tracker));
         line(format!(
-            "batch: {}, queue capacity: {}",
-            self.batch, self.queue_capacity
+            "detector every {} frame(s), batch: {}, queue capacity: {}",
+            self.every, self.batch, self.queue_capacity
         ));
         line("outputs:".into());
         for out in &self.outputs {
@@ -347,6 +349,15 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         }
         b.value.clamp(1, 64)
     });
+    let every = d.every.as_ref().map_or(1, |e| {
+        if e.value == 0 || e.value > 1000 {
+            c.at(
+                e.referenced,
+                format!("detector.every must be 1..=1000, got {}", e.value),
+            );
+        }
+        e.value.clamp(1, 1000)
+    });
     let iou = in_unit(&mut c, &spec.nms.iou, "nms.iou");
     let cap = spec.queues.capacity.value;
     if cap == 0 || cap > 4096 {
@@ -441,6 +452,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 },
             },
             batch,
+            every,
             tracker,
             queue_capacity: cap.clamp(1, 4096),
             outputs,

@@ -97,6 +97,10 @@ pub struct DetectorSpec {
     /// Override the manifest's resize mode: `letterbox` or `stretch`.
     #[serde(default)]
     pub resize: Option<Resize>,
+    /// Run the detector on every Nth frame of each source; on the frames between, the tracker
+    /// predicts where its tracks are. Default 1 (every frame).
+    #[serde(default)]
+    pub every: Option<Spanned<u32>>,
     /// Frames sent to the detector together (from one or several streams). Default 1.
     #[serde(default)]
     pub batch: Option<Spanned<usize>>,

@@ -255,6 +255,7 @@ fn to_frame(sample: &gst::Sample, stream: &StreamId, seq: u64) -> Result<Frame, 
         }),
         detections: Vec::new(),
         trails: Vec::new(),
+        detected: false,
     })
 }
 

@@ -50,7 +50,8 @@ pub struct RunReport {
     pub stopped: bool,
 }
 
-type Prepared = (Frame, ModelInput);
+/// A frame and its network input (`None` when `detector.every` skips it).
+type Prepared = (Frame, Option<ModelInput>);
 /// One output of one source: description, settings, its edge, its stats.
 type OutputWiring = (
     String,
@@ -151,6 +152,7 @@ pub fn run(
             let det_tx = det_tx.clone();
             let (model_w, model_h) = plan.model.input;
             let resize = plan.resize;
+            let every = plan.every;
             other_handles.push(
                 std::thread::Builder::new()
                     .name(format!("pre-{}", s.id))
@@ -160,6 +162,7 @@ pub fn run(
                             &det_tx,
                             (model_w, model_h),
                             resize,
+                            every,
                             &pre_stats,
                         )
                     })
@@ -171,7 +174,7 @@ pub fn run(
                 std::thread::Builder::new()
                     .name(format!("post-{}", s.id))
                     .spawn_scoped(scope, move || {
-                        post_stage(&post_rx, out_txs, tracker, &post_stats)
+                        post_stage(&post_rx, out_txs, tracker, every, &post_stats)
                     })
                     .expect("spawn post thread"),
             );
@@ -257,16 +260,20 @@ fn preprocess_stage(
     tx: &EdgeTx<Prepared>,
     model: (u32, u32),
     resize: crate::config::spec::Resize,
+    every: u32,
     stats: &StageStats,
 ) -> Result<(), String> {
     while let Ok(msg) = rx.recv() {
         let out = match msg {
+            Msg::Item(frame) if !frame.seq.is_multiple_of(u64::from(every)) => {
+                Msg::Item((frame, None))
+            }
             Msg::Item(frame) => {
                 let t = Instant::now();
                 let input = preprocess::prepare(&frame.image, model, resize)
                     .map_err(|e| format!("source `{}`: preprocess: {e}", frame.stream))?;
                 stats.record(t.elapsed());
-                Msg::Item((frame, input))
+                Msg::Item((frame, Some(input)))
             }
             Msg::Eos(s) => Msg::Eos(s),
         };
@@ -304,15 +311,21 @@ fn detect_stage(
         }
         if !batch.is_empty() {
             let t = Instant::now();
-            let inputs: Vec<&ModelInput> = batch.iter().map(|(_, i)| i).collect();
-            let cands = detector
+            let inputs: Vec<&ModelInput> = batch.iter().filter_map(|(_, i)| i.as_ref()).collect();
+            let mut cands = detector
                 .infer(&inputs, params.confidence)
-                .map_err(|e| format!("detector: {e}"))?;
+                .map_err(|e| format!("detector: {e}"))?
+                .into_iter();
             let per_frame = t.elapsed() / inputs.len().max(1) as u32;
             drop(inputs);
-            for ((mut frame, input), c) in batch.drain(..).zip(cands) {
-                frame.detections = crate::detect::postprocess(c, params, &input);
-                stats.record(per_frame);
+            // Frames keep their order; skipped ones pass through undetected.
+            for (mut frame, input) in batch.drain(..) {
+                if let Some(input) = input {
+                    let c = cands.next().unwrap_or_default();
+                    frame.detections = crate::detect::postprocess(c, params, &input);
+                    frame.detected = true;
+                    stats.record(per_frame);
+                }
                 tracing::trace!(target: "vigil::detect", source = %frame.stream, seq = frame.seq, n = frame.detections.len(), "detected");
                 if let Some(tx) = post.get(&frame.stream) {
                     let _ = tx.send(Msg::Item(frame));
@@ -334,16 +347,28 @@ fn post_stage(
     rx: &EdgeRx<Frame>,
     outputs: Vec<EdgeTx<Frame>>,
     tracker: Option<crate::track::TrackerKind>,
+    every: u32,
     stats: &StageStats,
 ) -> Result<(), String> {
     let mut tracker = tracker.as_ref().map(crate::track::build);
     let mut trails = crate::track::trails::Trails::default();
+    let mut since_detection = 0u64;
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Item(mut frame) => {
                 let t = Instant::now();
                 if let Some(tr) = tracker.as_deref_mut() {
-                    crate::track::assign_ids(tr, &mut frame.detections);
+                    if frame.detected {
+                        since_detection = 0;
+                        crate::track::assign_ids(tr, &mut frame.detections);
+                    } else {
+                        // detector.every: the tracker says where its tracks are now
+                        since_detection += 1;
+                        frame.detections = crate::track::predicted_detections(
+                            tr,
+                            since_detection as f64 / every as f64,
+                        );
+                    }
                     frame.trails = trails.update(&frame.detections);
                 }
                 stats.record(t.elapsed());

@@ -387,6 +387,20 @@ impl Tracker for ByteTrack {
         out
     }
 
+    fn extrapolate(&self, fraction: f64) -> Vec<TrackOutput> {
+        self.tracked
+            .iter()
+            .filter(|t| t.activated && t.state == State::Tracked)
+            .map(|t| TrackOutput {
+                track_id: t.id,
+                bbox: t.kf.xyxy_ahead(fraction),
+                score: t.score,
+                class_id: t.class_id,
+                det: None,
+            })
+            .collect()
+    }
+
     fn held(&self) -> usize {
         self.tracked.len() + self.lost.len()
     }

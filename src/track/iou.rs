@@ -24,6 +24,7 @@ impl Default for IouParams {
 struct Track {
     id: u64,
     bbox: [f64; 4],
+    score: f64,
     class_id: u32,
     missed: u64,
 }
@@ -67,6 +68,7 @@ impl Tracker for IouTracker {
                     self.tracks.push(Track {
                         id: self.next_id,
                         bbox: det.bbox,
+                        score: det.score,
                         class_id: det.class_id,
                         missed: 0,
                     });
@@ -78,6 +80,7 @@ impl Tracker for IouTracker {
             claimed[index] = true;
             let t = &mut self.tracks[index];
             t.bbox = det.bbox;
+            t.score = det.score;
             t.missed = 0;
             out.push(TrackOutput {
                 track_id: t.id,
@@ -95,6 +98,20 @@ impl Tracker for IouTracker {
         let max_age = self.p.max_age;
         self.tracks.retain(|t| t.missed <= max_age);
         out
+    }
+
+    fn extrapolate(&self, _fraction: f64) -> Vec<TrackOutput> {
+        self.tracks
+            .iter()
+            .filter(|t| t.missed == 0)
+            .map(|t| TrackOutput {
+                track_id: t.id,
+                bbox: t.bbox,
+                score: t.score,
+                class_id: t.class_id,
+                det: None,
+            })
+            .collect()
     }
 
     fn held(&self) -> usize {

@@ -98,6 +98,15 @@ impl XyahKalman {
         self.cov -= k * s * k.transpose();
     }
 
+    /// The box `fraction` of a step ahead under the constant-velocity model (state unchanged).
+    pub fn xyxy_ahead(&self, fraction: f64) -> [f64; 4] {
+        let mut k = self.clone();
+        for i in 0..4 {
+            k.mean[i] += fraction * k.mean[i + 4];
+        }
+        k.xyxy()
+    }
+
     /// The box `[x1, y1, x2, y2]` of the current state.
     pub fn xyxy(&self) -> [f64; 4] {
         let (cx, cy, a, h) = (self.mean[0], self.mean[1], self.mean[2], self.mean[3]);
@@ -195,5 +204,12 @@ impl SortKalman {
 
     pub fn xyxy(&self) -> [f64; 4] {
         xysr_to_xyxy(self.x.as_slice())
+    }
+
+    /// The box `fraction` of a step ahead under the constant-velocity model (state unchanged).
+    pub fn xyxy_ahead(&self, fraction: f64) -> [f64; 4] {
+        let x = self.x;
+        let area = (x[2] + fraction * x[6]).max(1e-6);
+        xysr_to_xyxy(&[x[0] + fraction * x[4], x[1] + fraction * x[5], area, x[3]])
     }
 }

@@ -40,6 +40,10 @@ pub trait Tracker: Send {
     fn update(&mut self, dets: &[TrackerInput]) -> Vec<TrackOutput>;
     /// Tracks held in memory (active, lost and not yet evicted).
     fn held(&self) -> usize;
+    /// Where the tracks reported by the last `update` are `fraction` of a step later (for frames the
+    /// detector skips: with `every: N`, frame j after a detection is `j / N` of a step). No state
+    /// changes; `det` is `None`. Trackers without a motion model report their last boxes.
+    fn extrapolate(&self, fraction: f64) -> Vec<TrackOutput>;
 }
 
 /// IoU of two `[x1, y1, x2, y2]` boxes (no +1 pixel convention); 0 when the union is empty.
@@ -78,6 +82,25 @@ pub fn assign_ids(tracker: &mut dyn Tracker, detections: &mut [crate::frame::Det
             d.track_id = Some(t.track_id);
         }
     }
+}
+
+/// Detections for a frame the detector skipped: the tracks' extrapolated boxes, with their IDs.
+pub fn predicted_detections(tracker: &dyn Tracker, fraction: f64) -> Vec<crate::frame::Detection> {
+    tracker
+        .extrapolate(fraction)
+        .into_iter()
+        .map(|t| crate::frame::Detection {
+            class_id: t.class_id,
+            score: t.score as f32,
+            box_in_frame: crate::frame::BoxInFrame(crate::frame::Xyxy {
+                x1: t.bbox[0] as f32,
+                y1: t.bbox[1] as f32,
+                x2: t.bbox[2] as f32,
+                y2: t.bbox[3] as f32,
+            }),
+            track_id: Some(t.track_id),
+        })
+        .collect()
 }
 
 /// Build a fresh tracker (one per stream).

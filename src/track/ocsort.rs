@@ -413,6 +413,21 @@ impl Tracker for OcSort {
         out
     }
 
+    fn extrapolate(&self, fraction: f64) -> Vec<TrackOutput> {
+        let (min_hits, frame) = (self.p.min_hits, self.frame);
+        self.tracks
+            .iter()
+            .filter(|t| t.time_since_update < 1 && (t.hit_streak >= min_hits || frame <= min_hits))
+            .map(|t| TrackOutput {
+                track_id: t.id,
+                bbox: t.kf.kf.xyxy_ahead(fraction),
+                score: t.score,
+                class_id: t.class_id,
+                det: None,
+            })
+            .collect()
+    }
+
     fn held(&self) -> usize {
         self.tracks.len()
     }

@@ -61,3 +61,50 @@ fn h264_mp4_source_decodes_every_frame() {
     let (frames, w, h) = decode_count(&asset("bikes.mp4"));
     assert_eq!((frames, w, h), (250, 640, 272));
 }
+
+/// `detector.every: 3`: the detector runs on every third frame; on the two between, the tracker's
+/// predicted boxes carry the IDs of the tracks seen at the last detection.
+#[test]
+fn every_third_frame_detects_and_the_tracker_fills_the_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &[("vtest", &asset("vtest.avi"))], "");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("  confidence: 0.25\n", "  confidence: 0.25\n  every: 3\n");
+    std::fs::write(&p, text).unwrap();
+    let out = vigil().arg("run").arg(&p).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = records(&dir.path().join("out/vtest.jsonl"));
+    assert_eq!(recs.len(), 795);
+    let ids = |r: &vigil::output::record::Record| -> Vec<u64> {
+        r.detections.iter().filter_map(|d| d.track_id).collect()
+    };
+    let mut with_people = 0;
+    for (i, r) in recs.iter().enumerate() {
+        if r.detections.iter().any(|d| d.class == "person") {
+            with_people += 1;
+        }
+        if i % 3 != 0 {
+            assert!(
+                r.detections.iter().all(|d| d.track_id.is_some()),
+                "frame {i}: predicted boxes without ids"
+            );
+            let last_detected = ids(&recs[i - i % 3]);
+            for id in ids(r) {
+                assert!(
+                    last_detected.contains(&id),
+                    "frame {i}: track {id} was not in frame {}",
+                    i - i % 3
+                );
+            }
+        }
+    }
+    assert!(
+        with_people * 100 >= 90 * recs.len(),
+        "people in only {with_people} frames"
+    );
+}
