@@ -102,21 +102,150 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
             }],
         });
     }
-    let spec: spec::PipelineSpec =
-        serde_saphyr::from_str_with_options(text, options()).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            let (line, column, message) =
-                explain(text, line, column, &strip_location(&e.to_string()));
-            ConfigError {
-                problems: vec![Problem {
+    // Parse; on a schema error (unknown key, wrong type), note it, blank out the offending key
+    // and parse again, so one run reports every such mistake. Line numbers stay those of the file.
+    let mut work = text.to_string();
+    let mut problems: Vec<Problem> = Vec::new();
+    // Keys removed during recovery (and the keys suggested for them): their absence is ours.
+    let mut removed: Vec<String> = Vec::new();
+    let spec = loop {
+        match serde_saphyr::from_str_with_options::<spec::PipelineSpec>(&work, options()) {
+            Ok(spec) => break Some(spec),
+            Err(e) => {
+                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                let raw = strip_location(&e.to_string());
+                let (line, column, message) = explain(text, line, column, &raw);
+                // A block we emptied by blanking its only keys is our doing, not the user's.
+                if emptied_by_us(text, &work, line) {
+                    match blank_key(&work, line) {
+                        Some(next) => {
+                            work = next;
+                            continue;
+                        }
+                        None => break None,
+                    }
+                }
+                if raw.starts_with("missing field")
+                    && quoted(&raw).is_some_and(|k| removed.iter().any(|r| r == k))
+                {
+                    break None;
+                }
+                removed.extend(key_on_line(&work, line));
+                removed.extend(
+                    message
+                        .rsplit_once("did you mean `")
+                        .and_then(|(_, k)| k.strip_suffix("`?"))
+                        .map(String::from),
+                );
+                if let Some(k) = quoted(&message).filter(|_| message.contains("must be a list")) {
+                    removed.push(k.to_string());
+                }
+                let problem = Problem {
                     file: path.to_path_buf(),
                     line,
                     column,
                     message,
-                }],
+                };
+                if problems.contains(&problem) || problems.len() >= MAX_RECOVERIES {
+                    break None;
+                }
+                problems.push(problem);
+                match recoverable(&raw).then(|| blank_key(&work, line)).flatten() {
+                    Some(next) => work = next,
+                    None => break None,
+                }
             }
-        })?;
-    plan::resolve(path, spec)
+        }
+    };
+    match spec {
+        Some(spec) => match plan::resolve(path, spec) {
+            Ok(plan) if problems.is_empty() => Ok(plan),
+            Ok(_) => Err(ConfigError { problems }),
+            Err(more) => {
+                problems.extend(more.problems);
+                problems.sort_by_key(|p| (p.line, p.column));
+                Err(ConfigError { problems })
+            }
+        },
+        None => {
+            problems.sort_by_key(|p| (p.line, p.column));
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// Whether `line` is a `key:` whose nested block existed in the original text but was blanked
+/// during recovery.
+fn emptied_by_us(original: &str, work: &str, line: u64) -> bool {
+    let i = (line as usize).saturating_sub(1);
+    let (Some(now), Some(was)) = (work.lines().nth(i), original.lines().nth(i)) else {
+        return false;
+    };
+    let ends_open = |l: &str| l.trim_end().ends_with(':');
+    let children = |t: &str| {
+        t.lines()
+            .skip(i + 1)
+            .take_while(|l| !l.trim().is_empty())
+            .count()
+    };
+    ends_open(now) && ends_open(was) && children(work) == 0 && children(original) > 0
+}
+
+/// The key written on 1-based `line` (`  - kind: mp4` → `kind`).
+fn key_on_line(text: &str, line: u64) -> Option<String> {
+    let l = text.lines().nth((line as usize).checked_sub(1)?)?;
+    let (k, _) = l.trim_start().trim_start_matches("- ").split_once(':')?;
+    Some(k.trim().to_string())
+}
+
+/// Schema errors a parse can continue past by dropping the key (syntax errors cannot be).
+const MAX_RECOVERIES: usize = 50;
+
+fn recoverable(msg: &str) -> bool {
+    [
+        "unknown field",
+        "unknown variant",
+        "invalid",
+        "expected a",
+        "expected sequence",
+        "expected string",
+        "duplicate mapping key",
+    ]
+    .iter()
+    .any(|p| msg.starts_with(p))
+}
+
+/// `text` with the key on 1-based `line` and its nested block replaced by blank lines (a list
+/// item's dash is kept so the list stays well-formed). `None` if there is nothing to blank.
+fn blank_key(text: &str, line: u64) -> Option<String> {
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let i = (line as usize).checked_sub(1)?;
+    let target = lines.get(i)?.clone();
+    let indent = target.len() - target.trim_start().len();
+    let body = target.trim_start();
+    if body.is_empty() || !body.contains(':') {
+        return None;
+    }
+    lines[i] = match body.strip_prefix("- ") {
+        Some(_) => format!("{}-", &target[..indent]),
+        None => String::new(),
+    };
+    let key_indent = if body.starts_with("- ") {
+        indent + 2
+    } else {
+        indent
+    };
+    for l in lines.iter_mut().skip(i + 1) {
+        let ind = l.len() - l.trim_start().len();
+        if l.trim().is_empty() || ind > key_indent {
+            l.clear();
+        } else {
+            break;
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    (out != text).then_some(out)
 }
 
 /// Append "did you mean `x`?" when one of the message's "expected one of" names is a likely typo fix.
@@ -257,6 +386,9 @@ fn explain(text: &str, line: u64, column: u64, msg: &str) -> (u64, u64, String) 
     let msg = match msg {
         "expected sequence start" => "expected a list (`- item` lines or `[a, b]`)".to_string(),
         "invalid floating point" => "expected a number".to_string(),
+        m if m.starts_with("invalid u") || m.starts_with("invalid i") => {
+            "expected a whole number".to_string()
+        }
         m => m.to_string(),
     };
     match key_at(line) {

@@ -149,3 +149,40 @@ fn secrets_come_from_the_environment_and_stay_hidden() {
         "default not applied: {all}"
     );
 }
+
+/// Schema mistakes (unknown keys, bad values, wrong types — each stopping serde on its own) and
+/// semantic ones are all reported in one run, in file order.
+#[test]
+fn schema_and_semantic_mistakes_reported_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("many.yaml");
+    let text = "name: lobby\nsorces: oops\nsources:\n  - id: cam1\n    uri: rtsp://127.0.0.1:8554/lobby\n    pace: fast\n\
+                detector:\n  model: MODEL\n  confidance: 0.3\n  confidence: high\n  classes: [person, unicorn]\n\
+                tracker:\n  kind: bytetrack\n  match_iou: 0.8\nqueues:\n  capacity: lots\n\
+                outputs:\n  - kind: mp4\n    path: out/{camera}.mp4\n    bitrate_kbps: fast\n";
+    std::fs::write(
+        &p,
+        text.replace(
+            "MODEL",
+            &root().join("models/yolov3-tiny.yaml").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = vigil().arg("check").arg(&p).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let places: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split(": ").next().unwrap_or(""))
+        .collect();
+    let want: Vec<String> = [
+        "2:1", "6:11", "9:3", "10:15", "11:21", "14:3", "16:13", "18:5", "20:19",
+    ]
+    .iter()
+    .map(|lc| format!("{}:{lc}", p.display()))
+    .collect();
+    assert_eq!(places, want, "{stdout}");
+    assert!(
+        stdout.contains("did you mean `sources`?") && stdout.contains("no class `unicorn`"),
+        "{stdout}"
+    );
+}
