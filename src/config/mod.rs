@@ -3,6 +3,7 @@
 
 pub mod plan;
 pub mod spec;
+pub mod units;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -30,6 +30,8 @@ pub struct Plan {
     pub batch: usize,
     /// Run the detector on every `every`-th frame of each source.
     pub every: u32,
+    /// Detector settings per source (the pipeline's, with the source's overrides), as `sources`.
+    pub source_detect: Vec<SourceDetect>,
     /// `None`: no tracking.
     pub tracker: Option<TrackerKind>,
     pub queue_capacity: usize,
@@ -92,6 +94,13 @@ impl Plan {
     }
 }
 
+/// What the detector does for one source.
+#[derive(Debug, Clone)]
+pub struct SourceDetect {
+    pub post: PostParams,
+    pub every: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct SourcePlan {
     pub id: String,
@@ -100,6 +109,8 @@ pub struct SourcePlan {
     pub pace: Pace,
     pub live: bool,
     pub when_full: WhenFull,
+    /// No frame for this long ⇒ the source has stalled.
+    pub stall: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +132,8 @@ pub enum OutputKind {
     },
 }
 
+/// Stall watchdog of live sources when the file says nothing.
+const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 const PLACEHOLDERS: &[&str] = &["pipeline", "source"];
 const X264_PRESETS: &[&str] = &[
     "ultrafast",
@@ -189,6 +202,54 @@ fn expand(template: &str, pipeline: &str, source: &str) -> Result<String, String
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The class filter for `names`, each unknown name reported at its place.
+fn class_mask(
+    c: &mut Collector,
+    names: &[Spanned<String>],
+    m: &ModelInfo,
+    what: &str,
+) -> Vec<bool> {
+    let mut mask = vec![false; m.classes.len()];
+    for n in names {
+        match m.class_id(&n.value) {
+            Some(i) => mask[i as usize] = true,
+            None => c.at(
+                n.referenced,
+                format!("{what}: model `{}` has no class `{}`", m.name, n.value),
+            ),
+        }
+    }
+    mask
+}
+
+/// Why a file at `path` could not be created (a parent is a file, or the path is a folder), if so.
+fn uncreatable(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        return Some("it is a folder".into());
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        if d.exists() {
+            return (!d.is_dir()).then(|| format!("{} is a file, not a folder", d.display()));
+        }
+        dir = d.parent();
+    }
+    None
+}
+
+fn every_of(c: &mut Collector, e: &Spanned<u32>, what: &str) -> u32 {
+    if e.value == 0 || e.value > 1000 {
+        c.at(
+            e.referenced,
+            format!("{what} must be 1..=1000, got {}", e.value),
+        );
+    }
+    e.value.clamp(1, 1000)
 }
 
 fn in_unit(c: &mut Collector, v: &Spanned<f32>, what: &str) -> f32 {
@@ -278,12 +339,21 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         } else {
             WhenFull::Block
         });
+        let stall = match &s.stall {
+            Some(d) if d.value.0.is_zero() => {
+                c.at(d.referenced, "stall must be longer than 0s".into());
+                None
+            }
+            Some(d) => Some(d.value.0),
+            None => live.then_some(DEFAULT_STALL),
+        };
         sources.push(SourcePlan {
             id,
             uri,
             pace: s.pace,
             live,
             when_full,
+            stall,
         });
     }
 
@@ -322,22 +392,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         in_unit(&mut c, v, "detector.confidence")
     });
     let classes = match (&d.classes, &model) {
-        (Some(names), Some(m)) => {
-            let mut mask = vec![false; m.classes.len()];
-            for n in names {
-                match m.class_id(&n.value) {
-                    Some(i) => mask[i as usize] = true,
-                    None => c.at(
-                        n.referenced,
-                        format!(
-                            "detector.classes: model `{}` has no class `{}`",
-                            m.name, n.value
-                        ),
-                    ),
-                }
-            }
-            Some(mask)
-        }
+        (Some(names), Some(m)) => Some(class_mask(&mut c, names, m, "detector.classes")),
         _ => None,
     };
     let batch = d.batch.as_ref().map_or(1, |b| {
@@ -349,16 +404,46 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         }
         b.value.clamp(1, 64)
     });
-    let every = d.every.as_ref().map_or(1, |e| {
-        if e.value == 0 || e.value > 1000 {
-            c.at(
-                e.referenced,
-                format!("detector.every must be 1..=1000, got {}", e.value),
-            );
-        }
-        e.value.clamp(1, 1000)
-    });
+    let every = d
+        .every
+        .as_ref()
+        .map_or(1, |e| every_of(&mut c, e, "detector.every"));
     let iou = in_unit(&mut c, &spec.nms.iou, "nms.iou");
+    let nms = NmsParams {
+        iou,
+        class_aware: spec.nms.class_aware,
+        max_detections: spec.nms.max_detections,
+    };
+    let source_detect: Vec<SourceDetect> = spec
+        .sources
+        .value
+        .iter()
+        .map(|src| {
+            let o = src.detector.as_ref();
+            let confidence = o
+                .and_then(|o| o.confidence.as_ref())
+                .map_or(confidence, |v| {
+                    in_unit(&mut c, v, "sources.detector.confidence")
+                });
+            let classes = match (o.and_then(|o| o.classes.as_ref()), &model) {
+                (Some(names), Some(m)) => {
+                    Some(class_mask(&mut c, names, m, "sources.detector.classes"))
+                }
+                _ => classes.clone(),
+            };
+            let every = o
+                .and_then(|o| o.every.as_ref())
+                .map_or(every, |e| every_of(&mut c, e, "sources.detector.every"));
+            SourceDetect {
+                post: PostParams {
+                    confidence,
+                    classes,
+                    nms,
+                },
+                every,
+            }
+        })
+        .collect();
     let cap = spec.queues.capacity.value;
     if cap == 0 || cap > 4096 {
         c.at(
@@ -410,6 +495,12 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             match expand(template, &name, &s.id) {
                 Ok(p) => {
                     let path = relative_to(&base, &p);
+                    if let Some(why) = uncreatable(&path) {
+                        c.at(
+                            o.referenced,
+                            format!("output path {} cannot be created: {why}", path.display()),
+                        );
+                    }
                     if seen_paths.contains(&path) {
                         c.at(
                             o.referenced,
@@ -453,6 +544,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             },
             batch,
             every,
+            source_detect,
             tracker,
             queue_capacity: cap.clamp(1, 4096),
             outputs,

@@ -56,6 +56,28 @@ pub struct SourceSpec {
     /// `realtime` (frames released at their timestamps, like a camera).
     #[serde(default)]
     pub pace: Pace,
+    /// Stall watchdog: if no frame arrives for this long (e.g. `5s`), the source is reported
+    /// stalled and stopped. Default 10s for live sources, none for files.
+    #[serde(default)]
+    pub stall: Option<Spanned<super::units::HumanDuration>>,
+    /// Detector settings for this source only, overriding the pipeline's `detector` ones.
+    #[serde(default)]
+    pub detector: Option<SourceDetectorSpec>,
+}
+
+/// Per-source detector overrides (a busy entrance may want a higher threshold, a car park only cars).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDetectorSpec {
+    /// Minimum score for this source, in `[0, 1]`.
+    #[serde(default)]
+    pub confidence: Option<Spanned<f32>>,
+    /// Only these classes for this source (names from the model's class list).
+    #[serde(default)]
+    pub classes: Option<Vec<Spanned<String>>>,
+    /// Run the detector on every Nth frame of this source.
+    #[serde(default)]
+    pub every: Option<Spanned<u32>>,
 }
 
 /// How a file source releases frames.

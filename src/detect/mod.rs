@@ -202,6 +202,10 @@ pub struct PostParams {
 
 /// Class filter, NMS, and back to frame pixels.
 pub fn postprocess(cands: Vec<Candidate>, p: &PostParams, input: &ModelInput) -> Vec<Detection> {
+    let cands: Vec<Candidate> = cands
+        .into_iter()
+        .filter(|c| c.score >= p.confidence)
+        .collect();
     let cands: Vec<Candidate> = match &p.classes {
         None => cands,
         Some(mask) => cands

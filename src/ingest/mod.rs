@@ -152,6 +152,7 @@ fn pull_all(
     if let Some(t) = &truncated {
         tracing::warn!(target: "vigil::ingest", source = %src.id, "{t}; decoding what is there");
     }
+    let mut last_frame = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!(target: "vigil::ingest", source = %src.id, "stop requested");
@@ -160,8 +161,15 @@ fn pull_all(
         if let Some(m) = first_error(&bus) {
             return Err(stream_err(format!("{safe_uri}: {m}")));
         }
+        if let Some(limit) = src.stall.filter(|l| last_frame.elapsed() > *l) {
+            return Err(stream_err(format!(
+                "{safe_uri}: no frame for {} (stall watchdog): the source has stalled",
+                humantime::format_duration(limit)
+            )));
+        }
         match sink.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) {
             Some(sample) => {
+                last_frame = Instant::now();
                 let started = Instant::now();
                 let frame = to_frame(&sample, stream, report.frames).map_err(stream_err)?;
                 report.frames += 1;

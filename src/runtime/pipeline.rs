@@ -130,7 +130,7 @@ pub fn run(
         let mut ingest_handles = Vec::new();
         let mut other_handles = Vec::new();
         let mut output_handles = Vec::new();
-        for (s, w) in plan.sources.iter().zip(wiring) {
+        for ((s, w), sd) in plan.sources.iter().zip(wiring).zip(&plan.source_detect) {
             let SourceWiring {
                 ingest_tx,
                 ingest_rx,
@@ -152,7 +152,7 @@ pub fn run(
             let det_tx = det_tx.clone();
             let (model_w, model_h) = plan.model.input;
             let resize = plan.resize;
-            let every = plan.every;
+            let every = sd.every;
             other_handles.push(
                 std::thread::Builder::new()
                     .name(format!("pre-{}", s.id))
@@ -196,7 +196,12 @@ pub fn run(
         }
         drop(det_tx);
         let n_sources = plan.sources.len();
-        let post = plan.post.clone();
+        let post: HashMap<StreamId, crate::detect::PostParams> = plan
+            .sources
+            .iter()
+            .zip(&plan.source_detect)
+            .map(|(s, d)| (StreamId::from(s.id.as_str()), d.post.clone()))
+            .collect();
         let batch = plan.batch;
         let det_handle = std::thread::Builder::new()
             .name("detect".into())
@@ -288,12 +293,14 @@ fn detect_stage(
     rx: &EdgeRx<Prepared>,
     post: HashMap<StreamId, EdgeTx<Frame>>,
     detector: Box<dyn Detector>,
-    params: &crate::detect::PostParams,
+    params: &HashMap<StreamId, crate::detect::PostParams>,
     max_batch: usize,
     n_sources: usize,
     stats: &StageStats,
 ) -> Result<(), String> {
     let mut ended = 0;
+    // Decode at the lowest threshold any source asks for; each frame is then filtered by its own.
+    let threshold = params.values().map(|p| p.confidence).fold(1.0f32, f32::min);
     let mut batch: Vec<Prepared> = Vec::with_capacity(max_batch);
     let mut eos: Vec<StreamId> = Vec::new();
     while ended < n_sources {
@@ -313,7 +320,7 @@ fn detect_stage(
             let t = Instant::now();
             let inputs: Vec<&ModelInput> = batch.iter().filter_map(|(_, i)| i.as_ref()).collect();
             let mut cands = detector
-                .infer(&inputs, params.confidence)
+                .infer(&inputs, threshold)
                 .map_err(|e| format!("detector: {e}"))?
                 .into_iter();
             let per_frame = t.elapsed() / inputs.len().max(1) as u32;
@@ -322,7 +329,9 @@ fn detect_stage(
             for (mut frame, input) in batch.drain(..) {
                 if let Some(input) = input {
                     let c = cands.next().unwrap_or_default();
-                    frame.detections = crate::detect::postprocess(c, params, &input);
+                    if let Some(p) = params.get(&frame.stream) {
+                        frame.detections = crate::detect::postprocess(c, p, &input);
+                    }
                     frame.detected = true;
                     stats.record(per_frame);
                 }

@@ -55,3 +55,28 @@ fn missing_source_file_is_reported_with_its_line() {
         "{stderr}"
     );
 }
+
+/// A live source that never sends a frame trips the stall watchdog (`stall: 1s`) and is reported
+/// stalled, naming the source, instead of hanging the pipeline.
+#[test]
+fn silent_live_source_is_reported_stalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("stall.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: stall\nsources:\n  - id: quiet\n    uri: udp://127.0.0.1:59998\n    stall: 1s\ndetector:\n  model: {}\noutputs:\n  - kind: jsonl\n    path: out/{{source}}.jsonl\n",
+            super::common::model().display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = vigil().arg("run").arg(&p).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("source `quiet`") && stderr.contains("stalled"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}

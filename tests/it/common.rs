@@ -64,6 +64,7 @@ pub fn decode_count(path: &Path) -> (u64, u32, u32) {
         pace: Pace::AsFastAsPossible,
         live: false,
         when_full: WhenFull::Block,
+        stall: None,
     };
     let (tx, rx) = edge::<vigil::frame::Frame>("check", 4, WhenFull::Block);
     let stop = AtomicBool::new(false);
