@@ -69,6 +69,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a pipeline's recorded sources deterministically and compare with golden metadata:
+    /// exit 0 within the pipeline's `regress` tolerances, 1 otherwise; writes a report.
+    Regress {
+        /// The pipeline file (file sources only).
+        pipeline: PathBuf,
+        /// Folder of golden JSONL, one `<source>.jsonl` per source.
+        #[arg(long)]
+        golden: PathBuf,
+        /// Rewrite the goldens from this run (after a deliberate change).
+        #[arg(long)]
+        update: bool,
+        /// Folder for report.md, the chart and the thumbnails.
+        #[arg(long, default_value = "regress-report")]
+        report: PathBuf,
+    },
     /// Score a tracker's output against ground truth (MOT15 CSV files): MOTA, MOTP, IDF1, …
     TrackEval {
         /// Ground truth (`frame,id,x,y,w,h,…`).
@@ -120,6 +135,12 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             deterministic,
         } => run(&pipeline, deterministic),
         Command::Check { files, print_plan } => Ok(check(&files, print_plan)),
+        Command::Regress {
+            pipeline,
+            golden,
+            update,
+            report,
+        } => regress(&pipeline, &golden, update, &report),
         Command::TrackEval {
             gt,
             pred,
@@ -224,6 +245,133 @@ fn run(path: &Path, deterministic: bool) -> Result<ExitCode> {
         eprintln!("error: {e}");
     }
     Ok(ExitCode::from(1))
+}
+
+fn regress(path: &Path, golden: &Path, update: bool, report_dir: &Path) -> Result<ExitCode> {
+    let mut plan = match config::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Some(s) = plan.sources.iter().find(|s| s.live) {
+        bail!(
+            "source `{}` is live: regression runs replay recorded files (pace: as_fast_as_possible)",
+            s.id
+        );
+    }
+    // Lossless, deterministic replay: every edge blocks, metadata without wall-clock fields, and
+    // only JSONL outputs (into a scratch folder).
+    let scratch = scratch_dir()?;
+    for s in &mut plan.sources {
+        s.when_full = vigil::runtime::edge::WhenFull::Block;
+    }
+    plan.outputs = plan
+        .sources
+        .iter()
+        .map(|s| config::plan::OutputPlan {
+            source: s.id.clone(),
+            kind: config::plan::OutputKind::Jsonl {
+                path: scratch.join(format!("{}.jsonl", s.id)),
+            },
+        })
+        .collect();
+    vigil::ingest::init()
+        .map_err(anyhow::Error::msg)
+        .context("GStreamer")?;
+    let detector = detect::load(&plan.model, &detect::device(&plan.device)?)?;
+    let stop = AtomicBool::new(false);
+    let run = runtime::run(
+        &plan,
+        detector,
+        &stop,
+        &RunOptions {
+            deterministic: true,
+        },
+    );
+    if !run.errors.is_empty() {
+        for e in &run.errors {
+            eprintln!("error: {e}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let mut diffs = Vec::new();
+    for s in &plan.sources {
+        let new_path = scratch.join(format!("{}.jsonl", s.id));
+        let golden_path = golden.join(format!("{}.jsonl", s.id));
+        let new = vigil::output::record::read_jsonl(&new_path).map_err(anyhow::Error::msg)?;
+        if update {
+            std::fs::create_dir_all(golden)?;
+            std::fs::copy(&new_path, &golden_path)
+                .with_context(|| golden_path.display().to_string())?;
+            println!(
+                "{}: golden updated ({} frames)",
+                golden_path.display(),
+                new.len()
+            );
+            continue;
+        }
+        if !golden_path.is_file() {
+            bail!(
+                "no golden for source `{}` at {}: run with --update to record one",
+                s.id,
+                golden_path.display()
+            );
+        }
+        let g = vigil::output::record::read_jsonl(&golden_path).map_err(anyhow::Error::msg)?;
+        diffs.push(vigil::regress::compare(&s.id, &g, &new, &plan.regress));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if update {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = vigil::regress::report::write(report_dir, &plan.name, &plan.sources, &diffs)?;
+    let mut ok = true;
+    for d in &diffs {
+        let differing: Vec<String> = d
+            .frames
+            .iter()
+            .filter(|f| f.badness() > 0)
+            .map(|f| f.seq.to_string())
+            .take(20)
+            .collect();
+        println!(
+            "{}: {} — {} matched, {} missing, {} extra, {} score moves, {} box moves{}",
+            d.source,
+            if d.passed() { "pass" } else { "FAIL" },
+            d.matched,
+            d.missing,
+            d.extra,
+            d.score_violations,
+            d.box_moves,
+            if differing.is_empty() {
+                String::new()
+            } else {
+                format!("; frames differing: {}", differing.join(", "))
+            }
+        );
+        for f in &d.failures {
+            println!("  {f}");
+        }
+        ok &= d.passed();
+    }
+    println!("report: {}", report.display());
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A fresh scratch folder under the system temp dir.
+fn scratch_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let d = std::env::temp_dir().join(format!("vigil-regress-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| d.display().to_string())?;
+    Ok(d)
 }
 
 fn detect_images(

@@ -34,6 +34,8 @@ pub struct Plan {
     pub source_detect: Vec<SourceDetect>,
     /// `None`: no tracking.
     pub tracker: Option<TrackerKind>,
+    /// `vigil regress` tolerances.
+    pub regress: crate::regress::Tolerances,
     pub queue_capacity: usize,
     /// Outputs, already expanded per source.
     pub outputs: Vec<OutputPlan>,
@@ -111,6 +113,8 @@ pub struct SourcePlan {
     pub when_full: WhenFull,
     /// No frame for this long ⇒ the source has stalled.
     pub stall: Option<std::time::Duration>,
+    /// Stop after this many frames.
+    pub max_frames: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +358,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             live,
             when_full,
             stall,
+            max_frames: s.max_frames,
         });
     }
 
@@ -546,6 +551,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             every,
             source_detect,
             tracker,
+            regress: crate::regress::Tolerances::from_spec(spec.regress.as_ref()),
             queue_capacity: cap.clamp(1, 4096),
             outputs,
         }),

@@ -41,6 +41,33 @@ pub struct PipelineSpec {
     /// Where results go (MP4 with boxes drawn, JSON lines). Each runs once per source.
     #[serde(default)]
     pub outputs: Vec<Spanned<OutputSpec>>,
+    /// Tolerances for `vigil regress` against golden metadata.
+    #[serde(default)]
+    pub regress: Option<RegressSpec>,
+}
+
+/// What `vigil regress` accepts as "unchanged".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegressSpec {
+    /// Minimum IoU (and the same class) for a new detection to match a golden one. Default 0.5.
+    #[serde(default)]
+    pub iou: Option<f32>,
+    /// Largest accepted score difference of a matched detection. Default 0.05.
+    #[serde(default)]
+    pub score_tolerance: Option<f32>,
+    /// Largest accepted move of a matched box's corners, in pixels. Default 2.
+    #[serde(default)]
+    pub box_tolerance_px: Option<f32>,
+    /// Golden detections allowed to go missing, over the whole run. Default 0.
+    #[serde(default)]
+    pub max_missing: Option<u64>,
+    /// New detections allowed that the golden does not have. Default 0.
+    #[serde(default)]
+    pub max_extra: Option<u64>,
+    /// Lowest accepted IDF1 of the new tracks taking the golden tracks as truth. Default 0.9.
+    #[serde(default)]
+    pub min_idf1: Option<f64>,
 }
 
 /// One video stream.
@@ -56,6 +83,9 @@ pub struct SourceSpec {
     /// `realtime` (frames released at their timestamps, like a camera).
     #[serde(default)]
     pub pace: Pace,
+    /// Stop after this many frames (files: regression runs on the start of a long recording).
+    #[serde(default)]
+    pub max_frames: Option<u64>,
     /// Stall watchdog: if no frame arrives for this long (e.g. `5s`), the source is reported
     /// stalled and stopped. Default 10s for live sources, none for files.
     #[serde(default)]

@@ -178,6 +178,10 @@ fn pull_all(
                 if out.send(Msg::Item(frame)).is_err() {
                     return Err(stream_err("the pipeline downstream has stopped".into()));
                 }
+                if src.max_frames.is_some_and(|m| report.frames >= m) {
+                    tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "max_frames reached");
+                    return Ok(());
+                }
             }
             None if sink.is_eos() => {
                 if let Some(m) = first_error(&bus) {

@@ -65,6 +65,7 @@ pub fn decode_count(path: &Path) -> (u64, u32, u32) {
         live: false,
         when_full: WhenFull::Block,
         stall: None,
+        max_frames: None,
     };
     let (tx, rx) = edge::<vigil::frame::Frame>("check", 4, WhenFull::Block);
     let stop = AtomicBool::new(false);

@@ -10,5 +10,6 @@ mod config_fuzz;
 mod demo;
 mod detect_parity;
 mod mot_metrics;
+mod regress;
 mod sigterm;
 mod trackers;
