@@ -115,6 +115,14 @@ pub struct SourcePlan {
     pub stall: Option<std::time::Duration>,
     /// Stop after this many frames.
     pub max_frames: Option<u64>,
+    /// How a live source reconnects.
+    pub reconnect: crate::ingest::supervisor::ReconnectPolicy,
+    /// RTSP over TCP (else UDP).
+    pub rtsp_tcp: bool,
+    /// RTSP jitter-buffer latency.
+    pub rtsp_latency: std::time::Duration,
+    /// Where the source is in its life (connecting, running, …), for logs and metrics.
+    pub state: std::sync::Arc<crate::ingest::supervisor::StateCell>,
 }
 
 #[derive(Debug, Clone)]
@@ -328,7 +336,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                     String::new()
                 }
             }
-        } else if raw.contains("://") {
+        } else if raw.starts_with("test:") || raw.contains("://") {
             raw.to_string()
         } else {
             c.at(
@@ -359,6 +367,20 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             when_full,
             stall,
             max_frames: s.max_frames,
+            reconnect: {
+                let d = crate::ingest::supervisor::ReconnectPolicy::default();
+                let r = s.reconnect.as_ref();
+                crate::ingest::supervisor::ReconnectPolicy {
+                    initial: r.and_then(|r| r.initial).map_or(d.initial, |x| x.0),
+                    max: r.and_then(|r| r.max).map_or(d.max, |x| x.0),
+                    retries: r.and_then(|r| r.retries),
+                }
+            },
+            rtsp_tcp: s.transport != Some(spec::Transport::Udp),
+            rtsp_latency: s
+                .latency
+                .map_or(std::time::Duration::from_millis(200), |l| l.0),
+            state: Default::default(),
         });
     }
 

@@ -83,6 +83,15 @@ pub struct SourceSpec {
     /// `realtime` (frames released at their timestamps, like a camera).
     #[serde(default)]
     pub pace: Pace,
+    /// RTSP transport: `tcp` (default: survives NAT and lossy Wi-Fi) or `udp` (lower latency).
+    #[serde(default)]
+    pub transport: Option<Transport>,
+    /// RTSP jitter-buffer latency, e.g. `200ms` (default 200ms).
+    #[serde(default)]
+    pub latency: Option<super::units::HumanDuration>,
+    /// How a live source comes back after losing its stream.
+    #[serde(default)]
+    pub reconnect: Option<ReconnectSpec>,
     /// Stop after this many frames (files: regression runs on the start of a long recording).
     #[serde(default)]
     pub max_frames: Option<u64>,
@@ -93,6 +102,31 @@ pub struct SourceSpec {
     /// Detector settings for this source only, overriding the pipeline's `detector` ones.
     #[serde(default)]
     pub detector: Option<SourceDetectorSpec>,
+}
+
+/// RTSP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// RTP interleaved in the RTSP TCP connection.
+    Tcp,
+    /// RTP over UDP.
+    Udp,
+}
+
+/// Reconnect policy of a live source: exponential backoff with jitter, capped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectSpec {
+    /// First wait after losing the stream, e.g. `500ms` (default 500ms).
+    #[serde(default)]
+    pub initial: Option<super::units::HumanDuration>,
+    /// Longest wait between attempts, e.g. `30s` (default 30s).
+    #[serde(default)]
+    pub max: Option<super::units::HumanDuration>,
+    /// Attempts without a frame before the source is marked failed; absent: retry for ever.
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 /// Per-source detector overrides (a busy entrance may want a higher threshold, a car park only cars).

@@ -13,6 +13,7 @@ use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
 mod container;
+pub mod supervisor;
 
 use crate::config::plan::SourcePlan;
 use crate::config::spec::Pace;
@@ -35,6 +36,8 @@ pub enum IngestError {
 #[derive(Debug, Default)]
 pub struct IngestReport {
     pub frames: u64,
+    /// Times a live source came back after losing its stream.
+    pub reconnects: u64,
     pub error: Option<IngestError>,
 }
 
@@ -63,7 +66,11 @@ pub fn run(
 ) -> IngestReport {
     let stream: StreamId = src.id.as_str().into();
     let mut report = IngestReport::default();
-    let result = pull_all(src, &stream, out, stop, stats, &mut report);
+    let result = if src.live {
+        supervise(src, &stream, out, stop, stats, &mut report)
+    } else {
+        pull_all(src, &stream, out, stop, stats, &mut report)
+    };
     // The downstream may already be gone (it failed): nothing more to tell it.
     let _ = out.send(Msg::Eos(stream));
     // A failure is passed on in the report (the caller reports it); only the clean end is logged here.
@@ -76,12 +83,135 @@ pub fn run(
     report
 }
 
+/// Run a live source through its reconnect policy (see [`supervisor`]).
+fn supervise(
+    src: &SourcePlan,
+    stream: &StreamId,
+    out: &EdgeTx<Frame>,
+    stop: &AtomicBool,
+    stats: &StageStats,
+    report: &mut IngestReport,
+) -> Result<(), IngestError> {
+    use supervisor::{SourceState, backoff, sleep_unless_stopped};
+    let salt = src
+        .id
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let mut failures = 0u32;
+    loop {
+        src.state.set(SourceState::Connecting);
+        let before = report.frames;
+        let result = pull_all(src, stream, out, stop, stats, report);
+        if stop.load(Ordering::Relaxed) {
+            src.state.set(SourceState::Stopped);
+            return result;
+        }
+        if report.frames > before {
+            failures = 0;
+            report.reconnects += 1;
+        }
+        failures += 1;
+        let why = match &result {
+            Ok(()) => "the stream ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if src.reconnect.retries.is_some_and(|r| failures > r) {
+            src.state.set(SourceState::Failed);
+            tracing::error!(target: "vigil::ingest", source = %src.id, attempts = failures, "giving up: {why}");
+            return Err(IngestError::Stream {
+                source_id: src.id.clone(),
+                message: format!("failed after {} attempts without a frame: {why}", failures),
+            });
+        }
+        let wait = backoff(&src.reconnect, failures, salt);
+        src.state.set(SourceState::Backoff);
+        tracing::warn!(target: "vigil::ingest", source = %src.id, attempt = failures, wait_ms = wait.as_millis() as u64, "{why}; reconnecting");
+        if !sleep_unless_stopped(wait, stop) {
+            src.state.set(SourceState::Stopped);
+            return Ok(());
+        }
+    }
+}
+
+/// `test:PATTERN?width=W&height=H&fps=F` → a live videotestsrc (demos and tests).
+fn test_source(uri: &str) -> Result<gst::Element, String> {
+    let rest = uri.strip_prefix("test:").unwrap_or("");
+    let (pattern, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut caps = gst_video::VideoCapsBuilder::new();
+    let src = gst::ElementFactory::make("videotestsrc")
+        .property("is-live", true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    if !pattern.is_empty() {
+        src.set_property_from_str("pattern", pattern);
+    }
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("`{kv}` in {uri} is not key=value"))?;
+        let n: i32 = v
+            .parse()
+            .map_err(|_| format!("`{kv}` in {uri}: not a number"))?;
+        caps = match k {
+            "width" => caps.width(n),
+            "height" => caps.height(n),
+            "fps" => caps.framerate(gst::Fraction::new(n, 1)),
+            _ => return Err(format!("`{k}` in {uri}: expected width, height or fps")),
+        };
+    }
+    let bin = gst::Bin::new();
+    let filter = gst::ElementFactory::make("capsfilter")
+        .property("caps", caps.build())
+        .build()
+        .map_err(|e| e.to_string())?;
+    bin.add_many([&src, &filter]).map_err(|e| e.to_string())?;
+    src.link(&filter).map_err(|e| e.to_string())?;
+    let pad = filter
+        .static_pad("src")
+        .ok_or("capsfilter has no src pad")?;
+    let ghost = gst::GhostPad::with_target(&pad).map_err(|e| e.to_string())?;
+    bin.add_pad(&ghost).map_err(|e| e.to_string())?;
+    Ok(bin.upcast())
+}
+
 fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
     let pipeline = gst::Pipeline::with_name(&format!("ingest-{}", src.id));
+    if src.uri.starts_with("test:") {
+        let test = test_source(&src.uri)?;
+        let convert = gst::ElementFactory::make("videoconvert")
+            .build()
+            .map_err(|e| e.to_string())?;
+        let sink = gst_app::AppSink::builder()
+            .caps(
+                &gst_video::VideoCapsBuilder::new()
+                    .format(gst_video::VideoFormat::Bgr)
+                    .build(),
+            )
+            .sync(true)
+            .max_buffers(4)
+            .drop(true)
+            .build();
+        pipeline
+            .add_many([&test, &convert, sink.upcast_ref()])
+            .map_err(|e| e.to_string())?;
+        gst::Element::link_many([&test, &convert, sink.upcast_ref()]).map_err(|e| e.to_string())?;
+        return Ok((pipeline, sink));
+    }
     let decode = gst::ElementFactory::make("uridecodebin")
         .property("uri", &src.uri)
         .build()
         .map_err(|e| e.to_string())?;
+    // RTSP: transport and jitter-buffer latency on the rtspsrc uridecodebin creates.
+    let (tcp, latency_ms) = (src.rtsp_tcp, src.rtsp_latency.as_millis() as u32);
+    decode.connect("source-setup", false, move |args| {
+        if let Some(el) = args.get(1).and_then(|v| v.get::<gst::Element>().ok())
+            && el.has_property("protocols")
+        {
+            el.set_property_from_str("protocols", if tcp { "tcp" } else { "udp" });
+            el.set_property("latency", latency_ms);
+        }
+        None
+    });
     let convert = gst::ElementFactory::make("videoconvert")
         .build()
         .map_err(|e| e.to_string())?;

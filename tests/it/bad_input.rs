@@ -65,7 +65,7 @@ fn silent_live_source_is_reported_stalled() {
     std::fs::write(
         &p,
         format!(
-            "name: stall\nsources:\n  - id: quiet\n    uri: udp://127.0.0.1:59998\n    stall: 1s\ndetector:\n  model: {}\noutputs:\n  - kind: jsonl\n    path: out/{{source}}.jsonl\n",
+            "name: stall\nsources:\n  - id: quiet\n    uri: udp://127.0.0.1:59998\n    stall: 1s\n    reconnect: {{ retries: 0 }}\ndetector:\n  model: {}\noutputs:\n  - kind: jsonl\n    path: out/{{source}}.jsonl\n",
             super::common::model().display()
         ),
     )

@@ -66,6 +66,10 @@ pub fn decode_count(path: &Path) -> (u64, u32, u32) {
         when_full: WhenFull::Block,
         stall: None,
         max_frames: None,
+        reconnect: Default::default(),
+        rtsp_tcp: true,
+        rtsp_latency: std::time::Duration::from_millis(200),
+        state: Default::default(),
     };
     let (tx, rx) = edge::<vigil::frame::Frame>("check", 4, WhenFull::Block);
     let stop = AtomicBool::new(false);

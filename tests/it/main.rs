@@ -9,6 +9,7 @@ mod config_files;
 mod config_fuzz;
 mod demo;
 mod detect_parity;
+mod live;
 mod mot_metrics;
 mod regress;
 mod sigterm;
