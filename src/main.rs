@@ -232,6 +232,16 @@ fn run(path: &Path, deterministic: bool) -> Result<ExitCode> {
     for (stage, n, ms) in &report.stages {
         eprintln!("  stage {stage}: {n} frames, {ms:.2} ms/frame");
     }
+    for (source, p50, p99, n) in report.latency.iter().filter(|l| l.3 > 0) {
+        eprintln!(
+            "  latency {source}: capture→metadata p50 {} ms, p99 {} ms over {n} frames",
+            p50.unwrap_or(0),
+            p99.unwrap_or(0)
+        );
+    }
+    for (source, n) in report.reconnects.iter().filter(|r| r.1 > 0) {
+        eprintln!("  source {source}: {n} reconnects");
+    }
     for (edge, sent, dropped) in report.edges.iter().filter(|e| e.2 > 0) {
         eprintln!("  edge {edge}: {sent} sent, {dropped} dropped");
     }

@@ -39,6 +39,9 @@ struct Encoder {
 
 pub struct Mp4Writer {
     settings: Mp4Settings,
+    /// The file being written: the configured path, then `-1`, `-2`, … after size changes.
+    current: PathBuf,
+    part: u32,
     classes: Vec<String>,
     enc: Option<Encoder>,
     pub frames: u64,
@@ -49,6 +52,8 @@ impl Mp4Writer {
         // Fail early (before any frame) when the file cannot be created.
         drop(super::create_file(&settings.path)?);
         Ok(Self {
+            current: settings.path.clone(),
+            part: 0,
             settings,
             classes,
             enc: None,
@@ -58,7 +63,7 @@ impl Mp4Writer {
 
     fn err(&self, message: impl Into<String>) -> OutputError {
         OutputError::Encode {
-            path: self.settings.path.display().to_string(),
+            path: self.current.display().to_string(),
             message: message.into(),
         }
     }
@@ -99,7 +104,7 @@ impl Mp4Writer {
         let parse = make("h264parse")?;
         let mux = make("mp4mux")?;
         let sink = gst::ElementFactory::make("filesink")
-            .property("location", self.settings.path.to_string_lossy().as_ref())
+            .property("location", self.current.to_string_lossy().as_ref())
             .build()
             .map_err(|x| e(x.to_string()))?;
         let elements = [
@@ -116,7 +121,7 @@ impl Mp4Writer {
         pipeline.set_state(gst::State::Playing).map_err(|_| {
             e(bus_error(&pipeline).unwrap_or_else(|| "cannot start the encoder".into()))
         })?;
-        tracing::info!(target: "vigil::output", path = %self.settings.path.display(), width, height, "mp4 encoder started");
+        tracing::info!(target: "vigil::output", path = %self.current.display(), width, height, "mp4 encoder started");
         Ok(Encoder {
             pipeline,
             src,
@@ -130,22 +135,22 @@ impl Mp4Writer {
     /// Encode one frame (drawing its detections first if overlay is on).
     pub fn write(&mut self, frame: &Frame) -> Result<(), OutputError> {
         let (w, h) = (frame.image.width, frame.image.height);
+        // A camera that comes back at another size continues in a new file (`name-1.mp4`, …):
+        // the finished one stays playable at its own size.
+        if let Some(enc) = self.enc.take_if(|e| (e.width, e.height) != (w, h)) {
+            let done = self.current.clone();
+            finalize(&enc).map_err(|m| self.err(m))?;
+            let _ = enc.pipeline.set_state(gst::State::Null);
+            self.part += 1;
+            self.current = part_path(&self.settings.path, self.part);
+            tracing::warn!(target: "vigil::output", finished = %done.display(), next = %self.current.display(), width = w, height = h, "frame size changed: new MP4");
+        }
         if self.enc.is_none() {
             self.enc = Some(self.start(w, h, frame.fps)?);
         }
         let Some(enc) = self.enc.as_mut() else {
             return Ok(());
         };
-        if (enc.width, enc.height) != (w, h) {
-            let msg = format!(
-                "frame size changed from {}x{} to {w}x{h}; this file keeps the first size",
-                enc.width, enc.height
-            );
-            return Err(OutputError::Encode {
-                path: self.settings.path.display().to_string(),
-                message: msg,
-            });
-        }
         let mut pixels = frame.image.bgr.clone();
         if self.settings.overlay {
             super::overlay::draw(
@@ -157,7 +162,7 @@ impl Mp4Writer {
                 &self.classes,
             )
             .map_err(|x| OutputError::Encode {
-                path: self.settings.path.display().to_string(),
+                path: self.current.display().to_string(),
                 message: x.to_string(),
             })?;
         }
@@ -180,7 +185,7 @@ impl Mp4Writer {
         enc.src.push_buffer(buffer).map_err(|flow| {
             let detail = bus_error(&enc.pipeline).unwrap_or_else(|| format!("{flow:?}"));
             OutputError::Encode {
-                path: self.settings.path.display().to_string(),
+                path: self.current.display().to_string(),
                 message: detail,
             }
         })?;
@@ -192,19 +197,32 @@ impl Mp4Writer {
     pub fn finish(mut self) -> Result<u64, OutputError> {
         let Some(enc) = self.enc.take() else {
             // No frame ever came: leave no empty, unplayable file behind.
-            let _ = std::fs::remove_file(&self.settings.path);
+            let _ = std::fs::remove_file(&self.current);
             return Ok(0);
         };
         let result = finalize(&enc);
         let _ = enc.pipeline.set_state(gst::State::Null);
         result.map_err(|m| self.err(m))?;
-        tracing::info!(target: "vigil::output", path = %self.settings.path.display(), frames = self.frames, "mp4 finalized");
+        tracing::info!(target: "vigil::output", path = %self.current.display(), frames = self.frames, "mp4 finalized");
         Ok(self.frames)
     }
 
     pub fn path(&self) -> &Path {
-        &self.settings.path
+        &self.current
     }
+}
+
+/// `out/cam.mp4` part 2 → `out/cam-2.mp4`.
+fn part_path(base: &Path, part: u32) -> PathBuf {
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}-{part}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{part}"),
+    };
+    base.with_file_name(name)
 }
 
 fn finalize(enc: &Encoder) -> Result<(), String> {

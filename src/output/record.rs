@@ -18,6 +18,9 @@ pub struct Record {
     /// RFC 3339 wall-clock capture time (left out in deterministic mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captured_at: Option<String>,
+    /// Milliseconds from capture (ingest) to this record being written (left out in deterministic mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f32>,
     pub detections: Vec<RecordDetection>,
 }
 
@@ -43,6 +46,7 @@ impl Record {
             pts_ns: frame.pts_ns,
             captured_at: with_clock
                 .then(|| humantime::format_rfc3339_millis(frame.captured_at).to_string()),
+            latency_ms: with_clock.then(|| frame.ingested.elapsed().as_secs_f32() * 1000.0),
             detections: frame
                 .detections
                 .iter()

@@ -259,6 +259,7 @@ mod tests {
             seq,
             pts_ns: None,
             captured_at: None,
+            latency_ms: None,
             detections: dets
                 .iter()
                 .map(|&(c, s, b, t)| RecordDetection {

@@ -23,7 +23,7 @@ use crate::output::mp4::{Mp4Settings, Mp4Writer};
 use crate::output::record::Record;
 use crate::preprocess::{self, ModelInput};
 use crate::runtime::edge::{EdgeRx, EdgeStats, EdgeTx, WhenFull, edge};
-use crate::runtime::metrics::StageStats;
+use crate::runtime::metrics::{LatencyHistogram, StageStats};
 
 /// How a run behaves beyond its plan.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +44,10 @@ pub struct RunReport {
     pub stages: Vec<(String, u64, f64)>,
     /// `(edge, sent, dropped)`.
     pub edges: Vec<(String, u64, u64)>,
+    /// Capture → metadata latency per source: `(source, p50 ms, p99 ms, frames)`.
+    pub latency: Vec<(String, Option<u64>, Option<u64>, u64)>,
+    /// Times each live source came back after losing its stream.
+    pub reconnects: Vec<(String, u64)>,
     /// Every error, each naming its source or output.
     pub errors: Vec<String>,
     /// The run ended because a stop (SIGINT/SIGTERM) was requested.
@@ -123,6 +127,8 @@ pub fn run(
         });
     }
     let det_stats = stage("detect".into());
+    let latencies: Vec<Arc<LatencyHistogram>> =
+        plan.sources.iter().map(|_| Arc::default()).collect();
 
     let classes = plan.model.classes.clone();
     let mut report = RunReport::default();
@@ -130,7 +136,13 @@ pub fn run(
         let mut ingest_handles = Vec::new();
         let mut other_handles = Vec::new();
         let mut output_handles = Vec::new();
-        for ((s, w), sd) in plan.sources.iter().zip(wiring).zip(&plan.source_detect) {
+        for (((s, w), sd), latency) in plan
+            .sources
+            .iter()
+            .zip(wiring)
+            .zip(&plan.source_detect)
+            .zip(&latencies)
+        {
             let SourceWiring {
                 ingest_tx,
                 ingest_rx,
@@ -174,7 +186,7 @@ pub fn run(
                 std::thread::Builder::new()
                     .name(format!("post-{}", s.id))
                     .spawn_scoped(scope, move || {
-                        post_stage(&post_rx, out_txs, tracker, every, &post_stats)
+                        post_stage(&post_rx, out_txs, tracker, every, latency, &post_stats)
                     })
                     .expect("spawn post thread"),
             );
@@ -215,6 +227,7 @@ pub fn run(
         for (id, h) in ingest_handles {
             match h.join() {
                 Ok(r) => {
+                    report.reconnects.push((id.clone(), r.reconnects));
                     report.frames_in.push((id, r.frames));
                     report.errors.extend(r.error.map(|e| e.to_string()));
                 }
@@ -241,6 +254,19 @@ pub fn run(
             }
         }
     });
+    report.latency = plan
+        .sources
+        .iter()
+        .zip(&latencies)
+        .map(|(s, h)| {
+            (
+                s.id.clone(),
+                h.quantile_ms(0.5),
+                h.quantile_ms(0.99),
+                h.count(),
+            )
+        })
+        .collect();
     report.stopped = stop.load(Ordering::Relaxed);
     report.wall = started.elapsed();
     report.stages = stages
@@ -357,6 +383,7 @@ fn post_stage(
     outputs: Vec<EdgeTx<Frame>>,
     tracker: Option<crate::track::TrackerKind>,
     every: u32,
+    latency: &LatencyHistogram,
     stats: &StageStats,
 ) -> Result<(), String> {
     let mut tracker = tracker.as_ref().map(crate::track::build);
@@ -381,6 +408,7 @@ fn post_stage(
                     frame.trails = trails.update(&frame.detections);
                 }
                 stats.record(t.elapsed());
+                latency.record(frame.ingested.elapsed());
                 tracing::trace!(target: "vigil::track", source = %frame.stream, seq = frame.seq, "tracked");
                 for o in &outputs {
                     let _ = o.send(Msg::Item(frame.clone()));
