@@ -23,6 +23,15 @@ demo: deps assets build
 test: deps assets
 	$(CARGO) test --release --locked
 
+# One run of `vigil bench` (detector vs OpenCV DNN on the same weights, decode floor, whole
+# pipeline), then the criterion micro-benchmarks. OpenCV's Python bindings are the baseline's only
+# need: installed from PyPI if missing (a test oracle, never part of vigil).
+bench: deps assets build
+	@python3 -c "import cv2; assert int(cv2.__version__.split('.')[0]) == 4" 2>/dev/null || \
+		python3 -m pip install -q "opencv-python-headless<5" "numpy<2.3"
+	target/release/vigil bench pipelines/demo.yaml
+	$(CARGO) bench --locked -- --warm-up-time 1 --measurement-time 3
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings

@@ -1,5 +1,6 @@
 //! vigil: a real-time video analytics daemon. See `ARCHITECTURE.md` for the module map.
 
+pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod frame;

@@ -84,6 +84,22 @@ enum Command {
         #[arg(long, default_value = "regress-report")]
         report: PathBuf,
     },
+    /// Time the detector against OpenCV's DNN on the same weights, decoding alone and the whole
+    /// pipeline, on the first source of a pipeline; prints a table of ratios.
+    Bench {
+        /// The pipeline whose model and first source are measured.
+        #[arg(default_value = "pipelines/demo.yaml")]
+        pipeline: PathBuf,
+        /// Forward passes timed (after 3 warm-ups).
+        #[arg(long, default_value_t = 30)]
+        repeats: usize,
+        /// Frames decoded / run through the pipeline.
+        #[arg(long, default_value_t = 200)]
+        frames: u64,
+        /// The OpenCV DNN baseline script.
+        #[arg(long, default_value = "scripts/bench/opencv_dnn.py")]
+        opencv_script: PathBuf,
+    },
     /// Score a tracker's output against ground truth (MOT15 CSV files): MOTA, MOTP, IDF1, …
     TrackEval {
         /// Ground truth (`frame,id,x,y,w,h,…`).
@@ -135,6 +151,26 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             deterministic,
         } => run(&pipeline, deterministic),
         Command::Check { files, print_plan } => Ok(check(&files, print_plan)),
+        Command::Bench {
+            pipeline,
+            repeats,
+            frames,
+            opencv_script,
+        } => {
+            let plan = config::load(&pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
+            vigil::ingest::init()
+                .map_err(anyhow::Error::msg)
+                .context("GStreamer")?;
+            let settings = vigil::bench::BenchSettings {
+                repeats,
+                frames,
+                opencv_script,
+                ..Default::default()
+            };
+            let report = vigil::bench::run(&plan, &settings).map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Regress {
             pipeline,
             golden,

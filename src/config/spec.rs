@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_DETECTIONS: usize = 300;
 /// Default capacity of every edge between stages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
 /// Default x264 speed preset of MP4 outputs.
-pub const DEFAULT_X264_PRESET: &str = "superfast";
+pub const DEFAULT_X264_PRESET: &str = "ultrafast";
 /// Default H.264 bitrate of MP4 outputs, kbit/s.
 pub const DEFAULT_BITRATE_KBPS: u32 = 2048;
 
@@ -323,7 +323,8 @@ pub enum OutputSpec {
         /// Draw the detections on the video. Default true.
         #[serde(default = "default_true")]
         overlay: bool,
-        /// x264 speed preset (`ultrafast` … `veryslow`). Default `superfast`.
+        /// x264 speed preset (`ultrafast` … `veryslow`). Default `ultrafast`: on a CPU box the
+        /// detector needs the cores more than the encoder needs the bits.
         #[serde(default)]
         preset: Option<String>,
         /// Target bitrate in kbit/s. Default 2048.
