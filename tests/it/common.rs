@@ -10,6 +10,15 @@ use vigil::frame::Msg;
 use vigil::runtime::edge::{WhenFull, edge};
 use vigil::runtime::metrics::StageStats;
 
+/// Held by every test that runs the detector for long or measures timing: on a 2-core machine
+/// two of them at once starve each other (and timing assertions measure the neighbour, not vigil).
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Run one CPU-heavy test at a time (light tests still run alongside).
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

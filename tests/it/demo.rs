@@ -6,6 +6,7 @@ use super::common::{asset, decode_count, pipeline, records, vigil};
 /// at least 95% of frames (OpenCV's DNN finds them in all sampled frames).
 #[test]
 fn demo_on_vtest_writes_h264_mp4_and_a_record_per_frame() {
+    let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline(dir.path(), &[("vtest", &asset("vtest.avi"))], "");
     let out = vigil().arg("run").arg(&p).output().unwrap();
@@ -66,6 +67,7 @@ fn h264_mp4_source_decodes_every_frame() {
 /// predicted boxes carry the IDs of the tracks seen at the last detection.
 #[test]
 fn every_third_frame_detects_and_the_tracker_fills_the_gaps() {
+    let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline(dir.path(), &[("vtest", &asset("vtest.avi"))], "");
     let text = std::fs::read_to_string(&p)

@@ -111,6 +111,7 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 /// (1 s) + 2 s (+ stream start-up), and vigil never exits.
 #[test]
 fn rtsp_camera_restarted_ten_times_is_reconnected_every_time() {
+    let _heavy = super::common::heavy();
     let mut server = Server::start(0);
     let port = server.port;
     let dir = tempfile::tempdir().unwrap();
@@ -171,6 +172,7 @@ fn rtsp_camera_restarted_ten_times_is_reconnected_every_time() {
 /// same pipeline keeps delivering frames.
 #[test]
 fn camera_that_never_connects_fails_alone() {
+    let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("two.yaml");
     // port 9 (discard) on loopback: connection refused at once
@@ -236,6 +238,7 @@ fn captured(r: &vigil::output::record::Record) -> std::time::SystemTime {
 /// output finishes the first file and continues in `cam-1.mp4` at the new size (both playable).
 #[test]
 fn camera_back_at_new_resolution_continues_in_a_new_file() {
+    let _heavy = super::common::heavy();
     let server = Server::start_sized(0, 320, 240);
     let port = server.port;
     let dir = tempfile::tempdir().unwrap();
@@ -302,6 +305,7 @@ fn camera_back_at_new_resolution_continues_in_a_new_file() {
 /// rate after the kill is at least 80% of before) and the file is still processed to its end.
 #[test]
 fn killing_one_camera_leaves_the_others_alone() {
+    let _heavy = super::common::heavy();
     let a = Server::start(0);
     let b = Server::start(0);
     let dir = tempfile::tempdir().unwrap();
@@ -380,6 +384,7 @@ fn killing_one_camera_leaves_the_others_alone() {
 /// oldest frames (counted), so capture→metadata latency stays bounded instead of growing.
 #[test]
 fn latency_stays_bounded_when_the_detector_is_slower_than_the_camera() {
+    let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("fast.yaml");
     std::fs::write(

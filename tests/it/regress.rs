@@ -9,6 +9,7 @@ use super::common::{asset, model, root, vigil};
 /// The shipped regression pipeline passes against the committed goldens (vtest.avi + bikes.mp4).
 #[test]
 fn shipped_regression_passes_against_committed_goldens() {
+    let _heavy = super::common::heavy();
     let report = tempfile::tempdir().unwrap();
     let out = vigil()
         .current_dir(root())
@@ -82,6 +83,7 @@ fn sha(path: &Path) -> String {
 /// Two `--deterministic` runs write byte-identical JSONL.
 #[test]
 fn deterministic_runs_are_byte_identical() {
+    let _heavy = super::common::heavy();
     let mut hashes = Vec::new();
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
@@ -107,6 +109,7 @@ fn deterministic_runs_are_byte_identical() {
 /// detections; `--update` records the new behaviour and then it passes.
 #[test]
 fn threshold_change_fails_then_update_passes() {
+    let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let golden = dir.path().join("golden");
     let report = dir.path().join("report");
@@ -133,6 +136,7 @@ fn threshold_change_fails_then_update_passes() {
 /// are real pictures.
 #[test]
 fn corrupted_golden_box_is_reported_in_its_frame_with_pictures() {
+    let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let golden = dir.path().join("golden");
     let report = dir.path().join("report");

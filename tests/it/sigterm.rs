@@ -13,6 +13,7 @@ fn lines(path: &std::path::Path) -> usize {
 
 #[test]
 fn sigterm_mid_run_exits_0_with_playable_mp4_and_whole_jsonl_lines() {
+    let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline(dir.path(), &[("vtest", &asset("vtest.avi"))], "");
     let mut child = vigil()
