@@ -174,6 +174,20 @@ fn test_source(uri: &str) -> Result<gst::Element, String> {
     Ok(bin.upcast())
 }
 
+/// The appsink every source ends in: packed BGR, a short queue; live test sources drop when behind.
+fn bgr_sink(sync: bool, drop: bool) -> gst_app::AppSink {
+    gst_app::AppSink::builder()
+        .caps(
+            &gst_video::VideoCapsBuilder::new()
+                .format(gst_video::VideoFormat::Bgr)
+                .build(),
+        )
+        .sync(sync)
+        .max_buffers(4)
+        .drop(drop)
+        .build()
+}
+
 fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
     let pipeline = gst::Pipeline::with_name(&format!("ingest-{}", src.id));
     if src.uri.starts_with("test:") {
@@ -181,16 +195,7 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
         let convert = gst::ElementFactory::make("videoconvert")
             .build()
             .map_err(|e| e.to_string())?;
-        let sink = gst_app::AppSink::builder()
-            .caps(
-                &gst_video::VideoCapsBuilder::new()
-                    .format(gst_video::VideoFormat::Bgr)
-                    .build(),
-            )
-            .sync(true)
-            .max_buffers(4)
-            .drop(true)
-            .build();
+        let sink = bgr_sink(true, true);
         pipeline
             .add_many([&test, &convert, sink.upcast_ref()])
             .map_err(|e| e.to_string())?;
@@ -215,16 +220,7 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
     let convert = gst::ElementFactory::make("videoconvert")
         .build()
         .map_err(|e| e.to_string())?;
-    let sink = gst_app::AppSink::builder()
-        .caps(
-            &gst_video::VideoCapsBuilder::new()
-                .format(gst_video::VideoFormat::Bgr)
-                .build(),
-        )
-        .sync(src.pace == Pace::Realtime)
-        .max_buffers(4)
-        .drop(false)
-        .build();
+    let sink = bgr_sink(src.pace == Pace::Realtime, false);
     pipeline
         .add_many([&decode, &convert, sink.upcast_ref()])
         .map_err(|e| e.to_string())?;
