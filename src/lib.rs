@@ -10,4 +10,5 @@ pub mod output;
 pub mod preprocess;
 pub mod regress;
 pub mod runtime;
+pub mod service;
 pub mod track;

@@ -40,11 +40,34 @@ enum Command {
     },
     /// Validate pipeline files: prints every problem as file:line:column: message.
     Check {
-        #[arg(required = true)]
+        /// Pipeline files to check.
+        #[arg(required_unless_present = "config_dir")]
         files: Vec<PathBuf>,
+        /// Also check every pipeline file (`*.yaml`, `*.yml`) of this folder, as `vigil serve` would load them.
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
         /// Also print the resolved plan (defaults settled, paths absolute, secrets masked).
         #[arg(long)]
         print_plan: bool,
+    },
+    /// Run every pipeline file of a folder as a service: each pipeline isolated, hot reload on
+    /// SIGHUP and on file changes (a bad file is rejected, the running pipeline keeps going),
+    /// HTTP /healthz /readyz /metrics /pipelines, systemd notify and watchdog.
+    Serve {
+        /// Folder of pipeline files.
+        #[arg(long, default_value = "/etc/vigil/pipelines")]
+        config_dir: PathBuf,
+        /// Address of the HTTP endpoints. Localhost only by default; use e.g. 0.0.0.0:9090 to
+        /// expose them (behind a firewall or a reverse proxy).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        http: std::net::SocketAddr,
+        /// How often the folder is checked for changed files.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        poll: std::time::Duration,
+        /// A pipeline with frames waiting and none coming out for this long is stuck (/healthz
+        /// fails, systemd's watchdog is no longer fed).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        stuck_after: std::time::Duration,
     },
     /// Detect objects in still images and print them.
     Detect {
@@ -150,7 +173,34 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             pipeline,
             deterministic,
         } => run(&pipeline, deterministic),
-        Command::Check { files, print_plan } => Ok(check(&files, print_plan)),
+        Command::Check {
+            mut files,
+            config_dir,
+            print_plan,
+        } => {
+            if let Some(dir) = config_dir {
+                let found = vigil::service::pipeline_files(&dir)?;
+                if found.is_empty() {
+                    bail!("{}: no pipeline files (*.yaml, *.yml)", dir.display());
+                }
+                files.extend(found.into_keys());
+            }
+            Ok(check(&files, print_plan))
+        }
+        Command::Serve {
+            config_dir,
+            http,
+            poll,
+            stuck_after,
+        } => {
+            vigil::service::serve(vigil::service::ServeOptions {
+                config_dir,
+                http,
+                poll,
+                stuck_after,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             pipeline,
             repeats,
@@ -251,7 +301,15 @@ fn run(path: &Path, deterministic: bool) -> Result<ExitCode> {
     let device = detect::device(&plan.device)?;
     let detector = detect::load(&plan.model, &device)?;
     tracing::info!(pipeline = %plan.name, model = %plan.model.name, sources = plan.sources.len(), "running");
-    let report = runtime::run(&plan, detector, &stop, &RunOptions { deterministic });
+    let report = runtime::run(
+        &plan,
+        detector,
+        &stop,
+        &RunOptions {
+            deterministic,
+            ..Default::default()
+        },
+    );
 
     let frames: u64 = report.frames_in.iter().map(|(_, n)| n).sum();
     let secs = report.wall.as_secs_f64();
@@ -334,6 +392,7 @@ fn regress(path: &Path, golden: &Path, update: bool, report_dir: &Path) -> Resul
         &stop,
         &RunOptions {
             deterministic: true,
+            ..Default::default()
         },
     );
     if !run.errors.is_empty() {

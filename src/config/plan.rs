@@ -10,6 +10,8 @@ use super::{ConfigError, Problem};
 use crate::detect::PostParams;
 use crate::detect::manifest::ModelInfo;
 use crate::detect::nms::NmsParams;
+use crate::output::mqtt::{MqttSettings, Publish};
+use crate::output::rtsp::RtspSettings;
 use crate::runtime::edge::WhenFull;
 use crate::track::TrackerKind;
 use crate::track::bytetrack::ByteTrackParams;
@@ -123,6 +125,8 @@ pub struct SourcePlan {
     pub rtsp_latency: std::time::Duration,
     /// Where the source is in its life (connecting, running, …), for logs and metrics.
     pub state: std::sync::Arc<crate::ingest::supervisor::StateCell>,
+    /// Times the source came back after losing its stream (live counter for metrics).
+    pub reconnects: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +146,59 @@ pub enum OutputKind {
     Jsonl {
         path: PathBuf,
     },
+    Mqtt(MqttSettings),
+    Rtsp(RtspSettings),
+}
+
+impl OutputKind {
+    /// Short description for logs and metrics (never a credential).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Mp4 { path, .. } => format!("mp4 {}", path.display()),
+            Self::Jsonl { path } => format!("jsonl {}", path.display()),
+            Self::Mqtt(m) => format!("mqtt {}:{}/{}", m.host, m.port, m.topic),
+            Self::Rtsp(r) => format!("rtsp {}", r.url()),
+        }
+    }
+}
+
+/// Broker of MQTT outputs when the file names none.
+const DEFAULT_MQTT_BROKER: &str = "127.0.0.1:1883";
+/// Outbox size limit of MQTT outputs when the file says nothing.
+const DEFAULT_OUTBOX_MAX: u64 = 64 << 20;
+const MIN_OUTBOX: u64 = 64 << 10;
+/// How long MQTT outputs keep delivering after end of stream when the file says nothing.
+const DEFAULT_MQTT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `host:port` or `host` (then `default_port`); IPv6 as `[::1]:1883`.
+fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty address".into());
+    }
+    if s.contains("://") {
+        return Err(format!("`{s}`: write host:port, without a scheme"));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{s}`: `[` without `]`"))?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (s.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("`{s}`: port `{p}` is not a number in 1..=65535"))?,
+    };
+    Ok((host, port))
 }
 
 /// Stall watchdog of live sources when the file says nothing.
@@ -381,6 +438,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 .latency
                 .map_or(std::time::Duration::from_millis(200), |l| l.0),
             state: Default::default(),
+            reconnects: Default::default(),
         });
     }
 
@@ -484,9 +542,40 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     // Outputs, expanded per source
     let mut outputs = Vec::new();
     let mut seen_paths: Vec<PathBuf> = Vec::new();
+    let mut seen_mounts: Vec<(String, u16, String)> = Vec::new();
     for o in &spec.outputs {
         for (si, s) in sources.iter().enumerate() {
-            let (template, make): (&str, Box<dyn Fn(PathBuf) -> OutputKind>) = match &o.value {
+            // placeholders: report a bad template once, not per source
+            let exp = |c: &mut Collector, t: &str| match expand(t, &name, &s.id) {
+                Ok(v) => Some(v),
+                Err(m) => {
+                    if si == 0 {
+                        c.at(o.referenced, m);
+                    }
+                    None
+                }
+            };
+            let mut file_at = |c: &mut Collector, p: String, what: &str| {
+                let path = relative_to(&base, &p);
+                if let Some(why) = uncreatable(&path) {
+                    c.at(
+                        o.referenced,
+                        format!("{what} {} cannot be created: {why}", path.display()),
+                    );
+                }
+                if seen_paths.contains(&path) {
+                    c.at(
+                        o.referenced,
+                        format!(
+                            "{what} {} is written twice (add {{source}} to the path?)",
+                            path.display()
+                        ),
+                    );
+                }
+                seen_paths.push(path.clone());
+                path
+            };
+            let kind = match &o.value {
                 OutputSpec::Mp4 {
                     path,
                     overlay,
@@ -505,49 +594,136 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                             ),
                         );
                     }
-                    let (overlay, bitrate_kbps) =
-                        (*overlay, bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS));
-                    (
-                        path,
-                        Box::new(move |path| OutputKind::Mp4 {
-                            path,
-                            overlay,
-                            preset: preset.clone(),
-                            bitrate_kbps,
-                        }),
-                    )
+                    exp(&mut c, path).map(|p| OutputKind::Mp4 {
+                        path: file_at(&mut c, p, "output path"),
+                        overlay: *overlay,
+                        preset,
+                        bitrate_kbps: bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS),
+                    })
                 }
-                OutputSpec::Jsonl { path } => (path, Box::new(|path| OutputKind::Jsonl { path })),
-            };
-            match expand(template, &name, &s.id) {
-                Ok(p) => {
-                    let path = relative_to(&base, &p);
-                    if let Some(why) = uncreatable(&path) {
-                        c.at(
-                            o.referenced,
-                            format!("output path {} cannot be created: {why}", path.display()),
-                        );
+                OutputSpec::Jsonl { path } => exp(&mut c, path).map(|p| OutputKind::Jsonl {
+                    path: file_at(&mut c, p, "output path"),
+                }),
+                OutputSpec::Mqtt {
+                    broker,
+                    topic,
+                    publish,
+                    client_id,
+                    username,
+                    password,
+                    outbox,
+                    outbox_max,
+                    drain,
+                    end_after,
+                } => {
+                    let broker = broker.as_deref().unwrap_or(DEFAULT_MQTT_BROKER);
+                    let hp = parse_host_port(broker, 1883);
+                    if let (Err(m), 0) = (&hp, si) {
+                        c.at(o.referenced, format!("mqtt broker: {m}"));
                     }
-                    if seen_paths.contains(&path) {
+                    let outbox_max = outbox_max.map_or(DEFAULT_OUTBOX_MAX, |b| b.0);
+                    if outbox_max < MIN_OUTBOX && si == 0 {
                         c.at(
                             o.referenced,
                             format!(
-                                "output path {} is written twice (add {{source}} to the path?)",
-                                path.display()
+                                "mqtt outbox_max must be at least 64KiB, got {outbox_max} bytes"
                             ),
                         );
                     }
-                    seen_paths.push(path.clone());
-                    outputs.push(OutputPlan {
-                        source: s.id.clone(),
-                        kind: make(path),
-                    });
-                }
-                Err(m) => {
-                    if si == 0 {
-                        c.at(o.referenced, m);
+                    if end_after == &Some(0) && si == 0 {
+                        c.at(o.referenced, "mqtt end_after must be at least 1".into());
+                    }
+                    if let (Some(t), 0) = (topic, si)
+                        && (t.is_empty() || t.contains(['#', '+']))
+                    {
+                        c.at(
+                            o.referenced,
+                            format!(
+                                "mqtt topic `{t}` must be non-empty and without wildcards (# +)"
+                            ),
+                        );
+                    }
+                    let topic = exp(
+                        &mut c,
+                        topic.as_deref().unwrap_or("vigil/{pipeline}/{source}"),
+                    );
+                    let client_id = exp(
+                        &mut c,
+                        client_id.as_deref().unwrap_or("vigil-{pipeline}-{source}"),
+                    );
+                    let outbox = exp(
+                        &mut c,
+                        outbox.as_deref().unwrap_or("outbox/{pipeline}-{source}"),
+                    )
+                    .map(|p| file_at(&mut c, p, "mqtt outbox"));
+                    match (hp, topic, client_id, outbox) {
+                        (Ok((host, port)), Some(topic), Some(client_id), Some(outbox)) => {
+                            Some(OutputKind::Mqtt(MqttSettings {
+                                host,
+                                port,
+                                topic,
+                                client_id,
+                                username: username.clone(),
+                                password: password.clone(),
+                                publish: match publish {
+                                    Some(spec::MqttPublish::Events) => Publish::Events,
+                                    _ => Publish::Frames,
+                                },
+                                outbox,
+                                outbox_max,
+                                drain: drain.map_or(DEFAULT_MQTT_DRAIN, |d| d.0),
+                                end_after: end_after.unwrap_or(30),
+                                keep_alive: std::time::Duration::from_secs(15),
+                            }))
+                        }
+                        _ => None,
                     }
                 }
+                OutputSpec::Rtsp {
+                    bind,
+                    port,
+                    path,
+                    overlay,
+                    bitrate_kbps,
+                } => {
+                    let bind = bind.clone().unwrap_or_else(|| "127.0.0.1".into());
+                    if bind.parse::<std::net::IpAddr>().is_err() && si == 0 {
+                        c.at(
+                            o.referenced,
+                            format!("rtsp bind `{bind}` is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)"),
+                        );
+                    }
+                    let port = port.unwrap_or(8554);
+                    if port == 0 && si == 0 {
+                        c.at(o.referenced, "rtsp port must not be 0".into());
+                    }
+                    exp(&mut c, path.as_deref().unwrap_or("/{pipeline}/{source}")).map(|p| {
+                        let p = if p.starts_with('/') { p } else { format!("/{p}") };
+                        let key = (bind.clone(), port, p.clone());
+                        if seen_mounts.contains(&key) {
+                            c.at(
+                                o.referenced,
+                                format!(
+                                    "rtsp://{bind}:{port}{p} is served twice (add {{source}} to the path?)"
+                                ),
+                            );
+                        }
+                        seen_mounts.push(key);
+                        OutputKind::Rtsp(RtspSettings {
+                            bind: bind.clone(),
+                            port,
+                            path: p,
+                            overlay: *overlay,
+                            bitrate_kbps: bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS),
+                        })
+                    })
+                }
+            };
+            if let Some(kind) = kind {
+                outputs.push(OutputPlan {
+                    source: s.id.clone(),
+                    kind,
+                });
             }
         }
     }

@@ -336,6 +336,73 @@ pub enum OutputSpec {
         /// File to write (its folder is created).
         path: String,
     },
+    /// MQTT, QoS 1: one record per frame or per track event. Records go through a durable outbox on
+    /// disk, so a broker outage loses nothing (up to the outbox's size) and order is kept.
+    Mqtt {
+        /// Broker as `host:port` (port 1883 when left out). Default `127.0.0.1:1883`.
+        #[serde(default)]
+        broker: Option<String>,
+        /// Topic; may use `{pipeline}` and `{source}`. Default `vigil/{pipeline}/{source}`.
+        #[serde(default)]
+        topic: Option<String>,
+        /// `frames` (the JSONL record of every processed frame) or `events` (`start` when a track
+        /// appears, `end` when it is gone). Default `frames`.
+        #[serde(default)]
+        publish: Option<MqttPublish>,
+        /// MQTT client id. Default `vigil-{pipeline}-{source}`.
+        #[serde(default)]
+        client_id: Option<String>,
+        /// User name, if the broker wants one (use `${VAR}` to keep it out of the file).
+        #[serde(default)]
+        username: Option<String>,
+        /// Password (use `${VAR}`; it is never logged).
+        #[serde(default)]
+        password: Option<String>,
+        /// Folder of the outbox; may use `{pipeline}` and `{source}`. Default
+        /// `outbox/{pipeline}-{source}` beside the pipeline file.
+        #[serde(default)]
+        outbox: Option<String>,
+        /// Largest size of the outbox on disk (e.g. `64MiB`); when full, the oldest records are
+        /// dropped and counted. Default 64MiB.
+        #[serde(default)]
+        outbox_max: Option<super::units::ByteSize>,
+        /// At end of stream or stop, how long to keep delivering what is left (the rest stays in
+        /// the outbox for the next start). Default `10s`.
+        #[serde(default)]
+        drain: Option<super::units::HumanDuration>,
+        /// Events mode: frames a track may be missing before its `end` event. Default 30.
+        #[serde(default)]
+        end_after: Option<u32>,
+    },
+    /// RTSP restream of the annotated video, served by vigil's own RTSP server.
+    Rtsp {
+        /// Address to listen on. Default `127.0.0.1` (this machine only); `0.0.0.0` serves every
+        /// interface.
+        #[serde(default)]
+        bind: Option<String>,
+        /// TCP port; outputs on the same port share one server. Default 8554.
+        #[serde(default)]
+        port: Option<u16>,
+        /// Mount path; may use `{pipeline}` and `{source}`. Default `/{pipeline}/{source}`.
+        #[serde(default)]
+        path: Option<String>,
+        /// Draw the detections on the video. Default true.
+        #[serde(default = "default_true")]
+        overlay: bool,
+        /// Target bitrate in kbit/s. Default 2048.
+        #[serde(default)]
+        bitrate_kbps: Option<u32>,
+    },
+}
+
+/// What an MQTT output publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttPublish {
+    /// One record per processed frame.
+    Frames,
+    /// Track `start` and `end` events.
+    Events,
 }
 
 fn default_nms_iou() -> Spanned<f32> {

@@ -69,7 +69,14 @@ pub fn run(
     let result = if src.live {
         supervise(src, &stream, out, stop, stats, &mut report)
     } else {
-        pull_all(src, &stream, out, stop, stats, &mut report)
+        src.state.set(supervisor::SourceState::Connecting);
+        let r = pull_all(src, &stream, out, stop, stats, &mut report);
+        src.state.set(if r.is_ok() {
+            supervisor::SourceState::Stopped
+        } else {
+            supervisor::SourceState::Failed
+        });
+        r
     };
     // The downstream may already be gone (it failed): nothing more to tell it.
     let _ = out.send(Msg::Eos(stream));
@@ -109,6 +116,7 @@ fn supervise(
         if report.frames > before {
             failures = 0;
             report.reconnects += 1;
+            src.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         failures += 1;
         let why = match &result {
@@ -296,6 +304,9 @@ fn pull_all(
         match sink.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) {
             Some(sample) => {
                 last_frame = Instant::now();
+                if src.state.get() != supervisor::SourceState::Running {
+                    src.state.set(supervisor::SourceState::Running);
+                }
                 let started = Instant::now();
                 let frame = to_frame(&sample, stream, report.frames).map_err(stream_err)?;
                 report.frames += 1;

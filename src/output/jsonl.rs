@@ -15,8 +15,13 @@ pub struct JsonlWriter {
 }
 
 impl JsonlWriter {
-    pub fn create(path: &Path) -> Result<Self, OutputError> {
-        let file = super::create_file(path)?;
+    /// `append`: keep what the file holds and add to it (a restarted service pipeline).
+    pub fn create(path: &Path, append: bool) -> Result<Self, OutputError> {
+        let file = if append {
+            super::append_file(path)?
+        } else {
+            super::create_file(path)?
+        };
         Ok(Self {
             path: path.to_path_buf(),
             file,

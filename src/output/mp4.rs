@@ -48,12 +48,25 @@ pub struct Mp4Writer {
 }
 
 impl Mp4Writer {
-    pub fn new(settings: Mp4Settings, classes: Vec<String>) -> Result<Self, OutputError> {
+    /// `keep_existing`: never overwrite a file already there (a restarted service pipeline
+    /// continues in the next free `NAME-N.mp4`).
+    pub fn new(
+        settings: Mp4Settings,
+        classes: Vec<String>,
+        keep_existing: bool,
+    ) -> Result<Self, OutputError> {
+        let mut part = 0;
+        if keep_existing {
+            while part_path(&settings.path, part).exists() {
+                part += 1;
+            }
+        }
+        let current = part_path(&settings.path, part);
         // Fail early (before any frame) when the file cannot be created.
-        drop(super::create_file(&settings.path)?);
+        drop(super::create_file(&current)?);
         Ok(Self {
-            current: settings.path.clone(),
-            part: 0,
+            current,
+            part,
             settings,
             classes,
             enc: None,
@@ -151,21 +164,11 @@ impl Mp4Writer {
         let Some(enc) = self.enc.as_mut() else {
             return Ok(());
         };
-        let mut pixels = frame.image.bgr.clone();
-        if self.settings.overlay {
-            super::overlay::draw(
-                &mut pixels,
-                w,
-                h,
-                &frame.detections,
-                &frame.trails,
-                &self.classes,
-            )
+        let pixels = super::overlay::frame_pixels(frame, &self.classes, self.settings.overlay)
             .map_err(|x| OutputError::Encode {
                 path: self.current.display().to_string(),
                 message: x.to_string(),
             })?;
-        }
         // Timestamps start at zero; frames without a PTS follow the previous one.
         let pts = match (frame.pts_ns, enc.first_pts) {
             (Some(p), None) => {

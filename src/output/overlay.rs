@@ -3,7 +3,7 @@
 use opencv::core::{Mat, Point, Rect, Scalar, Vec3b};
 use opencv::imgproc;
 
-use crate::frame::{Detection, Trail};
+use crate::frame::{Detection, Frame, Trail};
 
 /// A distinct, stable colour per class (or per track when tracked), BGR.
 fn colour(key: u64) -> Scalar {
@@ -21,6 +21,22 @@ fn colour(key: u64) -> Scalar {
     ];
     let (b, g, r) = PALETTE[(key % PALETTE.len() as u64) as usize];
     Scalar::new(b, g, r, 0.0)
+}
+
+/// A copy of the frame's pixels, with its detections and trails drawn when `overlay` is set.
+pub fn frame_pixels(frame: &Frame, classes: &[String], overlay: bool) -> opencv::Result<Vec<u8>> {
+    let mut pixels = frame.image.bgr.clone();
+    if overlay {
+        draw(
+            &mut pixels,
+            frame.image.width,
+            frame.image.height,
+            &frame.detections,
+            &frame.trails,
+            classes,
+        )?;
+    }
+    Ok(pixels)
 }
 
 /// Draw `detections` (and the `trails` of tracked ones) into `bgr` (`width × height`, tightly packed).

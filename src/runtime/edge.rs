@@ -25,8 +25,21 @@ pub enum WhenFull {
 /// Counters of one edge, shared by its ends and readable by metrics.
 #[derive(Debug, Default)]
 pub struct EdgeStats {
+    /// Items offered by the sender (including those later dropped).
     pub sent: AtomicU64,
+    /// Items thrown away by `drop_oldest`.
     pub dropped: AtomicU64,
+    /// Items taken by the receiver.
+    pub received: AtomicU64,
+}
+
+impl EdgeStats {
+    /// Items waiting in the queue now (from the counters, so readable without the channel).
+    pub fn depth(&self) -> u64 {
+        let sent = self.sent.load(Ordering::Relaxed);
+        let gone = self.dropped.load(Ordering::Relaxed) + self.received.load(Ordering::Relaxed);
+        sent.saturating_sub(gone)
+    }
 }
 
 /// The sending end of an edge.
@@ -66,8 +79,17 @@ pub struct Disconnected(pub Arc<str>);
 
 /// A bounded edge of `capacity` (at least 1) named `name` (for logs and metrics).
 pub fn edge<T>(name: &str, capacity: usize, when_full: WhenFull) -> (EdgeTx<T>, EdgeRx<T>) {
+    edge_counted(name, capacity, when_full, Arc::new(EdgeStats::default()))
+}
+
+/// [`edge`] counting into `stats` (shared with whoever reads metrics).
+pub fn edge_counted<T>(
+    name: &str,
+    capacity: usize,
+    when_full: WhenFull,
+    stats: Arc<EdgeStats>,
+) -> (EdgeTx<T>, EdgeRx<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-    let stats = Arc::new(EdgeStats::default());
     (
         EdgeTx {
             name: name.into(),
@@ -131,7 +153,9 @@ impl<T> EdgeTx<T> {
 impl<T> EdgeRx<T> {
     /// Wait for the next message; `Err` once every sender is gone and the queue is empty.
     pub fn recv(&self) -> Result<Msg<T>, RecvError> {
-        self.rx.recv()
+        let m = self.rx.recv()?;
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        Ok(m)
     }
 
     /// Items waiting in the queue now.
@@ -145,7 +169,9 @@ impl<T> EdgeRx<T> {
 
     /// Take whatever is queued right now without waiting (for batching).
     pub fn try_recv(&self) -> Option<Msg<T>> {
-        self.rx.try_recv().ok()
+        let m = self.rx.try_recv().ok()?;
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        Some(m)
     }
 }
 

@@ -1,7 +1,13 @@
-//! Per-stage counters: frames handled and time spent on them.
+//! Live counters of a running pipeline: per stage (frames, time), per edge (depth, drops), per
+//! source (frames in/processed, reconnects, state, latency) and per output. Everything is atomics
+//! behind `Arc`s, written by the stages and read at any time by `/metrics` and `/pipelines`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use crate::ingest::supervisor::StateCell;
+use crate::runtime::edge::EdgeStats;
 
 #[derive(Debug, Default)]
 pub struct StageStats {
@@ -32,6 +38,8 @@ impl StageStats {
 #[derive(Debug)]
 pub struct LatencyHistogram {
     buckets: Vec<AtomicU64>,
+    /// Sum of all recorded values, µs (for a Prometheus `_sum`).
+    sum_us: AtomicU64,
 }
 
 /// Buckets of 1 ms.
@@ -41,6 +49,7 @@ impl Default for LatencyHistogram {
     fn default() -> Self {
         Self {
             buckets: (0..=LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -49,6 +58,31 @@ impl LatencyHistogram {
     pub fn record(&self, d: Duration) {
         let ms = (d.as_millis() as usize).min(LATENCY_BUCKETS);
         self.buckets[ms].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Sum of all recorded values in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Cumulative counts at each upper bound (ms): `(bound_ms, values ≤ bound)`. A value is counted
+    /// under the bound above its 1-ms bucket, so a bound is exact to the millisecond.
+    pub fn cumulative(&self, bounds_ms: &[u64]) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(bounds_ms.len());
+        let mut seen = 0u64;
+        let mut next = 0usize;
+        for &bound in bounds_ms {
+            // bucket `ms` holds values in [ms, ms+1): all of them are ≤ bound when ms < bound
+            let upto = (bound as usize).min(LATENCY_BUCKETS);
+            while next < upto {
+                seen += self.buckets[next].load(Ordering::Relaxed);
+                next += 1;
+            }
+            out.push((bound, seen));
+        }
+        out
     }
 
     pub fn count(&self) -> u64 {
@@ -73,6 +107,125 @@ impl LatencyHistogram {
     }
 }
 
+/// Live counters of one source.
+#[derive(Debug)]
+pub struct SourceMetrics {
+    pub id: String,
+    /// Connecting / running / backoff / failed / stopped.
+    pub state: Arc<StateCell>,
+    /// Times a live source came back after losing its stream.
+    pub reconnects: Arc<AtomicU64>,
+    /// Frames decoded (the ingest stage's counter).
+    pub ingest: Arc<StageStats>,
+    /// Frames through tracking, i.e. handed to the outputs.
+    pub processed: Arc<StageStats>,
+    /// The first edge, where a live source drops frames when the chain behind is busy.
+    pub first_edge: Arc<EdgeStats>,
+    /// Capture → metadata latency.
+    pub latency: LatencyHistogram,
+}
+
+/// Counters of an MQTT output (see `output::mqtt`).
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    /// Connected to the broker now.
+    pub connected: AtomicBool,
+    /// Records written to the outbox.
+    pub queued: AtomicU64,
+    /// Records the broker acknowledged (QoS 1 PUBACK).
+    pub delivered: AtomicU64,
+    /// Publishes sent again after a connection loss (possible QoS-1 duplicates).
+    pub redelivered: AtomicU64,
+    /// Records dropped because the outbox reached its size limit.
+    pub dropped: AtomicU64,
+    /// Records in the outbox not yet acknowledged.
+    pub backlog: AtomicU64,
+    /// Bytes the outbox holds on disk.
+    pub outbox_bytes: AtomicU64,
+}
+
+/// Counters of one output.
+#[derive(Debug)]
+pub enum OutputStats {
+    Mqtt(Arc<MqttStats>),
+}
+
+/// Everything live about one running pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineMetrics {
+    pub sources: Vec<Arc<SourceMetrics>>,
+    /// `(stage, stats)`, registered as the pipeline wires itself.
+    pub stages: Mutex<Vec<(String, Arc<StageStats>)>>,
+    /// `(edge, stats)`.
+    pub edges: Mutex<Vec<(String, Arc<EdgeStats>)>>,
+    /// `(output, stats)` of outputs that have more to say than frames and time.
+    pub outputs: Mutex<Vec<(String, OutputStats)>>,
+    /// Detector time per frame (a batch's time divided by its frames).
+    pub detector: LatencyHistogram,
+}
+
+impl PipelineMetrics {
+    /// Counters for the sources of `plan`, sharing each source's state cell.
+    pub fn for_plan(plan: &crate::config::Plan) -> Self {
+        Self {
+            sources: plan
+                .sources
+                .iter()
+                .map(|s| {
+                    Arc::new(SourceMetrics {
+                        id: s.id.clone(),
+                        state: s.state.clone(),
+                        reconnects: s.reconnects.clone(),
+                        ingest: Arc::default(),
+                        processed: Arc::default(),
+                        first_edge: Arc::new(EdgeStats::default()),
+                        latency: LatencyHistogram::default(),
+                    })
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn add_stage(&self, name: String, stats: Arc<StageStats>) {
+        lock(&self.stages).push((name, stats));
+    }
+
+    pub fn add_edge(&self, name: String, stats: Arc<EdgeStats>) {
+        lock(&self.edges).push((name, stats));
+    }
+
+    pub fn add_output(&self, name: String, stats: OutputStats) {
+        lock(&self.outputs).push((name, stats));
+    }
+
+    /// Total frames handed to outputs, over all sources.
+    pub fn processed(&self) -> u64 {
+        self.sources
+            .iter()
+            .map(|s| s.processed.frames.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Frames decoded but not (yet) through tracking: in queues or in a stage.
+    pub fn in_flight(&self) -> u64 {
+        self.sources
+            .iter()
+            .map(|s| {
+                let decoded = s.ingest.frames.load(Ordering::Relaxed);
+                let done = s.processed.frames.load(Ordering::Relaxed)
+                    + s.first_edge.dropped.load(Ordering::Relaxed);
+                decoded.saturating_sub(done)
+            })
+            .sum()
+    }
+}
+
+/// A counters list stays usable even if a thread panicked while holding it.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +239,18 @@ mod tests {
         assert_eq!(h.quantile_ms(0.5), Some(51));
         assert_eq!(h.quantile_ms(0.99), Some(100));
         assert_eq!(LatencyHistogram::default().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn cumulative_buckets_and_sum() {
+        let h = LatencyHistogram::default();
+        for ms in [3u64, 7, 7, 40, 20_000] {
+            h.record(Duration::from_millis(ms));
+        }
+        assert_eq!(
+            h.cumulative(&[5, 10, 50, 10_000]),
+            vec![(5, 1), (10, 3), (50, 4), (10_000, 4)]
+        );
+        assert!((h.sum_seconds() - 20.057).abs() < 1e-9);
     }
 }

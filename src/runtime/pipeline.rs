@@ -20,16 +20,23 @@ use crate::detect::Detector;
 use crate::frame::{Frame, Msg, StreamId};
 use crate::output::jsonl::JsonlWriter;
 use crate::output::mp4::{Mp4Settings, Mp4Writer};
+use crate::output::mqtt::MqttWriter;
 use crate::output::record::Record;
+use crate::output::rtsp::RtspWriter;
 use crate::preprocess::{self, ModelInput};
-use crate::runtime::edge::{EdgeRx, EdgeStats, EdgeTx, WhenFull, edge};
-use crate::runtime::metrics::{LatencyHistogram, StageStats};
+use crate::runtime::edge::{EdgeRx, EdgeTx, WhenFull, edge, edge_counted};
+use crate::runtime::metrics::{
+    LatencyHistogram, MqttStats, OutputStats, PipelineMetrics, StageStats, lock,
+};
 
 /// How a run behaves beyond its plan.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Leave wall-clock fields out of metadata, so reruns give byte-identical output.
     pub deterministic: bool,
+    /// Never overwrite outputs already on disk: JSONL is appended to, MP4 continues in the next
+    /// free `NAME-N.mp4` (`vigil serve`, where a pipeline restarts on a config change).
+    pub keep_existing: bool,
 }
 
 /// What a run did.
@@ -72,18 +79,34 @@ pub fn run(
     stop: &AtomicBool,
     opts: &RunOptions,
 ) -> RunReport {
+    run_observed(
+        plan,
+        detector,
+        stop,
+        opts,
+        &Arc::new(PipelineMetrics::for_plan(plan)),
+    )
+}
+
+/// [`run`], with live counters in `metrics` (made by [`PipelineMetrics::for_plan`] of this plan)
+/// for whoever watches the run.
+pub fn run_observed(
+    plan: &Plan,
+    detector: Box<dyn Detector>,
+    stop: &AtomicBool,
+    opts: &RunOptions,
+    metrics: &Arc<PipelineMetrics>,
+) -> RunReport {
     let started = Instant::now();
     let cap = plan.queue_capacity;
-    let mut stages: Vec<(String, Arc<StageStats>)> = Vec::new();
-    let mut edges: Vec<(String, Arc<EdgeStats>)> = Vec::new();
-    let mut stage = |name: String| {
+    let stage = |name: String| {
         let s = Arc::new(StageStats::default());
-        stages.push((name, s.clone()));
+        metrics.add_stage(name, s.clone());
         s
     };
 
     let (det_tx, det_rx) = edge::<Prepared>("preprocess→detect", cap, WhenFull::Block);
-    edges.push(("preprocess→detect".into(), det_tx.stats().clone()));
+    metrics.add_edge("preprocess→detect".into(), det_tx.stats().clone());
     let mut post_txs: HashMap<StreamId, EdgeTx<Frame>> = HashMap::new();
 
     struct SourceWiring {
@@ -91,44 +114,39 @@ pub fn run(
         ingest_rx: EdgeRx<Frame>,
         post_rx: EdgeRx<Frame>,
         outputs: Vec<OutputWiring>,
-        ingest_stats: Arc<StageStats>,
         pre_stats: Arc<StageStats>,
-        post_stats: Arc<StageStats>,
     }
     let mut wiring = Vec::new();
-    for s in &plan.sources {
+    for (s, sm) in plan.sources.iter().zip(&metrics.sources) {
         let name = format!("ingest→preprocess[{}]", s.id);
-        let (ingest_tx, ingest_rx) = edge::<Frame>(&name, cap, s.when_full);
-        edges.push((name, ingest_tx.stats().clone()));
+        let (ingest_tx, ingest_rx) =
+            edge_counted::<Frame>(&name, cap, s.when_full, sm.first_edge.clone());
+        metrics.add_edge(name, sm.first_edge.clone());
         let name = format!("detect→post[{}]", s.id);
         let (post_tx, post_rx) = edge::<Frame>(&name, cap, WhenFull::Block);
-        edges.push((name, post_tx.stats().clone()));
+        metrics.add_edge(name, post_tx.stats().clone());
         post_txs.insert(s.id.as_str().into(), post_tx);
         let mut outputs = Vec::new();
         for o in plan.outputs.iter().filter(|o| o.source == s.id) {
-            let desc = match &o.kind {
-                OutputKind::Mp4 { path, .. } => format!("mp4 {}", path.display()),
-                OutputKind::Jsonl { path } => format!("jsonl {}", path.display()),
-            };
+            let desc = o.kind.describe();
             let name = format!("post→{desc}");
             let (tx, rx) = edge::<Frame>(&name, cap, WhenFull::Block);
-            edges.push((name, tx.stats().clone()));
+            metrics.add_edge(name, tx.stats().clone());
             let st = stage(format!("output {desc}"));
             outputs.push((desc, o.kind.clone(), tx, rx, st));
         }
+        metrics.add_stage(format!("ingest[{}]", s.id), sm.ingest.clone());
+        let pre_stats = stage(format!("preprocess[{}]", s.id));
+        metrics.add_stage(format!("post[{}]", s.id), sm.processed.clone());
         wiring.push(SourceWiring {
             ingest_tx,
             ingest_rx,
             post_rx,
             outputs,
-            ingest_stats: stage(format!("ingest[{}]", s.id)),
-            pre_stats: stage(format!("preprocess[{}]", s.id)),
-            post_stats: stage(format!("post[{}]", s.id)),
+            pre_stats,
         });
     }
     let det_stats = stage("detect".into());
-    let latencies: Vec<Arc<LatencyHistogram>> =
-        plan.sources.iter().map(|_| Arc::default()).collect();
 
     let classes = plan.model.classes.clone();
     let mut report = RunReport::default();
@@ -136,28 +154,29 @@ pub fn run(
         let mut ingest_handles = Vec::new();
         let mut other_handles = Vec::new();
         let mut output_handles = Vec::new();
-        for (((s, w), sd), latency) in plan
+        for (((s, w), sd), sm) in plan
             .sources
             .iter()
             .zip(wiring)
             .zip(&plan.source_detect)
-            .zip(&latencies)
+            .zip(&metrics.sources)
         {
             let SourceWiring {
                 ingest_tx,
                 ingest_rx,
                 post_rx,
                 outputs,
-                ingest_stats,
                 pre_stats,
-                post_stats,
             } = w;
+            let ingest_stats = &sm.ingest;
+            let post_stats = &sm.processed;
+            let latency = &sm.latency;
             ingest_handles.push((
                 s.id.clone(),
                 std::thread::Builder::new()
                     .name(format!("ingest-{}", s.id))
                     .spawn_scoped(scope, move || {
-                        crate::ingest::run(s, &ingest_tx, stop, &ingest_stats)
+                        crate::ingest::run(s, &ingest_tx, stop, ingest_stats)
                     })
                     .expect("spawn ingest thread"),
             ));
@@ -186,7 +205,7 @@ pub fn run(
                 std::thread::Builder::new()
                     .name(format!("post-{}", s.id))
                     .spawn_scoped(scope, move || {
-                        post_stage(&post_rx, out_txs, tracker, every, latency, &post_stats)
+                        post_stage(&post_rx, out_txs, tracker, every, latency, post_stats)
                     })
                     .expect("spawn post thread"),
             );
@@ -195,13 +214,19 @@ pub fn run(
                 let classes = classes.clone();
                 let pipeline_name = plan.name.clone();
                 let deterministic = opts.deterministic;
+                let ctx = OutputContext {
+                    classes,
+                    pipeline: pipeline_name,
+                    source: s.id.clone(),
+                    deterministic,
+                    keep_existing: opts.keep_existing,
+                    metrics: metrics.clone(),
+                };
                 output_handles.push((
                     desc.clone(),
                     std::thread::Builder::new()
                         .name(format!("out-{}", s.id))
-                        .spawn_scoped(scope, move || {
-                            output_stage(&rx, kind, classes, &pipeline_name, deterministic, &st)
-                        })
+                        .spawn_scoped(scope, move || output_stage(&rx, kind, &ctx, &st))
                         .expect("spawn output thread"),
                 ));
             }
@@ -219,7 +244,14 @@ pub fn run(
             .name("detect".into())
             .spawn_scoped(scope, move || {
                 detect_stage(
-                    &det_rx, post_txs, detector, &post, batch, n_sources, &det_stats,
+                    &det_rx,
+                    post_txs,
+                    detector,
+                    &post,
+                    batch,
+                    n_sources,
+                    &det_stats,
+                    &metrics.detector,
                 )
             })
             .expect("spawn detect thread");
@@ -254,11 +286,11 @@ pub fn run(
             }
         }
     });
-    report.latency = plan
+    report.latency = metrics
         .sources
         .iter()
-        .zip(&latencies)
-        .map(|(s, h)| {
+        .map(|s| {
+            let h = &s.latency;
             (
                 s.id.clone(),
                 h.quantile_ms(0.5),
@@ -269,11 +301,11 @@ pub fn run(
         .collect();
     report.stopped = stop.load(Ordering::Relaxed);
     report.wall = started.elapsed();
-    report.stages = stages
+    report.stages = lock(&metrics.stages)
         .iter()
         .map(|(n, s)| (n.clone(), s.frames.load(Ordering::Relaxed), s.mean_ms()))
         .collect();
-    report.edges = edges
+    report.edges = lock(&metrics.edges)
         .iter()
         .map(|(n, s)| {
             (
@@ -315,6 +347,7 @@ fn preprocess_stage(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // the stage's wiring, named one by one
 fn detect_stage(
     rx: &EdgeRx<Prepared>,
     post: HashMap<StreamId, EdgeTx<Frame>>,
@@ -323,6 +356,7 @@ fn detect_stage(
     max_batch: usize,
     n_sources: usize,
     stats: &StageStats,
+    per_frame_hist: &LatencyHistogram,
 ) -> Result<(), String> {
     let mut ended = 0;
     // Decode at the lowest threshold any source asks for; each frame is then filtered by its own.
@@ -360,6 +394,7 @@ fn detect_stage(
                     }
                     frame.detected = true;
                     stats.record(per_frame);
+                    per_frame_hist.record(per_frame);
                 }
                 tracing::trace!(target: "vigil::detect", source = %frame.stream, seq = frame.seq, n = frame.detections.len(), "detected");
                 if let Some(tx) = post.get(&frame.stream) {
@@ -425,19 +460,31 @@ fn post_stage(
     Ok(())
 }
 
+/// What every output of a source needs besides its own settings.
+struct OutputContext {
+    classes: Vec<String>,
+    pipeline: String,
+    source: String,
+    deterministic: bool,
+    keep_existing: bool,
+    metrics: Arc<PipelineMetrics>,
+}
+
 enum Writer {
     Mp4(Mp4Writer),
     Jsonl(JsonlWriter),
+    Mqtt(MqttWriter),
+    Rtsp(RtspWriter),
 }
 
 fn output_stage(
     rx: &EdgeRx<Frame>,
     kind: OutputKind,
-    classes: Vec<String>,
-    pipeline: &str,
-    deterministic: bool,
+    ctx: &OutputContext,
     stats: &StageStats,
 ) -> Result<u64, String> {
+    let desc = kind.describe();
+    let classes = &ctx.classes;
     let mut writer = match kind {
         OutputKind::Mp4 {
             path,
@@ -452,11 +499,26 @@ fn output_stage(
                 bitrate_kbps,
             },
             classes.clone(),
+            ctx.keep_existing,
         )
         .map(Writer::Mp4),
-        OutputKind::Jsonl { path } => JsonlWriter::create(&path).map(Writer::Jsonl),
+        OutputKind::Jsonl { path } => {
+            JsonlWriter::create(&path, ctx.keep_existing).map(Writer::Jsonl)
+        }
+        OutputKind::Mqtt(settings) => {
+            let st = Arc::new(MqttStats::default());
+            ctx.metrics
+                .add_output(desc.clone(), OutputStats::Mqtt(st.clone()));
+            MqttWriter::start(settings, &ctx.pipeline, &ctx.source, st).map(Writer::Mqtt)
+        }
+        OutputKind::Rtsp(settings) => {
+            RtspWriter::start(settings, classes.clone()).map(Writer::Rtsp)
+        }
     }
     .map_err(|e| e.to_string());
+    if let Err(e) = &writer {
+        tracing::error!(target: "vigil::output", "{e}");
+    }
     let mut first_error: Option<String> = None;
     // Keep draining after an error, so the stages before never block on us.
     while let Ok(msg) = rx.recv() {
@@ -466,9 +528,12 @@ fn output_stage(
             continue;
         }
         let t = Instant::now();
+        let record = || Record::of(&frame, &ctx.pipeline, classes, !ctx.deterministic);
         let r = match w {
             Writer::Mp4(m) => m.write(&frame),
-            Writer::Jsonl(j) => j.write(&Record::of(&frame, pipeline, &classes, !deterministic)),
+            Writer::Jsonl(j) => j.write(&record()),
+            Writer::Mqtt(q) => q.write(&record()),
+            Writer::Rtsp(r) => r.write(&frame),
         };
         stats.record(t.elapsed());
         if let Err(e) = r {
@@ -479,8 +544,11 @@ fn output_stage(
     let n = match writer? {
         Writer::Mp4(m) => m.finish(),
         Writer::Jsonl(j) => j.finish(),
+        Writer::Mqtt(q) => q.finish(),
+        Writer::Rtsp(r) => r.finish(),
     }
     .map_err(|e| e.to_string())?;
+    tracing::debug!(target: "vigil::output", output = %desc, frames = n, "finished");
     match first_error {
         Some(e) => Err(e),
         None => Ok(n),

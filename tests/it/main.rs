@@ -12,5 +12,6 @@ mod detect_parity;
 mod live;
 mod mot_metrics;
 mod regress;
+mod service;
 mod sigterm;
 mod trackers;

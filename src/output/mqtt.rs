@@ -1,0 +1,574 @@
+//! MQTT output: one JSON record per processed frame, or one per track event (`start` when a
+//! track appears, `end` when it has been gone for `end_after` frames), published with QoS 1.
+//!
+//! Every record goes through a durable [`Outbox`] on disk first; a deliverer thread publishes from
+//! it in order, a window of [`WINDOW`] at a time, and commits what the broker acknowledged
+//! (PUBACK). When the broker is unreachable the outbox simply grows (up to its size limit, then the
+//! oldest records are dropped and counted) and the deliverer reconnects with backoff; on each new
+//! connection it publishes again from the first unacknowledged record, so nothing is lost and
+//! order is kept, at the price of QoS-1 duplicates of the records that were in flight when the
+//! connection broke (counted as `redelivered`). At end of stream the output waits up to `drain` for
+//! the outbox to empty; what is left stays on disk and goes out after the next start.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError};
+use serde::Serialize;
+
+use super::OutputError;
+use super::outbox::{Outbox, Pos};
+use super::record::{Record, SCHEMA};
+use crate::ingest::supervisor::{ReconnectPolicy, backoff};
+use crate::runtime::metrics::{MqttStats, lock};
+
+/// Records published and not yet acknowledged, at most.
+pub const WINDOW: usize = 32;
+
+/// What is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// One record per processed frame (the JSONL record).
+    Frames,
+    /// One record when a track starts and one when it ends.
+    Events,
+}
+
+/// Settings of one MQTT output, resolved. (`Debug` masks the password.)
+#[derive(Clone, PartialEq)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub topic: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub publish: Publish,
+    pub outbox: PathBuf,
+    pub outbox_max: u64,
+    pub drain: Duration,
+    pub end_after: u32,
+    pub keep_alive: Duration,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("broker", &format_args!("{}:{}", self.host, self.port))
+            .field("topic", &self.topic)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("publish", &self.publish)
+            .field("outbox", &self.outbox)
+            .field("outbox_max", &self.outbox_max)
+            .field("drain", &self.drain)
+            .field("end_after", &self.end_after)
+            .finish()
+    }
+}
+
+struct Shared {
+    outbox: Mutex<Outbox>,
+    stats: Arc<MqttStats>,
+    /// No more records will come; deliver what is left until `deadline`.
+    closing: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn sync_stats(&self, ob: &Outbox) {
+        self.stats.backlog.store(ob.backlog(), Ordering::Relaxed);
+        self.stats.outbox_bytes.store(ob.bytes(), Ordering::Relaxed);
+        self.stats.dropped.store(ob.dropped(), Ordering::Relaxed);
+    }
+
+    /// Closing, and either everything is delivered or the drain time is up.
+    fn done(&self) -> bool {
+        if !self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        lock(&self.outbox).backlog() == 0
+            || lock(&self.deadline).is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+pub struct MqttWriter {
+    settings: MqttSettings,
+    shared: Arc<Shared>,
+    deliverer: Option<std::thread::JoinHandle<()>>,
+    events: Option<Events>,
+    pipeline: String,
+    source: String,
+    /// Records written to the outbox.
+    pub records: u64,
+}
+
+impl MqttWriter {
+    /// Open the outbox (resuming any records a previous run left) and start delivering.
+    pub fn start(
+        settings: MqttSettings,
+        pipeline: &str,
+        source: &str,
+        stats: Arc<MqttStats>,
+    ) -> Result<Self, OutputError> {
+        let outbox =
+            Outbox::open(&settings.outbox, settings.outbox_max).map_err(|e| OutputError::Io {
+                path: settings.outbox.display().to_string(),
+                message: e.message,
+            })?;
+        if outbox.backlog() > 0 {
+            tracing::info!(target: "vigil::mqtt", topic = %settings.topic, backlog = outbox.backlog(), "resuming delivery of records left in the outbox");
+        }
+        let shared = Arc::new(Shared {
+            outbox: Mutex::new(outbox),
+            stats,
+            closing: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+        });
+        shared.sync_stats(&lock(&shared.outbox));
+        let d_shared = shared.clone();
+        let d_settings = settings.clone();
+        let deliverer = std::thread::Builder::new()
+            .name("mqtt-deliver".into())
+            .spawn(move || deliver(&d_shared, &d_settings))
+            .map_err(|e| OutputError::Io {
+                path: settings.topic.clone(),
+                message: format!("cannot start the MQTT thread: {e}"),
+            })?;
+        Ok(Self {
+            events: (settings.publish == Publish::Events).then(|| Events::new(settings.end_after)),
+            settings,
+            shared,
+            deliverer: Some(deliverer),
+            pipeline: pipeline.to_string(),
+            source: source.to_string(),
+            records: 0,
+        })
+    }
+
+    fn err(&self, m: impl std::fmt::Display) -> OutputError {
+        OutputError::Io {
+            path: self.settings.outbox.display().to_string(),
+            message: m.to_string(),
+        }
+    }
+
+    fn append<T: Serialize>(&mut self, v: &T) -> Result<(), OutputError> {
+        let bytes = serde_json::to_vec(v).map_err(|e| self.err(e))?;
+        let mut ob = lock(&self.shared.outbox);
+        ob.append(&bytes).map_err(|e| self.err(e.message))?;
+        self.shared.sync_stats(&ob);
+        drop(ob);
+        self.shared.stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Queue a frame's record (frames mode) or its track events (events mode).
+    pub fn write(&mut self, record: &Record) -> Result<(), OutputError> {
+        match self.events.as_mut() {
+            None => self.append(record),
+            Some(ev) => {
+                let out = ev.update(record);
+                for e in &out {
+                    self.append(e)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// End of stream: end open tracks, deliver for up to `drain`, stop. Returns records queued.
+    pub fn finish(mut self) -> Result<u64, OutputError> {
+        if let Some(mut ev) = self.events.take() {
+            for e in ev.finish(&self.pipeline, &self.source) {
+                self.append(&e)?;
+            }
+        }
+        *lock(&self.shared.deadline) = Some(Instant::now() + self.settings.drain);
+        self.shared.closing.store(true, Ordering::Relaxed);
+        if let Some(d) = self.deliverer.take() {
+            let _ = d.join();
+        }
+        let mut ob = lock(&self.shared.outbox);
+        ob.sync().map_err(|e| self.err(e.message))?;
+        let st = &self.shared.stats;
+        tracing::info!(target: "vigil::mqtt", topic = %self.settings.topic,
+            queued = st.queued.load(Ordering::Relaxed),
+            delivered = st.delivered.load(Ordering::Relaxed),
+            redelivered = st.redelivered.load(Ordering::Relaxed),
+            dropped = ob.dropped(),
+            "mqtt output finished");
+        if ob.backlog() > 0 {
+            tracing::warn!(target: "vigil::mqtt", topic = %self.settings.topic, left = ob.backlog(), outbox = %self.settings.outbox.display(), "broker did not take everything in time; the rest stays in the outbox for the next start");
+        }
+        Ok(self.records)
+    }
+}
+
+impl Drop for MqttWriter {
+    fn drop(&mut self) {
+        // An output dropped without finish (error path): stop the deliverer at once.
+        if let Some(d) = self.deliverer.take() {
+            *lock(&self.shared.deadline) = Some(Instant::now());
+            self.shared.closing.store(true, Ordering::Relaxed);
+            let _ = d.join();
+        }
+    }
+}
+
+/// The deliverer: connect, publish from the outbox, commit acknowledged records, reconnect with
+/// backoff when the connection breaks; until closing and done.
+fn deliver(shared: &Shared, s: &MqttSettings) {
+    let policy = ReconnectPolicy {
+        initial: Duration::from_millis(250),
+        max: Duration::from_secs(5),
+        retries: None,
+    };
+    let mut failures = 0u32;
+    let salt = s.client_id.len() as u64;
+    while !shared.done() {
+        match session(shared, s) {
+            Ok(()) => return,
+            Err((why, was_connected)) => {
+                shared.stats.connected.store(false, Ordering::Relaxed);
+                if was_connected {
+                    failures = 0;
+                    tracing::warn!(target: "vigil::mqtt", broker = %format!("{}:{}", s.host, s.port), "connection lost: {why}; records wait in the outbox");
+                } else if failures == 0 {
+                    tracing::warn!(target: "vigil::mqtt", broker = %format!("{}:{}", s.host, s.port), "cannot connect: {why}; records wait in the outbox");
+                }
+                failures += 1;
+                let until = Instant::now() + backoff(&policy, failures, salt);
+                while Instant::now() < until && !shared.done() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+struct InFlight {
+    after: Pos,
+    pkid: Option<u16>,
+    acked: bool,
+}
+
+/// One connection's life. `Err((why, connected))` when it breaks.
+fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
+    let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
+    opts.set_keep_alive(s.keep_alive);
+    // We redeliver from the outbox ourselves: a clean session, no client-side resend queue.
+    opts.set_clean_session(true);
+    opts.set_inflight(WINDOW as u16);
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    if let Some(u) = &s.username {
+        opts.set_credentials(u, s.password.clone().unwrap_or_default());
+    }
+    let (client, mut conn) = Client::new(opts, WINDOW * 2);
+    let mut sent: VecDeque<InFlight> = VecDeque::new();
+    let mut next = lock(&shared.outbox).cursor();
+    let mut connected = false;
+    // Everything handed to the client and not acknowledged is published again on the next
+    // connection: each is a possible duplicate at the receiver.
+    let fail = |why: String, connected: bool, sent: &VecDeque<InFlight>| {
+        shared
+            .stats
+            .redelivered
+            .fetch_add(sent.len() as u64, Ordering::Relaxed);
+        Err((why, connected))
+    };
+    loop {
+        if connected && sent.len() < WINDOW {
+            let batch = {
+                let ob = lock(&shared.outbox);
+                next = next.max(ob.cursor());
+                ob.read(next, WINDOW - sent.len())
+            };
+            match batch {
+                Ok(batch) => {
+                    for (payload, after) in batch {
+                        if let Err(e) =
+                            client.try_publish(&s.topic, QoS::AtLeastOnce, false, payload)
+                        {
+                            return fail(format!("publish: {e}"), connected, &sent);
+                        }
+                        sent.push_back(InFlight {
+                            after,
+                            pkid: None,
+                            acked: false,
+                        });
+                        next = after;
+                    }
+                }
+                Err(e) => tracing::error!(target: "vigil::mqtt", "{e}"),
+            }
+        }
+        if sent.is_empty() && shared.done() {
+            let _ = client.disconnect();
+            // let the DISCONNECT go out
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(500) {
+                match conn.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+            }
+            return Ok(());
+        }
+        if !sent.is_empty() && shared.done() {
+            // drain time is up with records in flight: they stay in the outbox
+            return Ok(());
+        }
+        match conn.recv_timeout(Duration::from_millis(20)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                if ack.code != rumqttc::ConnectReturnCode::Success {
+                    return fail(format!("broker refused: {:?}", ack.code), false, &sent);
+                }
+                connected = true;
+                shared.stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!(target: "vigil::mqtt", broker = %format!("{}:{}", s.host, s.port), topic = %s.topic, backlog = lock(&shared.outbox).backlog(), "connected");
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                if let Some(f) = sent.iter_mut().find(|f| f.pkid.is_none()) {
+                    f.pkid = Some(pkid);
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                if let Some(f) = sent
+                    .iter_mut()
+                    .find(|f| f.pkid == Some(ack.pkid) && !f.acked)
+                {
+                    f.acked = true;
+                }
+                let mut n = 0u64;
+                let mut upto = None;
+                while sent.front().is_some_and(|f| f.acked) {
+                    if let Some(f) = sent.pop_front() {
+                        upto = Some(f.after);
+                        n += 1;
+                    }
+                }
+                if let Some(p) = upto {
+                    let mut ob = lock(&shared.outbox);
+                    if let Err(e) = ob.commit(p, n) {
+                        tracing::error!(target: "vigil::mqtt", "{e}");
+                    }
+                    shared.sync_stats(&ob);
+                    shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Err(e)) => return fail(e.to_string(), connected, &sent),
+            Err(RecvTimeoutError::Disconnected) => {
+                return fail("client closed".into(), connected, &sent);
+            }
+        }
+    }
+}
+
+/// A track event (events mode).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub schema: u32,
+    /// `start` or `end`.
+    pub event: &'static str,
+    pub pipeline: String,
+    pub source: String,
+    pub track_id: u64,
+    pub class: String,
+    pub class_id: u32,
+    /// Best score seen so far.
+    pub score: f32,
+    /// Last box `[x1, y1, x2, y2]` in frame pixels.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Frames the track was seen in.
+    pub frames: u64,
+    /// Frame at which the event was emitted.
+    pub seq: u64,
+    pub pts_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captured_at: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct OpenTrack {
+    class: String,
+    class_id: u32,
+    score: f32,
+    bbox: [f32; 4],
+    first_seq: u64,
+    last_seq: u64,
+    frames: u64,
+}
+
+/// Turns per-frame tracked detections into start/end events.
+#[derive(Debug)]
+pub struct Events {
+    open: BTreeMap<u64, OpenTrack>,
+    end_after: u64,
+    last_seq: u64,
+    last_pts: Option<u64>,
+}
+
+impl Events {
+    pub fn new(end_after: u32) -> Self {
+        Self {
+            open: BTreeMap::new(),
+            end_after: u64::from(end_after.max(1)),
+            last_seq: 0,
+            last_pts: None,
+        }
+    }
+
+    fn event(
+        kind: &'static str,
+        id: u64,
+        t: &OpenTrack,
+        (pipeline, source): (&str, &str),
+        (seq, pts_ns, captured_at): (u64, Option<u64>, Option<String>),
+    ) -> EventRecord {
+        EventRecord {
+            schema: SCHEMA,
+            event: kind,
+            pipeline: pipeline.to_string(),
+            source: source.to_string(),
+            track_id: id,
+            class: t.class.clone(),
+            class_id: t.class_id,
+            score: t.score,
+            bbox: t.bbox,
+            first_seq: t.first_seq,
+            last_seq: t.last_seq,
+            frames: t.frames,
+            seq,
+            pts_ns,
+            captured_at,
+        }
+    }
+
+    /// Events of one frame: starts of new tracks, ends of tracks gone for `end_after` frames.
+    pub fn update(&mut self, record: &Record) -> Vec<EventRecord> {
+        let (pipeline, source) = (record.pipeline.as_str(), record.source.as_str());
+        let seq = record.seq;
+        let at = (seq, record.pts_ns, record.captured_at.clone());
+        self.last_seq = seq;
+        self.last_pts = record.pts_ns;
+        let mut out = Vec::new();
+        for d in &record.detections {
+            let Some(id) = d.track_id else { continue };
+            match self.open.get_mut(&id) {
+                Some(t) => {
+                    t.last_seq = seq;
+                    t.frames += 1;
+                    t.bbox = d.bbox;
+                    t.score = t.score.max(d.score);
+                }
+                None => {
+                    let t = OpenTrack {
+                        class: d.class.clone(),
+                        class_id: d.class_id,
+                        score: d.score,
+                        bbox: d.bbox,
+                        first_seq: seq,
+                        last_seq: seq,
+                        frames: 1,
+                    };
+                    out.push(Self::event("start", id, &t, (pipeline, source), at.clone()));
+                    self.open.insert(id, t);
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, t)| seq.saturating_sub(t.last_seq) >= self.end_after)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            if let Some(t) = self.open.remove(&id) {
+                out.push(Self::event("end", id, &t, (pipeline, source), at.clone()));
+            }
+        }
+        out
+    }
+
+    /// End of stream: every open track ends.
+    pub fn finish(&mut self, pipeline: &str, source: &str) -> Vec<EventRecord> {
+        let at = (self.last_seq, self.last_pts, None);
+        std::mem::take(&mut self.open)
+            .into_iter()
+            .map(|(id, t)| Self::event("end", id, &t, (pipeline, source), at.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::record::RecordDetection;
+
+    fn rec(seq: u64, ids: &[u64]) -> Record {
+        Record {
+            schema: SCHEMA,
+            pipeline: "p".into(),
+            source: "cam".into(),
+            seq,
+            pts_ns: Some(seq * 100),
+            captured_at: None,
+            latency_ms: None,
+            detections: ids
+                .iter()
+                .map(|&id| RecordDetection {
+                    class: "person".into(),
+                    class_id: 0,
+                    score: 0.5 + seq as f32 / 100.0,
+                    bbox: [0.0, 0.0, 10.0, 10.0 + seq as f32],
+                    track_id: Some(id),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn tracks_start_once_and_end_after_absence() {
+        let mut ev = Events::new(3);
+        let mut all = Vec::new();
+        let script: [&[u64]; 8] = [&[1], &[1, 2], &[2], &[2], &[2], &[], &[], &[]];
+        for (seq, ids) in script.iter().enumerate() {
+            let seq = seq as u64;
+            all.extend(ev.update(&rec(seq, ids)));
+        }
+        let kinds: Vec<(&str, u64, u64)> =
+            all.iter().map(|e| (e.event, e.track_id, e.seq)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("start", 1, 0),
+                ("start", 2, 1),
+                ("end", 1, 4),
+                ("end", 2, 7)
+            ]
+        );
+        let end1 = &all[2];
+        assert_eq!((end1.first_seq, end1.last_seq, end1.frames), (0, 1, 2));
+        assert!((end1.score - 0.51).abs() < 1e-6);
+        assert!(ev.finish("p", "cam").is_empty());
+    }
+
+    #[test]
+    fn open_tracks_end_at_end_of_stream() {
+        let mut ev = Events::new(30);
+        ev.update(&rec(0, &[5, 6]));
+        let ends = ev.finish("p", "cam");
+        assert_eq!(ends.len(), 2);
+        assert!(ends.iter().all(|e| e.event == "end"));
+    }
+}

@@ -1,0 +1,195 @@
+//! RTSP restream: the annotated video of a source served by an in-process RTSP server
+//! (gst-rtsp-server), at `rtsp://BIND:PORT/PATH`. Outputs on the same address and port share one
+//! server, each at its own mount path; the server runs on its own GLib main loop thread for the life
+//! of the process. Listening is on 127.0.0.1 unless the pipeline file says otherwise.
+//!
+//! Each mount is a shared media: `appsrc → videoconvert → I420 → x264enc (zerolatency) →
+//! rtph264pay`. The media is built when the first client connects; frames are pushed only while a
+//! client is watching, so an unwatched restream costs nothing but the overlay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use gstreamer as gst;
+use gstreamer::glib;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_rtsp_server as rtsp;
+use gstreamer_rtsp_server::prelude::*;
+use gstreamer_video as gst_video;
+
+use super::OutputError;
+use crate::frame::Frame;
+use crate::runtime::metrics::lock;
+
+/// Settings of one RTSP output, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtspSettings {
+    pub bind: String,
+    pub port: u16,
+    /// Mount path, starting with `/`.
+    pub path: String,
+    pub overlay: bool,
+    pub bitrate_kbps: u32,
+}
+
+impl RtspSettings {
+    pub fn url(&self) -> String {
+        format!("rtsp://{}:{}{}", self.bind, self.port, self.path)
+    }
+}
+
+/// One RTSP server (per address and port) and its main loop.
+struct Server {
+    server: rtsp::RTSPServer,
+    _main_loop: glib::MainLoop,
+}
+
+/// Servers by `(address, port)`.
+type Servers = HashMap<(String, u16), Arc<Server>>;
+
+static SERVERS: LazyLock<Mutex<Servers>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn server_for(bind: &str, port: u16) -> Result<Arc<Server>, String> {
+    let mut servers = lock(&SERVERS);
+    if let Some(s) = servers.get(&(bind.to_string(), port)) {
+        return Ok(s.clone());
+    }
+    let server = rtsp::RTSPServer::new();
+    server.set_address(bind);
+    server.set_service(&port.to_string());
+    let ctx = glib::MainContext::new();
+    server
+        .attach(Some(&ctx))
+        .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
+    let main_loop = glib::MainLoop::new(Some(&ctx), false);
+    let ml = main_loop.clone();
+    std::thread::Builder::new()
+        .name(format!("rtsp-{port}"))
+        .spawn(move || {
+            if let Err(e) = ctx.with_thread_default(|| ml.run()) {
+                tracing::error!(target: "vigil::rtsp", "RTSP main loop: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start the RTSP server thread: {e}"))?;
+    tracing::info!(target: "vigil::rtsp", address = %format!("{bind}:{port}"), "RTSP server listening");
+    let s = Arc::new(Server {
+        server,
+        _main_loop: main_loop,
+    });
+    servers.insert((bind.to_string(), port), s.clone());
+    Ok(s)
+}
+
+/// The appsrcs of the media being watched now, and the caps they should have.
+#[derive(Default)]
+struct Watchers {
+    srcs: Vec<gst_app::AppSrc>,
+    caps: Option<gst::Caps>,
+}
+
+pub struct RtspWriter {
+    settings: RtspSettings,
+    server: Arc<Server>,
+    watchers: Arc<Mutex<Watchers>>,
+    classes: Vec<String>,
+    pub frames: u64,
+}
+
+impl RtspWriter {
+    pub fn start(settings: RtspSettings, classes: Vec<String>) -> Result<Self, OutputError> {
+        let err = |m: String| OutputError::Encode {
+            path: settings.url(),
+            message: m,
+        };
+        let server = server_for(&settings.bind, settings.port).map_err(err)?;
+        let factory = rtsp::RTSPMediaFactory::new();
+        factory.set_launch(&format!(
+            "( appsrc name=src is-live=true format=time do-timestamp=true \
+             ! queue leaky=downstream max-size-buffers=4 ! videoconvert ! video/x-raw,format=I420 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast bitrate={} key-int-max=30 \
+             ! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )",
+            settings.bitrate_kbps
+        ));
+        factory.set_shared(true);
+        let watchers: Arc<Mutex<Watchers>> = Arc::default();
+        let w = watchers.clone();
+        factory.connect_media_configure(move |_, media| {
+            let Some(bin) = media.element().downcast_ref::<gst::Bin>().cloned() else {
+                return;
+            };
+            let Some(src) = bin
+                .by_name_recurse_up("src")
+                .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+            else {
+                return;
+            };
+            let mut g = lock(&w);
+            if let Some(c) = &g.caps {
+                src.set_caps(Some(c));
+            }
+            g.srcs.push(src.clone());
+            let w2 = w.clone();
+            media.connect_unprepared(move |_| {
+                lock(&w2).srcs.retain(|s| s != &src);
+            });
+        });
+        let mounts = server
+            .server
+            .mount_points()
+            .ok_or_else(|| err("the RTSP server has no mount points".into()))?;
+        mounts.add_factory(&settings.path, factory);
+        tracing::info!(target: "vigil::rtsp", url = %settings.url(), "restreaming");
+        Ok(Self {
+            settings,
+            server,
+            watchers,
+            classes,
+            frames: 0,
+        })
+    }
+
+    /// Push `frame` (with the overlay drawn if asked) to whoever is watching.
+    pub fn write(&mut self, frame: &Frame) -> Result<(), OutputError> {
+        self.frames += 1;
+        let mut g = lock(&self.watchers);
+        let (w, h) = (frame.image.width, frame.image.height);
+        let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Bgr, w, h)
+            .fps(gst::Fraction::new(0, 1))
+            .build()
+            .ok()
+            .and_then(|i| i.to_caps().ok());
+        if caps != g.caps {
+            g.caps = caps;
+            if let Some(c) = &g.caps {
+                for s in &g.srcs {
+                    s.set_caps(Some(c));
+                }
+            }
+        }
+        if g.srcs.is_empty() {
+            return Ok(());
+        }
+        let data = super::overlay::frame_pixels(frame, &self.classes, self.settings.overlay)
+            .map_err(|m| OutputError::Encode {
+                path: self.settings.url(),
+                message: m.to_string(),
+            })?;
+        let buffer = gst::Buffer::from_mut_slice(data);
+        // A watcher that went away makes push fail (flushing): it is removed by `unprepared`.
+        g.srcs.retain(|s| s.push_buffer(buffer.clone()).is_ok());
+        Ok(())
+    }
+
+    /// Stop serving this mount (clients of it are disconnected).
+    pub fn finish(self) -> Result<u64, OutputError> {
+        if let Some(m) = self.server.server.mount_points() {
+            m.remove_factory(&self.settings.path);
+        }
+        let srcs = std::mem::take(&mut lock(&self.watchers).srcs);
+        for s in srcs {
+            let _ = s.end_of_stream();
+        }
+        Ok(self.frames)
+    }
+}

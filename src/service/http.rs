@@ -1,0 +1,183 @@
+//! The service's HTTP endpoints (tiny_http, one thread; 127.0.0.1 unless configured otherwise):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/healthz` | 200 `ok`, or 503 naming the pipelines that make no progress |
+//! | `/readyz` | 200 once every pipeline file has been started, 503 before and while stopping |
+//! | `/metrics` | Prometheus text format (see `prom`) |
+//! | `/pipelines` | JSON: each pipeline file, its state, config hash, sources and counters |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{PipelineState, ServeError, Service};
+use crate::runtime::metrics::lock;
+
+/// The running HTTP server; `stop` ends its thread.
+pub struct HttpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn start(service: Arc<Service>, addr: SocketAddr) -> Result<HttpServer, ServeError> {
+    let server =
+        tiny_http::Server::http(addr).map_err(|e| ServeError::Http(addr, e.to_string()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match server.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Some(req)) => handle(&service, req),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(target: "vigil::http", "{e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        })
+        .map_err(|e| ServeError::Http(addr, e.to_string()))?;
+    tracing::info!(target: "vigil::http", address = %addr, "HTTP endpoints: /healthz /readyz /metrics /pipelines");
+    Ok(HttpServer {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn header(k: &str, v: &str) -> Option<tiny_http::Header> {
+    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok()
+}
+
+fn handle(service: &Service, req: tiny_http::Request) {
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let (code, ctype, body) = if *req.method() != tiny_http::Method::Get {
+        (405, "text/plain", "only GET\n".to_string())
+    } else {
+        match path.as_str() {
+            "/healthz" => {
+                let stuck = service.stuck();
+                if stuck.is_empty() {
+                    (200, "text/plain", "ok\n".to_string())
+                } else {
+                    (
+                        503,
+                        "text/plain",
+                        format!("no progress: {}\n", stuck.join(", ")),
+                    )
+                }
+            }
+            "/readyz" => {
+                if service.ready.load(Ordering::Relaxed)
+                    && !service.stopping.load(Ordering::Relaxed)
+                {
+                    (200, "text/plain", "ready\n".to_string())
+                } else {
+                    (503, "text/plain", "not ready\n".to_string())
+                }
+            }
+            "/metrics" => match super::prom::render(service) {
+                Ok(text) => (200, "text/plain; version=0.0.4; charset=utf-8", text),
+                Err(e) => (500, "text/plain", format!("{e}\n")),
+            },
+            "/pipelines" => match serde_json::to_string_pretty(&status(service)) {
+                Ok(j) => (200, "application/json", j + "\n"),
+                Err(e) => (500, "text/plain", format!("{e}\n")),
+            },
+            _ => (
+                404,
+                "text/plain",
+                "not found: try /healthz /readyz /metrics /pipelines\n".to_string(),
+            ),
+        }
+    };
+    let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
+    if let Some(h) = header("Content-Type", ctype) {
+        resp = resp.with_header(h);
+    }
+    if let Err(e) = req.respond(resp) {
+        tracing::debug!(target: "vigil::http", "respond: {e}");
+    }
+}
+
+/// `/pipelines`: one object per pipeline file.
+#[derive(Debug, Serialize)]
+pub struct PipelineStatus {
+    pub file: String,
+    pub name: String,
+    pub state: PipelineState,
+    /// SHA-256 of the config file version that is running.
+    pub config_sha256: String,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub starts: u64,
+    pub error: Option<String>,
+    /// Why the newest version of the file was rejected (the previous config keeps running).
+    pub reload_error: Option<String>,
+    pub model: Option<String>,
+    pub sources: Vec<SourceStatus>,
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceStatus {
+    pub id: String,
+    pub state: String,
+    pub frames_in: u64,
+    pub frames_processed: u64,
+    pub frames_dropped: u64,
+    pub reconnects: u64,
+}
+
+pub fn status(service: &Service) -> Vec<PipelineStatus> {
+    lock(&service.entries)
+        .values()
+        .map(|e| PipelineStatus {
+            file: e.file.display().to_string(),
+            name: e.name.clone(),
+            state: e.state,
+            config_sha256: e.config_sha256.clone(),
+            started_at: e
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            starts: e.starts,
+            error: e.error.clone(),
+            reload_error: e.reload_error.clone(),
+            model: e.plan.as_ref().map(|p| p.model.name.clone()),
+            sources: e
+                .metrics
+                .sources
+                .iter()
+                .map(|s| SourceStatus {
+                    id: s.id.clone(),
+                    state: format!("{:?}", s.state.get()).to_lowercase(),
+                    frames_in: s.ingest.frames.load(Ordering::Relaxed),
+                    frames_processed: s.processed.frames.load(Ordering::Relaxed),
+                    frames_dropped: s.first_edge.dropped.load(Ordering::Relaxed),
+                    reconnects: s.reconnects.load(Ordering::Relaxed),
+                })
+                .collect(),
+            outputs: e
+                .plan
+                .as_ref()
+                .map(|p| p.outputs.iter().map(|o| o.kind.describe()).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}

@@ -1,0 +1,436 @@
+//! `vigil serve`: every pipeline file of a folder, each on its own threads, for months.
+//!
+//! - Start: every `*.yaml`/`*.yml` in the folder is validated and started; a bad file is reported
+//!   (file:line:col, every problem) and skipped, the others run. Then systemd hears `READY=1`.
+//! - Reload (SIGHUP, or a file's content changing — the folder is polled, which works on every
+//!   filesystem): new and changed files are validated first. A bad file is rejected with its
+//!   errors and whatever ran from it keeps running untouched; a good changed file restarts only its
+//!   own pipeline (the old one drains and finalizes its outputs first); a removed file stops its
+//!   pipeline.
+//! - Health: a pipeline is stuck when frames wait inside it and none came out for `stuck_after`.
+//!   systemd's watchdog is fed only while no pipeline is stuck; `/healthz` says the same.
+//! - Stop (SIGTERM/SIGINT): every pipeline drains and finalizes; a second signal exits at once.
+
+pub mod health;
+pub mod http;
+pub mod prom;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, Plan};
+use crate::runtime::metrics::{PipelineMetrics, lock};
+use crate::runtime::{RunOptions, RunReport};
+
+/// How `vigil serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config_dir: PathBuf,
+    /// Address of the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`, `/pipelines`).
+    pub http: SocketAddr,
+    /// How often the folder is checked for changed files.
+    pub poll: Duration,
+    /// A pipeline with frames inside and none out for this long is stuck.
+    pub stuck_after: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}: {1}")]
+    ConfigDir(String, String),
+    #[error("HTTP on {0}: {1}")]
+    Http(SocketAddr, String),
+    #[error("GStreamer: {0}")]
+    Gst(String),
+}
+
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineState {
+    /// Loading its model, then running.
+    Running,
+    /// Every source ended (files), outputs finalized.
+    Finished,
+    /// It could not start or a part of it failed; see `error`.
+    Failed,
+    /// Its file is invalid and nothing from it runs.
+    Rejected,
+}
+
+/// One pipeline file and what runs from it.
+pub struct Entry {
+    pub file: PathBuf,
+    /// The pipeline's `name` (of the running config).
+    pub name: String,
+    /// SHA-256 of the running config file's bytes.
+    pub config_sha256: String,
+    pub started_at: SystemTime,
+    pub metrics: Arc<PipelineMetrics>,
+    pub plan: Option<Arc<Plan>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<RunReport, String>>>,
+    pub state: PipelineState,
+    /// Errors of the run (failed, or rejected when nothing ever ran from the file).
+    pub error: Option<String>,
+    /// Why the newest version of the file was rejected (the pipeline runs its previous config).
+    pub reload_error: Option<String>,
+    /// SHA-256 of the file version that was rejected (so an unchanged bad file is not re-reported).
+    pub rejected_sha256: Option<String>,
+    /// Times this file was (re)started.
+    pub starts: u64,
+    pub health: health::Progress,
+}
+
+/// The pipelines of a `vigil serve`, shared with the HTTP endpoints.
+pub struct Service {
+    pub opts: ServeOptions,
+    pub entries: Mutex<BTreeMap<PathBuf, Entry>>,
+    /// Every pipeline started at least once (systemd was told READY).
+    pub ready: AtomicBool,
+    pub stopping: AtomicBool,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    pub started_at: SystemTime,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The pipeline files of `dir` (`*.yaml`, `*.yml`, not hidden), sorted, with their contents' hash.
+pub fn pipeline_files(dir: &Path) -> Result<BTreeMap<PathBuf, String>, ServeError> {
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| ServeError::ConfigDir(dir.display().to_string(), e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let yaml = p.extension().is_some_and(|x| x == "yaml" || x == "yml");
+        if !yaml || name.starts_with('.') || !p.is_file() {
+            continue;
+        }
+        // a file being written may vanish or be partial: the next poll sees it whole
+        if let Ok(bytes) = std::fs::read(&p) {
+            out.insert(p, sha256_hex(&bytes));
+        }
+    }
+    Ok(out)
+}
+
+impl Service {
+    pub fn new(opts: ServeOptions) -> Self {
+        Self {
+            opts,
+            entries: Mutex::new(BTreeMap::new()),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// Bring the running pipelines in line with the folder. Returns how many files were rejected.
+    pub fn reconcile(&self) -> Result<usize, ServeError> {
+        let files = pipeline_files(&self.opts.config_dir)?;
+        let mut rejected = 0;
+        // removed files: stop their pipelines
+        let gone: Vec<PathBuf> = lock(&self.entries)
+            .keys()
+            .filter(|f| !files.contains_key(*f))
+            .cloned()
+            .collect();
+        for f in gone {
+            if let Some(e) = lock(&self.entries).remove(&f) {
+                tracing::info!(target: "vigil::serve", file = %f.display(), "pipeline file removed: stopping its pipeline");
+                stop_and_join(e);
+            }
+        }
+        for (file, sha) in files {
+            let unchanged = lock(&self.entries).get(&file).is_some_and(|e| {
+                e.config_sha256 == sha || e.rejected_sha256.as_deref() == Some(sha.as_str())
+            });
+            if unchanged {
+                continue;
+            }
+            match config::load(&file) {
+                Err(problems) => {
+                    rejected += 1;
+                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    let text = problems.to_string();
+                    let mut entries = lock(&self.entries);
+                    let keeps = entries
+                        .get(&file)
+                        .is_some_and(|e| e.state != PipelineState::Rejected);
+                    tracing::error!(target: "vigil::serve", file = %file.display(), "pipeline file rejected{}:\n{text}",
+                        if keeps { "; the running pipeline keeps its previous config" } else { "" });
+                    let e = entries.entry(file.clone()).or_insert_with(|| Entry {
+                        file: file.clone(),
+                        name: file
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        config_sha256: String::new(),
+                        started_at: SystemTime::now(),
+                        metrics: Arc::default(),
+                        plan: None,
+                        stop: Arc::default(),
+                        handle: None,
+                        state: PipelineState::Rejected,
+                        error: None,
+                        reload_error: None,
+                        rejected_sha256: None,
+                        starts: 0,
+                        health: health::Progress::default(),
+                    });
+                    if e.state == PipelineState::Rejected {
+                        e.error = Some(text.clone());
+                    }
+                    e.reload_error = Some(text);
+                    e.rejected_sha256 = Some(sha);
+                }
+                Ok(plan) => {
+                    // The old pipeline stays listed (and scraped) while it drains.
+                    let old = lock(&self.entries).get_mut(&file).map(|e| {
+                        e.stop.store(true, Ordering::Relaxed);
+                        if e.state != PipelineState::Rejected {
+                            tracing::info!(target: "vigil::serve", file = %file.display(), pipeline = %e.name, "pipeline file changed: restarting its pipeline");
+                            self.reloads.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (e.starts, e.name.clone(), e.handle.take())
+                    });
+                    let starts = old.as_ref().map_or(0, |o| o.0);
+                    if let Some((_, name, Some(h))) = old {
+                        match h.join() {
+                            Ok(Ok(r)) if r.errors.is_empty() => {
+                                tracing::info!(target: "vigil::serve", pipeline = %name, "previous pipeline drained")
+                            }
+                            Ok(Ok(r)) => {
+                                tracing::warn!(target: "vigil::serve", pipeline = %name, "previous pipeline ended with errors: {}", r.errors.join("; "))
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(target: "vigil::serve", pipeline = %name, "previous pipeline: {e}")
+                            }
+                            Err(_) => {
+                                tracing::error!(target: "vigil::serve", pipeline = %name, "previous pipeline thread panicked")
+                            }
+                        }
+                    }
+                    let mut e = start(file.clone(), sha, plan);
+                    e.starts = starts + 1;
+                    lock(&self.entries).insert(file, e);
+                }
+            }
+        }
+        Ok(rejected)
+    }
+
+    /// Notice pipelines whose threads have ended (finished or failed).
+    pub fn reap(&self) {
+        let mut entries = lock(&self.entries);
+        for e in entries.values_mut() {
+            if e.handle.as_ref().is_some_and(|h| h.is_finished())
+                && let Some(h) = e.handle.take()
+            {
+                settle(e, h);
+            }
+        }
+    }
+
+    /// Pipelines with frames inside and none out for `stuck_after`.
+    pub fn stuck(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut entries = lock(&self.entries);
+        entries
+            .values_mut()
+            .filter(|e| e.state == PipelineState::Running)
+            .filter_map(|e| {
+                let m = &e.metrics;
+                e.health
+                    .observe(m.processed(), m.in_flight(), now, self.opts.stuck_after)
+                    .then(|| e.name.clone())
+            })
+            .collect()
+    }
+
+    /// Stop every pipeline (drain, finalize) and wait for them.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let entries = std::mem::take(&mut *lock(&self.entries));
+        for e in entries.values() {
+            e.stop.store(true, Ordering::Relaxed);
+        }
+        for (_, e) in entries {
+            stop_and_join(e);
+        }
+    }
+}
+
+/// Start the pipeline of `plan` on its own thread.
+fn start(file: PathBuf, sha: String, plan: Plan) -> Entry {
+    let plan = Arc::new(plan);
+    let metrics = Arc::new(PipelineMetrics::for_plan(&plan));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, m, s) = (plan.clone(), metrics.clone(), stop.clone());
+    tracing::info!(target: "vigil::serve", file = %file.display(), pipeline = %plan.name, sources = plan.sources.len(), "starting pipeline");
+    let handle = std::thread::Builder::new()
+        .name(format!("pipeline-{}", plan.name))
+        .spawn(move || -> Result<RunReport, String> {
+            let device = crate::detect::device(&p.device).map_err(|e| e.to_string())?;
+            let detector = crate::detect::load(&p.model, &device).map_err(|e| e.to_string())?;
+            Ok(crate::runtime::pipeline::run_observed(
+                &p,
+                detector,
+                &s,
+                &RunOptions {
+                    deterministic: false,
+                    keep_existing: true,
+                },
+                &m,
+            ))
+        });
+    let (handle, state, error) = match handle {
+        Ok(h) => (Some(h), PipelineState::Running, None),
+        Err(e) => (
+            None,
+            PipelineState::Failed,
+            Some(format!("cannot start a thread: {e}")),
+        ),
+    };
+    Entry {
+        file,
+        name: plan.name.clone(),
+        config_sha256: sha,
+        started_at: SystemTime::now(),
+        metrics,
+        plan: Some(plan),
+        stop,
+        handle,
+        state,
+        error,
+        reload_error: None,
+        rejected_sha256: None,
+        starts: 1,
+        health: health::Progress::default(),
+    }
+}
+
+/// Record how a pipeline's thread ended.
+fn settle(e: &mut Entry, h: JoinHandle<Result<RunReport, String>>) {
+    let (state, error) = match h.join() {
+        Ok(Ok(r)) if r.errors.is_empty() => (PipelineState::Finished, None),
+        Ok(Ok(r)) => (PipelineState::Failed, Some(r.errors.join("; "))),
+        Ok(Err(e)) => (PipelineState::Failed, Some(e)),
+        Err(_) => (
+            PipelineState::Failed,
+            Some("the pipeline thread panicked".to_string()),
+        ),
+    };
+    match &error {
+        Some(err) => {
+            tracing::error!(target: "vigil::serve", pipeline = %e.name, "pipeline failed: {err}")
+        }
+        None => tracing::info!(target: "vigil::serve", pipeline = %e.name, "pipeline finished"),
+    }
+    e.state = state;
+    e.error = error;
+}
+
+fn stop_and_join(mut e: Entry) {
+    e.stop.store(true, Ordering::Relaxed);
+    if let Some(h) = e.handle.take() {
+        settle(&mut e, h);
+    }
+}
+
+/// Run the service until SIGTERM/SIGINT: start, serve HTTP, reload on SIGHUP and file changes,
+/// feed systemd's watchdog while healthy, then drain everything.
+pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    crate::ingest::init().map_err(ServeError::Gst)?;
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    let reg = |r: std::io::Result<signal_hook::SigId>| {
+        r.map_err(|e| ServeError::ConfigDir("signal handler".into(), e.to_string()))
+    };
+    for sig in [SIGTERM, SIGINT] {
+        // a second signal while draining exits at once
+        reg(signal_hook::flag::register_conditional_shutdown(
+            sig,
+            1,
+            term.clone(),
+        ))?;
+        reg(signal_hook::flag::register(sig, term.clone()))?;
+    }
+    reg(signal_hook::flag::register(SIGHUP, hup.clone()))?;
+
+    let service = Arc::new(Service::new(opts.clone()));
+    let http = http::start(service.clone(), opts.http)?;
+    service.reconcile()?;
+    service.ready.store(true, Ordering::Relaxed);
+    let n = lock(&service.entries).len();
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("{n} pipeline files")),
+    ]);
+    tracing::info!(target: "vigil::serve", dir = %opts.config_dir.display(), http = %opts.http, pipelines = n, "serving");
+
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut last_feed = Instant::now();
+    let mut last_poll = Instant::now();
+    let mut stuck_logged = false;
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        service.reap();
+        let reload = hup.swap(false, Ordering::Relaxed);
+        if reload || last_poll.elapsed() >= opts.poll {
+            last_poll = Instant::now();
+            if reload {
+                tracing::info!(target: "vigil::serve", "SIGHUP: reloading pipeline files");
+                notify(&[sd_notify::NotifyState::Reloading]);
+            }
+            if let Err(e) = service.reconcile() {
+                tracing::error!(target: "vigil::serve", "reload: {e}");
+            }
+            if reload {
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+        if let Some(interval) = watchdog
+            && last_feed.elapsed() >= interval / 3
+        {
+            let stuck = service.stuck();
+            if stuck.is_empty() {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                last_feed = Instant::now();
+                stuck_logged = false;
+            } else if !stuck_logged {
+                tracing::error!(target: "vigil::serve", pipelines = ?stuck, "pipelines make no progress: no longer feeding the watchdog");
+                stuck_logged = true;
+            }
+        }
+    }
+    tracing::info!(target: "vigil::serve", "stopping: draining every pipeline");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    service.shutdown();
+    http.stop();
+    Ok(())
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(target: "vigil::serve", "sd_notify: {e}");
+    }
+}
