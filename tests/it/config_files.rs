@@ -39,3 +39,39 @@ fn unknown_key_is_an_error_with_its_place() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_config_dir_checks_every_pipeline_file_of_a_folder() {
+    let ok = vigil()
+        .args(["check", "--config-dir"])
+        .arg(root().join("pipelines"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let n = String::from_utf8_lossy(&ok.stdout).matches(": ok").count();
+    assert!(n >= 5, "{}", String::from_utf8_lossy(&ok.stdout));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("tests/config_corpus/39-per-source-typo.yaml"),
+        dir.path().join("bad.yaml"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a pipeline").unwrap();
+    let bad = vigil()
+        .args(["check", "--config-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("bad.yaml:6:7: unknown field `confidense`"),
+        "{text}"
+    );
+    assert!(!text.contains("notes.txt"), "{text}");
+}
