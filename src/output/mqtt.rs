@@ -324,7 +324,15 @@ fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
             // drain time is up with records in flight: they stay in the outbox
             return Ok(());
         }
-        match conn.recv_timeout(Duration::from_millis(20)) {
+        // Connected: wake often to publish new records. Connecting: give the TCP connect and
+        // CONNECT/CONNACK their whole time (a timeout here abandons the attempt), as rumqttc's own
+        // connection timeout (5 s) does.
+        let wait = if connected {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_secs(5)
+        };
+        match conn.recv_timeout(wait) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 if ack.code != rumqttc::ConnectReturnCode::Success {
                     return fail(format!("broker refused: {:?}", ack.code), false, &sent);
