@@ -178,7 +178,7 @@ pub fn run_observed(
                     .spawn_scoped(scope, move || {
                         crate::ingest::run(s, &ingest_tx, stop, ingest_stats)
                     })
-                    .expect("spawn ingest thread"),
+                    .map_err(|e| format!("source `{}`: cannot start its ingest thread: {e}", s.id)),
             ));
             let det_tx = det_tx.clone();
             let (model_w, model_h) = plan.model.input;
@@ -197,7 +197,9 @@ pub fn run_observed(
                             &pre_stats,
                         )
                     })
-                    .expect("spawn preprocess thread"),
+                    .map_err(|e| {
+                        format!("source `{}`: cannot start its preprocess thread: {e}", s.id)
+                    }),
             );
             let out_txs: Vec<EdgeTx<Frame>> = outputs.iter().map(|o| o.2.clone()).collect();
             let tracker = plan.tracker.clone();
@@ -207,7 +209,7 @@ pub fn run_observed(
                     .spawn_scoped(scope, move || {
                         post_stage(&post_rx, out_txs, tracker, every, latency, post_stats)
                     })
-                    .expect("spawn post thread"),
+                    .map_err(|e| format!("source `{}`: cannot start its post thread: {e}", s.id)),
             );
             for (desc, kind, tx, rx, st) in outputs {
                 drop(tx);
@@ -227,7 +229,7 @@ pub fn run_observed(
                     std::thread::Builder::new()
                         .name(format!("out-{}", s.id))
                         .spawn_scoped(scope, move || output_stage(&rx, kind, &ctx, &st))
-                        .expect("spawn output thread"),
+                        .map_err(|e| format!("{desc}: cannot start its thread: {e}")),
                 ));
             }
         }
@@ -254,9 +256,18 @@ pub fn run_observed(
                     &metrics.detector,
                 )
             })
-            .expect("spawn detect thread");
+            .map_err(|e| format!("cannot start the detect thread: {e}"));
 
+        // A thread that could not start dropped its edge ends with its closure: the stages around
+        // it see a closed edge and wind down, so nothing waits for it.
         for (id, h) in ingest_handles {
+            let h = match h {
+                Ok(h) => h,
+                Err(e) => {
+                    report.errors.push(e);
+                    continue;
+                }
+            };
             match h.join() {
                 Ok(r) => {
                     report.reconnects.push((id.clone(), r.reconnects));
@@ -268,15 +279,32 @@ pub fn run_observed(
                     .push(format!("source `{id}`: ingest thread panicked")),
             }
         }
-        if let Ok(Err(e)) = det_handle.join() {
-            report.errors.push(e);
+        match det_handle {
+            Ok(h) => {
+                if let Ok(Err(e)) = h.join() {
+                    report.errors.push(e);
+                }
+            }
+            Err(e) => report.errors.push(e),
         }
         for h in other_handles {
-            if let Ok(Err(e)) = h.join() {
-                report.errors.push(e);
+            match h {
+                Ok(h) => {
+                    if let Ok(Err(e)) = h.join() {
+                        report.errors.push(e);
+                    }
+                }
+                Err(e) => report.errors.push(e),
             }
         }
         for (desc, h) in output_handles {
+            let h = match h {
+                Ok(h) => h,
+                Err(e) => {
+                    report.errors.push(e);
+                    continue;
+                }
+            };
             match h.join() {
                 Ok(Ok(n)) => report.outputs.push((desc, n)),
                 Ok(Err(e)) => report.errors.push(e),
