@@ -380,18 +380,22 @@ impl DarknetNet {
                         Activation::Mish => Fused::Mish,
                     };
                     let fast = if device.is_cpu() {
-                        Some(FastConv {
-                            weight: conv.0.flatten_all()?.to_vec1()?,
-                            bias: conv.1.to_vec1()?,
-                            c_out: filters,
-                            c_in: c,
-                            k: size,
-                            stride,
-                            padding,
-                            groups,
-                            act,
-                            threads: rayon::current_num_threads(),
-                        })
+                        Some(
+                            FastConv {
+                                weight: conv.0.flatten_all()?.to_vec1()?,
+                                bias: conv.1.to_vec1()?,
+                                c_out: filters,
+                                c_in: c,
+                                k: size,
+                                stride,
+                                padding,
+                                groups,
+                                act,
+                                threads: rayon::current_num_threads(),
+                                winograd: None,
+                            }
+                            .prepared(),
+                        )
                     } else {
                         None
                     };
