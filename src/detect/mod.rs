@@ -107,11 +107,13 @@ pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, Dete
 
 /// Load a darknet-family model as its concrete type (tests reach its raw heads).
 pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector, DetectError> {
-    verify_sha256(&info.weights, &info.weights_sha256).map_err(|message| DetectError::Weights {
-        model: info.name.clone(),
-        path: info.weights.display().to_string(),
-        message,
-    })?;
+    if let Some(sha) = &info.weights_sha256 {
+        verify_sha256(&info.weights, sha).map_err(|message| DetectError::Weights {
+            model: info.name.clone(),
+            path: info.weights.display().to_string(),
+            message,
+        })?;
+    }
     let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| {
         DetectError::Darknet {
             model: info.name.clone(),
@@ -125,7 +127,7 @@ pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector
     })
 }
 
-/// A darknet network with `[yolo]` heads.
+/// A darknet network with its heads (`[yolo]`, `[region]` or `[detection]`).
 #[derive(Debug)]
 pub struct DarknetDetector {
     info: ModelInfo,
@@ -134,6 +136,11 @@ pub struct DarknetDetector {
 }
 
 impl DarknetDetector {
+    /// The network (its heads decode the raw outputs).
+    pub fn net(&self) -> &darknet::DarknetNet {
+        &self.net
+    }
+
     /// The raw head tensors for a batch, `(batch, channels, h, w)` each (for parity tests).
     pub fn raw_heads(&self, inputs: &[&ModelInput]) -> Result<Vec<Tensor>, DetectError> {
         Ok(self.net.forward(&self.batch_tensor(inputs)?)?)
