@@ -43,7 +43,7 @@ OUT = "tests/golden/darknet"
 # Sizes are multiples of each network's stride, small so the
 # goldens stay small and the tests fast.
 MODELS = {
-    "yolov1-tiny": (128, "darknet"),
+    "yolov1-tiny": (96, "darknet"),
     "yolov2": (96, "opencv+darknet"),
     "yolov2-tiny": (96, "opencv+darknet"),
     "yolo9000": (32, "darknet"),
@@ -51,7 +51,10 @@ MODELS = {
     "yolov3-spp": (64, "opencv"),
     "yolov3-tiny": (96, "opencv"),
     "yolov4-tiny": (96, "opencv"),
+    "yolov4-tiny-mish": (96, "opencv"),
 }
+# Test-only variants live beside the goldens; the real models in models/.
+MANIFESTS = {"yolov4-tiny-mish": f"{OUT}/variants/yolov4-tiny-mish.yaml"}
 HIER_THRESHS = (0.5, 0.001)
 DARKNET_LIB = os.environ.get("DARKNET_LIB", "/tmp/darknet/usr/lib/darknet/libdarknet.so")
 
@@ -86,8 +89,11 @@ def opencv(cfg, weights, chw, secs):
     heads = [i for i, (k, _) in enumerate(layers) if k in ("yolo", "region")]
     names = []
     for i in heads:
-        assert layers[i - 1][0] == "convolutional" and layers[i - 1][1].get("activation") == "linear"
-        names.append(f"conv_{i - 1}")
+        kind, opts = layers[i - 1]
+        assert kind == "convolutional" and "batch_normalize" not in opts
+        act = opts.get("activation", "linear")
+        # OpenCV names a conv's activation after the next layer's index
+        names.append(f"conv_{i - 1}" if act == "linear" else f"{act}_{i}")
     outs = list(net.getUnconnectedOutLayersNames())
     net.setInput(chw[None])
     got = net.forward(names + outs)
@@ -233,7 +239,7 @@ def main():
         for model in wanted:
             size, ref = MODELS[model]
             weights = f"{tmp}/{model}.weights"
-            subprocess.run(["target/release/vigil", "synth-weights", "--model", f"models/{model}.yaml",
+            subprocess.run(["target/release/vigil", "synth-weights", "--model", MANIFESTS.get(model, f"models/{model}.yaml"),
                             "--seed", str(SEED), "--size", f"{size}x{size}", "--out", weights], check=True)
             cfg = f"{OUT}/{model}.cfg"
             os.replace(f"{tmp}/{model}.cfg", cfg)

@@ -113,7 +113,11 @@ struct Run {
 fn run(model: &str) -> Run {
     let started = std::time::Instant::now();
     let golden = Golden::load(model);
-    let info = ModelInfo::load(&root().join(format!("models/{model}.yaml"))).unwrap();
+    let manifest = match model {
+        "yolov4-tiny-mish" => dir().join("variants/yolov4-tiny-mish.yaml"),
+        _ => root().join(format!("models/{model}.yaml")),
+    };
+    let info = ModelInfo::load(&manifest).unwrap();
     let [w, h] = golden.meta.size;
     let cfg = Cfg::load(&info.cfg).unwrap().with_input_size(w, h);
     // the reference ran exactly this network
@@ -254,6 +258,13 @@ fn yolov3_spp_matches_opencv() {
 #[test]
 fn yolov4_tiny_matches_opencv() {
     opencv_model("yolov4-tiny");
+}
+
+/// mish, logistic head convolutions, `new_coords=1` and `scale_x_y=2` (Scaled-YOLOv4's heads) on
+/// the yolov4-tiny body: a test-only cfg (`tests/golden/darknet/variants/`).
+#[test]
+fn yolov4_tiny_with_mish_and_new_coords_matches_opencv() {
+    opencv_model("yolov4-tiny-mish");
 }
 
 fn yolov2_model(model: &str) {
