@@ -4,14 +4,14 @@ committed under tests/golden/darknet/ and read by tests/it/darknet_parity.rs.
 
 For each model: `vigil synth-weights` writes the weights (seed 1) and the cfg with a reduced input
 size (the cfg is kept beside the golden: the test checks vigil builds the same one); one fixed input
-(assets/images/person.jpg resized to the model's size, RGB, /255, CHW f32) is written as
-input-WxH.f32 so both sides read the same bytes. Then one reference runs it:
+(assets/images/person.jpg resized to the model's size, RGB CHW bytes) is written as
+input-WxH.u8 so both sides read the same bytes (and divide by 255 in f32). Then one reference runs it:
 
 - OpenCV DNN's darknet importer (pip opencv-python-headless 4.x) where it has every layer: the raw
   tensor entering each head (the `conv_N` before it) and the head's decoded rows (`[yolo]`,
   `[region]`: x, y, w, h relative to the input, objectness, class scores);
 - Debian 12's darknet (pjreddie, git 2018-09-14; libdarknet.so through ctypes) for the layers
-  OpenCV lacks ([connected]/[detection] of YOLOv1, the WordTree of YOLO9000): the raw head input
+  OpenCV lacks ([local]/[connected]/[dropout]/[detection] of YOLOv1, the WordTree of YOLO9000): the raw head input
   (the network cut before the head), the head's output, and get_network_boxes' boxes; for
   YOLO9000 the tree softmax, the hierarchical class probabilities of hierarchy_predictions and
   the class of hierarchy_top_prediction (see darknet_tree: darknet's own functions on
@@ -43,6 +43,7 @@ OUT = "tests/golden/darknet"
 # Sizes are multiples of each network's stride, small so the
 # goldens stay small and the tests fast.
 MODELS = {
+    "yolov1": (128, "darknet"),
     "yolov1-tiny": (96, "darknet"),
     "yolov2": (96, "opencv+darknet"),
     "yolov2-tiny": (96, "opencv+darknet"),
@@ -75,11 +76,13 @@ def sections(cfg_text):
 
 
 def write_input(size):
+    """The input as RGB CHW bytes; both sides compute byte / 255 in f32 (one correctly rounded
+    IEEE division), so they see identical values from a quarter of the file size."""
     img = cv2.imread("assets/images/person.jpg")
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    chw = (img[:, :, ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
-    chw.tofile(f"{OUT}/input-{size}x{size}.f32")
-    return chw
+    chw = img[:, :, ::-1].transpose(2, 0, 1).copy()
+    chw.tofile(f"{OUT}/input-{size}x{size}.u8")
+    return chw.astype(np.float32) / np.float32(255)
 
 
 def opencv(cfg, weights, chw, secs):
@@ -264,7 +267,7 @@ def main():
                 blob.append(t.reshape(-1))
                 offset += t.size
             np.concatenate(blob).astype("<f4").tofile(f"{OUT}/{model}.f32")
-            meta = {"model": model, "seed": SEED, "size": [size, size], "input": f"input-{size}x{size}.f32",
+            meta = {"model": model, "seed": SEED, "size": [size, size], "input": f"input-{size}x{size}.u8",
                     "reference": version, "tensors": table}
             json.dump(meta, open(f"{OUT}/{model}.json", "w"), indent=1)
             print(model, version, [(e["name"], e["shape"]) for e in table])

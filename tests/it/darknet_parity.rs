@@ -1,8 +1,8 @@
 //! The darknet YOLO line, each network against a reference on seeded random weights.
 //!
 //! `scripts/reference/darknet_parity.py` ran once: `vigil synth-weights` (seed 1) wrote the
-//! weights and a reduced-size cfg, one fixed input (person.jpg resized, RGB, /255) was written as
-//! f32, and OpenCV DNN (or Debian's darknet, for the layers OpenCV lacks) recorded the raw tensor
+//! weights and a reduced-size cfg, one fixed input (person.jpg resized, RGB bytes, /255 on both
+//! sides) was written, and OpenCV DNN (or Debian's darknet, for the layers OpenCV lacks) recorded the raw tensor
 //! entering every head and the head's decoded output; all of it is committed under
 //! `tests/golden/darknet/`. Here vigil builds the same cfg (checked text for text), synthesizes the
 //! same weights, runs its fast path on the same input bytes and compares.
@@ -127,7 +127,8 @@ fn run(model: &str) -> Run {
         "{model}: the cfg differs from the one the reference ran"
     );
     let (net, _) = DarknetNet::synthesize(&cfg, golden.meta.seed, &Device::Cpu).unwrap();
-    let input = read_f32(&dir().join(&golden.meta.input));
+    let bytes = std::fs::read(dir().join(&golden.meta.input)).unwrap();
+    let input: Vec<f32> = bytes.iter().map(|&b| f32::from(b) / 255.0).collect();
     let x = Tensor::from_vec(input, (1, 3, h, w), &Device::Cpu).unwrap();
     let forward = std::time::Instant::now();
     let heads = net.forward(&x).unwrap();
@@ -292,6 +293,22 @@ fn yolov2_matches_opencv_and_darknet() {
 #[test]
 fn yolov2_tiny_matches_opencv_and_darknet() {
     yolov2_model("yolov2-tiny");
+}
+
+/// YOLOv1: `[local]` (its own kernels at each of the 2×2 positions), `[dropout]`, `[connected]`
+/// and the `[detection]` boxes against darknet.
+#[test]
+fn yolov1_matches_darknet() {
+    let _g = heavy();
+    let r = run("yolov1");
+    check("yolov1 raw head", &r.raw[0], r.golden.tensor("raw0"));
+    check(
+        "yolov1 detection output",
+        &r.raw[0],
+        r.golden.tensor("activated0"),
+    );
+    let rows = r.net.heads()[0].rows(&r.raw[0], r.grids[0]);
+    check("yolov1 decoded boxes", &rows, r.golden.tensor("boxes0"));
 }
 
 /// YOLOv1-tiny's `[connected]` output and `[detection]` boxes against darknet (cell-major rows:
