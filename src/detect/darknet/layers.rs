@@ -299,7 +299,8 @@ mod tests {
         assert!(diff < 1e-5, "{diff}");
     }
 
-    /// darknet's reorg on a 1×… toy: the permutation is a bijection with the documented shape.
+    /// darknet's reorg gather is a permutation (every input value lands exactly once) with the
+    /// documented output shape.
     #[test]
     fn reorg_is_a_permutation() {
         let r = Reorg::new((8, 4, 6), 2, &Device::Cpu).unwrap();
