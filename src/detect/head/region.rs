@@ -232,3 +232,40 @@ impl RegionHead {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One confident cell decodes to the box the formula gives (anchors in grid cells), and the
+    /// softmax splits the class score.
+    #[test]
+    fn decodes_one_cell() {
+        let head = RegionHead {
+            anchors: vec![(1.0, 2.0)],
+            classes: 2,
+            softmax: true,
+            tree: None,
+            net: (64, 64),
+        };
+        let (gh, gw) = (2, 2);
+        let mut raw = vec![-20.0f32; 7 * gh * gw];
+        let cell = gw + 1; // row 1, col 1
+        for k in 0..4 {
+            raw[k * 4 + cell] = 0.0; // σ(0) = 0.5, e^0 = 1
+        }
+        raw[4 * 4 + cell] = 20.0; // objectness ≈ 1
+        raw[5 * 4 + cell] = 0.0;
+        raw[6 * 4 + cell] = 2f32.ln(); // p = 1/3, 2/3
+        let mut out = Vec::new();
+        head.decode(&raw, (gh, gw), 0.5, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].class_id, 1);
+        assert!((out[0].score - 2.0 / 3.0).abs() < 1e-4);
+        // centre 1.5/2·64 = 48, size 1/2·64 × 2/2·64 = 32 × 64
+        let b = out[0].box_in_model.0;
+        for (got, want) in [(b.x1, 32.0), (b.y1, 16.0), (b.x2, 64.0), (b.y2, 80.0)] {
+            assert!((got - want).abs() < 1e-3, "{b:?}");
+        }
+    }
+}
