@@ -28,24 +28,35 @@ pub struct Local {
     activation: Activation,
 }
 
+/// What a `[local]` section says.
+#[derive(Debug, Clone)]
+pub struct LocalSpec {
+    pub filters: usize,
+    pub size: usize,
+    pub stride: usize,
+    /// darknet's `pad` flag (pads by 1 whatever the size).
+    pub pad: bool,
+    pub activation: Activation,
+    /// Scale of synthesized kernels.
+    pub gain: f32,
+}
+
 impl Local {
     /// Read the parameters (darknet order: biases for every output value, then kernels).
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        w: &mut WeightReader,
-        input: Chw,
-        filters: usize,
-        size: usize,
-        stride: usize,
-        pad: usize,
-        activation: Activation,
-        gain: f32,
-    ) -> Result<Self, String> {
+    pub fn load(w: &mut WeightReader, input: Chw, spec: &LocalSpec) -> Result<Self, String> {
         let (c, h, wd) = input;
+        let LocalSpec {
+            filters,
+            size,
+            stride,
+            activation,
+            gain,
+            ..
+        } = *spec;
         if filters == 0 || size == 0 || stride == 0 {
             return Err("filters, size and stride must be positive".into());
         }
-        let pad = usize::from(pad != 0);
+        let pad = usize::from(spec.pad);
         let span = |n: usize| {
             if pad == 1 {
                 n.checked_sub(1)
@@ -136,18 +147,31 @@ pub struct Connected {
     activation: Activation,
 }
 
+/// What a `[connected]` section says.
+#[derive(Debug, Clone)]
+pub struct ConnectedSpec {
+    pub outputs: usize,
+    pub bn: bool,
+    pub activation: Activation,
+    /// Scale of synthesized kernels.
+    pub gain: f32,
+}
+
 impl Connected {
-    /// Read the parameters (darknet order: biases, weights `(outputs, inputs)`, then γ, mean,
-    /// variance when batch-normalized).
+    /// Read the parameters for `inputs` input values (darknet order: biases, weights
+    /// `(outputs, inputs)`, then γ, mean, variance when batch-normalized).
     pub fn load(
         w: &mut WeightReader,
         device: &Device,
         inputs: usize,
-        outputs: usize,
-        bn: bool,
-        activation: Activation,
-        gain: f32,
+        spec: &ConnectedSpec,
     ) -> Result<Self, String> {
+        let ConnectedSpec {
+            outputs,
+            bn,
+            activation,
+            gain,
+        } = *spec;
         if outputs == 0 {
             return Err("output must be positive".into());
         }
@@ -281,7 +305,15 @@ mod tests {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         let mut r = WeightReader::from_bytes(&bytes).unwrap();
-        let local = Local::load(&mut r, (c, h, w), f, 3, 1, 1, Activation::Linear, 1.0).unwrap();
+        let spec = LocalSpec {
+            filters: f,
+            size: 3,
+            stride: 1,
+            pad: true,
+            activation: Activation::Linear,
+            gain: 1.0,
+        };
+        let local = Local::load(&mut r, (c, h, w), &spec).unwrap();
         assert_eq!(r.remaining(), 0);
         let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
         let x = Tensor::from_vec(x, (1, c, h, w), &Device::Cpu).unwrap();

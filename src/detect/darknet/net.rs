@@ -12,7 +12,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::cfg::{Cfg, CfgError, Section};
-use super::layers::{Connected, Local, Reorg};
+use super::layers::{Connected, ConnectedSpec, Local, LocalSpec, Reorg};
 use super::weights::{Param, WeightReader};
 use crate::detect::conv::{FastConv, Fused};
 use crate::detect::head::{DetectionHead, Head, RegionHead, YoloHead};
@@ -671,12 +671,14 @@ impl DarknetNet {
                     let local = Local::load(
                         w,
                         prev,
-                        filters,
-                        size,
-                        stride,
-                        pad,
-                        activation,
-                        synth_gain(activation, feeds_shortcut),
+                        &LocalSpec {
+                            filters,
+                            size,
+                            stride,
+                            pad: pad != 0,
+                            activation,
+                            gain: synth_gain(activation, feeds_shortcut),
+                        },
                     )
                     .map_err(|m| sec.error(file, format!("[local] {m}")))?;
                     let out = local.out_shape();
@@ -692,10 +694,12 @@ impl DarknetNet {
                         w,
                         device,
                         c * h * wd,
-                        outputs,
-                        bn != 0,
-                        activation,
-                        synth_gain(activation, feeds_shortcut),
+                        &ConnectedSpec {
+                            outputs,
+                            bn: bn != 0,
+                            activation,
+                            gain: synth_gain(activation, feeds_shortcut),
+                        },
                     )
                     .map_err(|m| sec.error(file, format!("[connected] {m}")))?;
                     (Layer::Connected(fc), (outputs, 1, 1))
