@@ -51,6 +51,7 @@ MODELS = {
     "yolov3": (64, "opencv"),
     "yolov3-spp": (64, "opencv"),
     "yolov3-tiny": (96, "opencv"),
+    "yolov4": (64, "opencv"),
     "yolov4-tiny": (96, "opencv"),
     "yolov4-tiny-mish": (96, "opencv"),
 }

@@ -93,9 +93,15 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 
 fn check(what: &str, got: &[f32], want: &[f32]) -> f32 {
     let e = rel_err(got, want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let abs = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     eprintln!(
-        "{what}: max relative error {e:.2e} over {} values",
-        want.len()
+        "{what}: max relative error {e:.2e} over {} values (max |error| / max |ref| {:.2e})",
+        want.len(),
+        abs / scale
     );
     assert!(e <= MAX_REL, "{what}: max relative error {e} > {MAX_REL}");
     e
@@ -254,6 +260,12 @@ fn yolov3_matches_opencv() {
 #[test]
 fn yolov3_spp_matches_opencv() {
     opencv_model("yolov3-spp");
+}
+
+/// YOLOv4: CSPDarknet53 (mish), SPP, PANet, three heads with scale_x_y 1.2/1.1/1.05.
+#[test]
+fn yolov4_matches_opencv() {
+    opencv_model("yolov4");
 }
 
 #[test]
