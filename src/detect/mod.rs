@@ -23,11 +23,11 @@ use nms::NmsParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
-    #[error("model {model}: {source}")]
+    /// The message includes the cause (deliberately not a `source`, so `{:#}` does not repeat it).
+    #[error("model {model}: {cause}")]
     Darknet {
         model: String,
-        #[source]
-        source: darknet::DarknetError,
+        cause: darknet::DarknetError,
     },
     #[error("model {model}: weights file {path}: {message}")]
     Weights {
@@ -107,6 +107,20 @@ pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, Dete
 
 /// Load a darknet-family model as its concrete type (tests reach its raw heads).
 pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector, DetectError> {
+    if !info.weights.is_file() {
+        return Err(DetectError::Weights {
+            model: info.name.clone(),
+            path: info.weights.display().to_string(),
+            message: if info.weights_sha256.is_some() {
+                "not found: run `scripts/fetch-assets` (or `make assets`) to download it".into()
+            } else {
+                format!(
+                    "not found: put the trained weights there or pass `--weights` (the manifest {} says where they come from)",
+                    info.manifest.display()
+                )
+            },
+        });
+    }
     if let Some(sha) = &info.weights_sha256 {
         verify_sha256(&info.weights, sha).map_err(|message| DetectError::Weights {
             model: info.name.clone(),
@@ -114,10 +128,10 @@ pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector
             message,
         })?;
     }
-    let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| {
+    let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|cause| {
         DetectError::Darknet {
             model: info.name.clone(),
-            source,
+            cause,
         }
     })?;
     Ok(DarknetDetector {
