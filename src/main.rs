@@ -76,6 +76,10 @@ enum Command {
         /// Model manifest.
         #[arg(long, default_value = "models/yolov3-tiny.yaml")]
         model: PathBuf,
+        /// Weights file to use instead of the manifest's (your own training, or one written by
+        /// `vigil synth-weights`); the manifest's checksum is then not checked.
+        #[arg(long)]
+        weights: Option<PathBuf>,
         /// Minimum score.
         #[arg(long, default_value_t = config::spec::DEFAULT_CONFIDENCE)]
         confidence: f32,
@@ -91,6 +95,23 @@ enum Command {
         /// One JSON record per image (the metadata schema) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Write seeded random weights for a model's cfg: the same seed gives the same bytes on every
+    /// machine (parity references, trying a cfg without trained weights).
+    SynthWeights {
+        /// Model manifest.
+        #[arg(long)]
+        model: PathBuf,
+        /// PRNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The `.weights` file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Input size `WxH` instead of the cfg's (`[local]`/`[connected]` weights depend on it);
+        /// the cfg with that size is written beside `out` with the extension `.cfg`.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<(usize, usize)>,
     },
     /// Replay a pipeline's recorded sources deterministically and compare with golden metadata:
     /// exit 0 within the pipeline's `regress` tolerances, 1 otherwise; writes a report.
@@ -146,6 +167,13 @@ fn parse_resize(s: &str) -> Result<Resize, String> {
         "stretch" => Ok(Resize::Stretch),
         _ => Err(format!("`{s}`: expected letterbox or stretch")),
     }
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0)
+        .ok_or_else(|| format!("`{s}`: expected WIDTHxHEIGHT, e.g. 96x96"))
 }
 
 fn main() -> ExitCode {
@@ -245,15 +273,33 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::SynthWeights {
+            model,
+            seed,
+            out,
+            size,
+        } => synth_weights(&model, seed, &out, size),
         Command::Detect {
             images,
             model,
+            weights,
             confidence,
             iou,
             resize,
             device,
             json,
-        } => detect_images(&images, &model, confidence, iou, resize, &device, json),
+        } => detect_images(
+            &images,
+            &ModelChoice {
+                manifest: &model,
+                weights: weights.as_deref(),
+            },
+            confidence,
+            iou,
+            resize,
+            &device,
+            json,
+        ),
     }
 }
 
@@ -479,9 +525,42 @@ fn scratch_dir() -> Result<PathBuf> {
     Ok(d)
 }
 
+fn synth_weights(
+    model: &Path,
+    seed: u64,
+    out: &Path,
+    size: Option<(usize, usize)>,
+) -> Result<ExitCode> {
+    let info = detect::manifest::ModelInfo::load(model)?;
+    let mut cfg = vigil::detect::darknet::cfg::Cfg::load(&info.cfg)?;
+    if let Some((w, h)) = size {
+        cfg = cfg.with_input_size(w, h);
+        let cfg_out = out.with_extension("cfg");
+        std::fs::write(&cfg_out, cfg.to_text()).with_context(|| cfg_out.display().to_string())?;
+        println!("wrote {}", cfg_out.display());
+    }
+    let (net, bytes) =
+        vigil::detect::darknet::DarknetNet::synthesize(&cfg, seed, &candle_core::Device::Cpu)?;
+    std::fs::write(out, &bytes).with_context(|| out.display().to_string())?;
+    println!(
+        "wrote {}: {} parameters for {}x{} input, seed {seed}",
+        out.display(),
+        (bytes.len() - 20) / 4,
+        net.width,
+        net.height
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A model manifest and, optionally, weights that replace the manifest's.
+struct ModelChoice<'a> {
+    manifest: &'a Path,
+    weights: Option<&'a Path>,
+}
+
 fn detect_images(
     images: &[PathBuf],
-    model: &Path,
+    model: &ModelChoice,
     confidence: f32,
     iou: f32,
     resize: Option<Resize>,
@@ -491,7 +570,10 @@ fn detect_images(
     if !(0.0..=1.0).contains(&confidence) || !(0.0..=1.0).contains(&iou) {
         bail!("--confidence and --iou must be between 0 and 1");
     }
-    let info = detect::manifest::ModelInfo::load(model)?;
+    let mut info = detect::manifest::ModelInfo::load(model.manifest)?;
+    if let Some(w) = model.weights {
+        info = info.with_weights(w);
+    }
     let resize = resize.unwrap_or(info.resize);
     let detector = detect::load(&info, &detect::device(device)?)?;
     let post = PostParams {

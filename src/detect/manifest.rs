@@ -40,10 +40,13 @@ pub struct ManifestSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightsSpec {
-    /// Path relative to the manifest (`scripts/fetch-assets` puts the real files under `assets/`).
+    /// Path relative to the manifest (`scripts/fetch-assets` puts the real files under `assets/`;
+    /// for models whose trained weights vigil does not ship, the official file name: pass your
+    /// copy with `vigil detect --weights`).
     pub path: String,
-    /// Expected SHA-256 (hex). Checked when the model loads.
-    pub sha256: String,
+    /// Expected SHA-256 (hex), checked when the model loads; leave out to skip the check.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Where the file is obtained (registry, package, path inside).
     #[serde(default)]
     pub source: Option<String>,
@@ -57,7 +60,8 @@ pub struct ModelInfo {
     pub family: Family,
     pub cfg: PathBuf,
     pub weights: PathBuf,
-    pub weights_sha256: String,
+    /// Checked at load when set (a `--weights` override clears it).
+    pub weights_sha256: Option<String>,
     pub classes: Vec<String>,
     pub resize: Resize,
     /// Network input `(width, height)` in pixels.
@@ -101,12 +105,11 @@ impl ModelInfo {
         if classes.is_empty() {
             return Err(err(format!("{} lists no classes", classes_path.display())));
         }
-        let sha = spec.weights.sha256.to_ascii_lowercase();
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err(format!(
-                "weights.sha256 `{}` is not 64 hex digits",
-                spec.weights.sha256
-            )));
+        let sha = spec.weights.sha256.as_deref().map(str::to_ascii_lowercase);
+        if let Some(sha) = &sha
+            && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(err(format!("weights.sha256 `{sha}` is not 64 hex digits")));
         }
         let cfg = dir.join(&spec.cfg);
         let input = match spec.family {
@@ -117,6 +120,7 @@ impl ModelInfo {
                     .sections
                     .first()
                     .ok_or_else(|| err(format!("{} has no [net] section", cfg.display())))?;
+                super::darknet::net::check_sections(&parsed).map_err(|e| err(e.to_string()))?;
                 let f = parsed.file.as_str();
                 let w: u32 = net.require(f, "width").map_err(|e| err(e.to_string()))?;
                 let h: u32 = net.require(f, "height").map_err(|e| err(e.to_string()))?;
@@ -134,6 +138,14 @@ impl ModelInfo {
             resize: spec.resize.unwrap_or(Resize::Letterbox),
             input,
         })
+    }
+
+    /// Run with another weights file (a user's own training, or synthesized weights): the
+    /// manifest's checksum no longer applies.
+    pub fn with_weights(mut self, path: &Path) -> Self {
+        self.weights = path.to_path_buf();
+        self.weights_sha256 = None;
+        self
     }
 
     /// The class id of `name`, if the model has it.

@@ -23,11 +23,11 @@ use nms::NmsParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
-    #[error("model {model}: {source}")]
+    /// The message includes the cause (deliberately not a `source`, so `{:#}` does not repeat it).
+    #[error("model {model}: {cause}")]
     Darknet {
         model: String,
-        #[source]
-        source: darknet::DarknetError,
+        cause: darknet::DarknetError,
     },
     #[error("model {model}: weights file {path}: {message}")]
     Weights {
@@ -107,15 +107,31 @@ pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, Dete
 
 /// Load a darknet-family model as its concrete type (tests reach its raw heads).
 pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector, DetectError> {
-    verify_sha256(&info.weights, &info.weights_sha256).map_err(|message| DetectError::Weights {
-        model: info.name.clone(),
-        path: info.weights.display().to_string(),
-        message,
-    })?;
-    let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|source| {
+    if !info.weights.is_file() {
+        return Err(DetectError::Weights {
+            model: info.name.clone(),
+            path: info.weights.display().to_string(),
+            message: if info.weights_sha256.is_some() {
+                "not found: run `scripts/fetch-assets` (or `make assets`) to download it".into()
+            } else {
+                format!(
+                    "not found: put the trained weights there or pass `--weights` (the manifest {} says where they come from)",
+                    info.manifest.display()
+                )
+            },
+        });
+    }
+    if let Some(sha) = &info.weights_sha256 {
+        verify_sha256(&info.weights, sha).map_err(|message| DetectError::Weights {
+            model: info.name.clone(),
+            path: info.weights.display().to_string(),
+            message,
+        })?;
+    }
+    let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|cause| {
         DetectError::Darknet {
             model: info.name.clone(),
-            source,
+            cause,
         }
     })?;
     Ok(DarknetDetector {
@@ -125,7 +141,7 @@ pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector
     })
 }
 
-/// A darknet network with `[yolo]` heads.
+/// A darknet network with its heads (`[yolo]`, `[region]` or `[detection]`).
 #[derive(Debug)]
 pub struct DarknetDetector {
     info: ModelInfo,
@@ -134,6 +150,11 @@ pub struct DarknetDetector {
 }
 
 impl DarknetDetector {
+    /// The network (its heads decode the raw outputs).
+    pub fn net(&self) -> &darknet::DarknetNet {
+        &self.net
+    }
+
     /// The raw head tensors for a batch, `(batch, channels, h, w)` each (for parity tests).
     pub fn raw_heads(&self, inputs: &[&ModelInput]) -> Result<Vec<Tensor>, DetectError> {
         Ok(self.net.forward(&self.batch_tensor(inputs)?)?)

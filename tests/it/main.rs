@@ -7,6 +7,7 @@ mod config_corpus;
 mod config_docs;
 mod config_files;
 mod config_fuzz;
+mod darknet_parity;
 mod demo;
 mod detect_parity;
 mod live;

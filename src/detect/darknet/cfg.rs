@@ -32,6 +32,7 @@ pub struct Cfg {
 }
 
 impl Cfg {
+    /// Read and parse a cfg file.
     pub fn load(path: &Path) -> Result<Cfg, CfgError> {
         let text = std::fs::read_to_string(path).map_err(|e| CfgError {
             file: path.display().to_string(),
@@ -41,6 +42,7 @@ impl Cfg {
         Cfg::parse(&path.display().to_string(), &text)
     }
 
+    /// Parse cfg text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Cfg, CfgError> {
         let mut sections: Vec<Section> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -88,6 +90,40 @@ impl Cfg {
             file: file.to_string(),
             sections,
         })
+    }
+}
+
+impl Cfg {
+    /// A copy with `[net]` width and height replaced (reduced inputs for parity runs; YOLOv1's
+    /// `[connected]` input count follows from the size, so nothing else needs to change).
+    pub fn with_input_size(&self, width: usize, height: usize) -> Cfg {
+        let mut out = self.clone();
+        if let Some(net) = out.sections.first_mut() {
+            for (key, value) in [("width", width), ("height", height)] {
+                let line = net.options.get(key).map_or(net.line, |(_, l)| *l);
+                net.options
+                    .insert(key.to_string(), (value.to_string(), line));
+            }
+        }
+        out
+    }
+
+    /// The cfg as darknet text (sections in order, keys sorted): what a reference tool reads.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for sec in &self.sections {
+            s.push_str(&format!("[{}]\n", sec.kind));
+            for (k, (v, _)) in &sec.options {
+                s.push_str(&format!("{k}={v}\n"));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// The folder relative paths inside the cfg (`tree=`) are resolved against.
+    pub fn dir(&self) -> &Path {
+        Path::new(&self.file).parent().unwrap_or(Path::new("."))
     }
 }
 
@@ -216,5 +252,16 @@ mod tests {
         let e = Cfg::parse("x.cfg", "[net]\nwidth=abc\n").unwrap();
         let e = e.sections[0].get::<usize>("x.cfg", "width", 0).unwrap_err();
         assert_eq!(e.line, 2);
+    }
+
+    /// The size override changes only `[net]` width/height, and the text form parses back to it.
+    #[test]
+    fn input_size_override_round_trips() {
+        let cfg = Cfg::parse("x.cfg", "[net]\nwidth=416\nheight=416\n[maxpool]\nsize=2\n").unwrap();
+        let small = cfg.with_input_size(96, 64);
+        let back = Cfg::parse("y.cfg", &small.to_text()).unwrap();
+        assert_eq!(back.sections[0].get::<usize>("y", "width", 0).unwrap(), 96);
+        assert_eq!(back.sections[0].get::<usize>("y", "height", 0).unwrap(), 64);
+        assert_eq!(back.sections[1].options["size"].0, "2");
     }
 }

@@ -1,6 +1,7 @@
-//! The darknet cfg interpreter: YOLOv3-style networks described by `.cfg` files with `.weights`.
+//! The darknet cfg interpreter: the YOLO line (v1–v4) described by `.cfg` files with `.weights`.
 
 pub mod cfg;
+pub mod layers;
 pub mod net;
 pub mod weights;
 

@@ -2,16 +2,20 @@
 //!
 //! Reference: pjreddie/darknet `src/parser.c` (cfg keys, weight order) and the layer sources it
 //! names. Takes a `(batch, channels, height, width)` f32 tensor in `[0, 1]`, RGB; returns the raw
-//! tensors of every head (`[yolo]`: `(batch, anchors * (5 + classes), grid_h, grid_w)`).
+//! tensors that enter every head (`[yolo]`/`[region]`: `(batch, anchors * (5 + classes), grid_h,
+//! grid_w)`; `[detection]`: `(batch, inputs, 1, 1)`). Layers: `[convolutional]`, `[local]`,
+//! `[connected]`, `[maxpool]`, `[route]` (with `groups`/`group_id`), `[reorg]`, `[upsample]`,
+//! `[shortcut]`, `[dropout]`, and the heads `[detection]`, `[region]`, `[yolo]`.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::cfg::{Cfg, CfgError, Section};
-use super::weights::WeightReader;
+use super::layers::{Connected, ConnectedSpec, Local, LocalSpec, Reorg};
+use super::weights::{Param, WeightReader};
 use crate::detect::conv::{FastConv, Fused};
-use crate::detect::head::YoloHead;
+use crate::detect::head::{DetectionHead, Head, RegionHead, YoloHead};
 use crate::detect::pool::MaxPool;
 
 /// Errors while building or running a darknet network.
@@ -36,7 +40,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn parse(sec: &Section, file: &str) -> Result<Self, CfgError> {
+    pub(crate) fn parse(sec: &Section, file: &str) -> Result<Self, CfgError> {
         let name: String = sec.get(file, "activation", "linear".to_string())?;
         Ok(match name.as_str() {
             "linear" => Self::Linear,
@@ -53,7 +57,7 @@ impl Activation {
         })
     }
 
-    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Linear => Ok(x.clone()),
             // darknet's leaky slope is 0.1
@@ -116,8 +120,16 @@ enum Layer {
         from: usize,
         activation: Activation,
     },
+    /// Locally connected (YOLOv1): a convolution with its own kernel at every output position.
+    Local(Local),
+    /// Fully connected; output `(batch, outputs, 1, 1)`.
+    Connected(Connected),
+    /// darknet's space-to-depth (YOLOv2 passthrough), index for index as `reorg_cpu`.
+    Reorg(Reorg),
+    /// `[dropout]`: the identity at inference.
+    Dropout,
     /// A detection head: passes its input through and records it as an output.
-    Yolo,
+    Head,
 }
 
 impl Layer {
@@ -128,7 +140,11 @@ impl Layer {
             Self::Route { .. } => "route",
             Self::Upsample { .. } => "upsample",
             Self::Shortcut { .. } => "shortcut",
-            Self::Yolo => "yolo",
+            Self::Local(_) => "local",
+            Self::Connected(_) => "connected",
+            Self::Reorg(_) => "reorg",
+            Self::Dropout => "dropout",
+            Self::Head => "head",
         }
     }
 }
@@ -243,11 +259,115 @@ const YOLO_KEYS: &[&str] = &[
     "max",
 ];
 
+const LOCAL_KEYS: &[&str] = &["filters", "size", "stride", "pad", "activation"];
+const CONNECTED_KEYS: &[&str] = &["output", "activation", "batch_normalize"];
+const DROPOUT_KEYS: &[&str] = &[
+    "probability",
+    "dropblock",
+    "dropblock_size_rel",
+    "dropblock_size_abs",
+];
+const REORG_KEYS: &[&str] = &["stride", "reverse", "flatten", "extra"];
+const REGION_KEYS: &[&str] = &[
+    "anchors",
+    "bias_match",
+    "classes",
+    "coords",
+    "num",
+    "softmax",
+    "jitter",
+    "rescore",
+    "object_scale",
+    "noobject_scale",
+    "class_scale",
+    "coord_scale",
+    "absolute",
+    "thresh",
+    "random",
+    "tree",
+    "map",
+    "background",
+    "log",
+    "sqrt",
+];
+const DETECTION_KEYS: &[&str] = &[
+    "classes",
+    "coords",
+    "rescore",
+    "side",
+    "num",
+    "softmax",
+    "sqrt",
+    "jitter",
+    "object_scale",
+    "noobject_scale",
+    "class_scale",
+    "coord_scale",
+    "random",
+    "forced",
+    "reorg",
+];
+
+/// The keys a layer kind accepts; `None` for a section vigil does not know.
+fn layer_keys(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "convolutional" | "conv" => CONV_KEYS,
+        "maxpool" | "max" => MAXPOOL_KEYS,
+        "route" => ROUTE_KEYS,
+        "upsample" => UPSAMPLE_KEYS,
+        "shortcut" => SHORTCUT_KEYS,
+        "local" => LOCAL_KEYS,
+        "connected" => CONNECTED_KEYS,
+        "dropout" => DROPOUT_KEYS,
+        "reorg" => REORG_KEYS,
+        "yolo" => YOLO_KEYS,
+        "region" => REGION_KEYS,
+        "detection" => DETECTION_KEYS,
+        _ => return None,
+    })
+}
+
+/// Cheap structural check (no weights, no shapes): `[net]` first, every section a layer vigil
+/// runs, every key one it understands. `vigil check` runs it on each pipeline's model.
+pub fn check_sections(cfg: &Cfg) -> Result<(), CfgError> {
+    let file = cfg.file.as_str();
+    for (i, sec) in cfg.sections.iter().enumerate() {
+        if i == 0 {
+            if sec.kind != "net" && sec.kind != "network" {
+                return Err(sec.error(
+                    file,
+                    format!("the first section must be [net], not [{}]", sec.kind),
+                ));
+            }
+            sec.check_keys(file, NET_KEYS)?;
+            continue;
+        }
+        match layer_keys(&sec.kind) {
+            Some(keys) => sec.check_keys(file, keys)?,
+            None => return Err(sec.error(file, format!("unknown layer [{}]", sec.kind))),
+        }
+    }
+    Ok(())
+}
+
+/// Standard deviation gain of synthesized kernels: √2 before a rectifier keeps the signal's
+/// scale, and a unit whose output is added back by a `[shortcut]` starts small (as in Fixup)
+/// so 23 residual blocks do not compound.
+fn synth_gain(activation: Activation, feeds_shortcut: bool) -> f32 {
+    if feeds_shortcut {
+        return 0.5;
+    }
+    match activation {
+        Activation::Leaky | Activation::Relu | Activation::Mish => std::f32::consts::SQRT_2,
+        Activation::Linear | Activation::Logistic => 1.0,
+    }
+}
+
 /// A loaded darknet network.
 #[derive(Debug)]
 pub struct DarknetNet {
     layers: Vec<Layer>,
-    heads: Vec<YoloHead>,
+    heads: Vec<Head>,
     /// Input size from `[net]`.
     pub width: usize,
     pub height: usize,
@@ -270,7 +390,7 @@ impl DarknetNet {
                 path: weights_path.display().to_string(),
                 message,
             })?;
-        let net = Self::build(&cfg, &mut weights, device)?;
+        let net = Self::from_cfg(&cfg, &mut weights, device)?;
         let left = weights.remaining();
         if left != 0 {
             return Err(DarknetError::Weights {
@@ -284,7 +404,26 @@ impl DarknetNet {
         Ok(net)
     }
 
-    fn build(cfg: &Cfg, w: &mut WeightReader, device: &Device) -> Result<Self, DarknetError> {
+    /// Build `cfg` with parameters made up from `seed` ([`WeightReader::synth`]); also returns
+    /// them as the bytes of a `.weights` file, so a reference tool can run the very same network.
+    pub fn synthesize(
+        cfg: &Cfg,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, Vec<u8>), DarknetError> {
+        let mut w = WeightReader::synth(seed);
+        let net = Self::from_cfg(cfg, &mut w, device)?;
+        Ok((net, w.to_bytes()))
+    }
+
+    /// Build the network of a parsed cfg on `device`, either reading the weights or making
+    /// them up ([`WeightReader::synth`]). The reader must then be exhausted for the weights to
+    /// belong to the cfg (checked by [`load`](Self::load)).
+    pub fn from_cfg(
+        cfg: &Cfg,
+        w: &mut WeightReader,
+        device: &Device,
+    ) -> Result<Self, DarknetError> {
         let file = cfg.file.as_str();
         let (net_sec, body) = cfg
             .sections
@@ -328,6 +467,7 @@ impl DarknetNet {
                     Ok(abs as usize)
                 }
             };
+            let feeds_shortcut = body.get(index + 1).is_some_and(|n| n.kind == "shortcut");
             let (layer, out) = match sec.kind.as_str() {
                 "convolutional" | "conv" => {
                     sec.check_keys(file, CONV_KEYS)?;
@@ -364,6 +504,7 @@ impl DarknetNet {
                             in_per_group: c / groups,
                             size,
                             bn: bn != 0,
+                            gain: synth_gain(activation, feeds_shortcut),
                         },
                     )
                     .map_err(|message| sec.error(file, message))?;
@@ -524,11 +665,87 @@ impl DarknetNet {
                         prev,
                     )
                 }
+                "local" => {
+                    sec.check_keys(file, LOCAL_KEYS)?;
+                    let filters: usize = sec.require(file, "filters")?;
+                    let size: usize = sec.get(file, "size", 1)?;
+                    let stride: usize = sec.get(file, "stride", 1)?;
+                    let pad: usize = sec.get(file, "pad", 0)?;
+                    let activation = Activation::parse(sec, file)?;
+                    let local = Local::load(
+                        w,
+                        prev,
+                        &LocalSpec {
+                            filters,
+                            size,
+                            stride,
+                            pad: pad != 0,
+                            activation,
+                            gain: synth_gain(activation, feeds_shortcut),
+                        },
+                    )
+                    .map_err(|m| sec.error(file, format!("[local] {m}")))?;
+                    let out = local.out_shape();
+                    (Layer::Local(local), out)
+                }
+                "connected" => {
+                    sec.check_keys(file, CONNECTED_KEYS)?;
+                    let outputs: usize = sec.require(file, "output")?;
+                    let bn: usize = sec.get(file, "batch_normalize", 0)?;
+                    let activation = Activation::parse(sec, file)?;
+                    let (c, h, wd) = prev;
+                    let fc = Connected::load(
+                        w,
+                        device,
+                        c * h * wd,
+                        &ConnectedSpec {
+                            outputs,
+                            bn: bn != 0,
+                            activation,
+                            gain: synth_gain(activation, feeds_shortcut),
+                        },
+                    )
+                    .map_err(|m| sec.error(file, format!("[connected] {m}")))?;
+                    (Layer::Connected(fc), (outputs, 1, 1))
+                }
+                "dropout" => {
+                    sec.check_keys(file, DROPOUT_KEYS)?;
+                    (Layer::Dropout, prev)
+                }
+                "reorg" => {
+                    sec.check_keys(file, REORG_KEYS)?;
+                    for key in ["reverse", "flatten", "extra"] {
+                        if sec.get::<usize>(file, key, 0)? != 0 {
+                            return Err(sec
+                                .error(file, format!("[reorg] {key} is not supported"))
+                                .into());
+                        }
+                    }
+                    let stride: usize = sec.get(file, "stride", 1)?;
+                    let reorg = Reorg::new(prev, stride, device)
+                        .map_err(|m| sec.error(file, format!("[reorg] {m}")))?;
+                    let out = reorg.out_shape();
+                    (Layer::Reorg(reorg), out)
+                }
                 "yolo" => {
                     sec.check_keys(file, YOLO_KEYS)?;
                     let head = YoloHead::from_section(sec, file, prev, (width, height))?;
-                    heads.push(head);
-                    (Layer::Yolo, prev)
+                    heads.push(Head::Yolo(head));
+                    (Layer::Head, prev)
+                }
+                "region" => {
+                    sec.check_keys(file, REGION_KEYS)?;
+                    let head =
+                        RegionHead::from_section(sec, file, prev, (width, height), cfg.dir())?;
+                    heads.push(Head::Region(head));
+                    (Layer::Head, prev)
+                }
+                "detection" => {
+                    sec.check_keys(file, DETECTION_KEYS)?;
+                    let (c, h, wd) = prev;
+                    let head = DetectionHead::from_section(sec, file, c * h * wd, (width, height))?;
+                    heads.push(Head::Detection(head));
+                    (Layer::Head, prev)
                 }
                 other => {
                     return Err(sec.error(file, format!("unknown layer [{other}]")).into());
@@ -543,7 +760,8 @@ impl DarknetNet {
             return Err(CfgError {
                 file: file.to_string(),
                 line: 1,
-                message: "the network has no [yolo] head".into(),
+                message: "the network has no detection head ([yolo], [region] or [detection])"
+                    .into(),
             }
             .into());
         }
@@ -557,7 +775,7 @@ impl DarknetNet {
     }
 
     /// The detection heads, in output order.
-    pub fn heads(&self) -> &[YoloHead] {
+    pub fn heads(&self) -> &[Head] {
         &self.heads
     }
 
@@ -627,7 +845,11 @@ impl DarknetNet {
                 Layer::Shortcut { from, activation } => {
                     activation.apply(&(&cur + &outs[*from])?)?
                 }
-                Layer::Yolo => {
+                Layer::Local(l) => l.forward(&cur)?,
+                Layer::Connected(fc) => fc.forward(&cur)?,
+                Layer::Reorg(r) => r.forward(&cur)?,
+                Layer::Dropout => cur,
+                Layer::Head => {
                     heads.push(cur.clone());
                     cur
                 }
@@ -647,6 +869,8 @@ struct ConvShape {
     in_per_group: usize,
     size: usize,
     bn: bool,
+    /// Scale of synthesized kernels (see [`synth_gain`]).
+    gain: f32,
 }
 
 /// Read one convolution's weights in darknet order (biases, [scales, mean, variance], kernel) and fold
@@ -657,25 +881,19 @@ fn load_conv(
     s: ConvShape,
 ) -> Result<(Tensor, Tensor), String> {
     let n = s.filters;
-    let biases = w.take(n)?;
+    let biases = w.take(n, Param::Bias)?;
     let per_filter = s.in_per_group * s.size * s.size;
+    let kernel_param = Param::Kernel {
+        fan_in: per_filter,
+        gain: s.gain,
+    };
     let (mut kernel, bias) = if s.bn {
-        let scales = w.take(n)?;
-        let mean = w.take(n)?;
-        let var = w.take(n)?;
-        let mut kernel = w.take(n * per_filter)?;
-        let mut bias = Vec::with_capacity(n);
-        for f in 0..n {
-            // darknet's normalize_cpu adds its epsilon to the standard deviation, not the variance
-            let k = scales[f] / (var[f].sqrt() + 0.000001);
-            for v in &mut kernel[f * per_filter..(f + 1) * per_filter] {
-                *v *= k;
-            }
-            bias.push(biases[f] - mean[f] * k);
-        }
+        let bn = BatchNorm::take(w, n)?;
+        let mut kernel = w.take(n * per_filter, kernel_param)?;
+        let bias = bn.fold(&mut kernel, &biases);
         (kernel, bias)
     } else {
-        (w.take(n * per_filter)?, biases)
+        (w.take(n * per_filter, kernel_param)?, biases)
     };
     kernel.shrink_to_fit();
     let kernel = Tensor::from_vec(kernel, (n, s.in_per_group, s.size, s.size), device)
@@ -685,4 +903,93 @@ fn load_conv(
         kernel.to_dtype(DType::F32).map_err(|e| e.to_string())?,
         bias,
     ))
+}
+
+/// Batch-norm parameters as darknet stores them (γ, running mean, running variance).
+pub(crate) struct BatchNorm {
+    scales: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+impl BatchNorm {
+    /// Read `n` channels' parameters.
+    pub(crate) fn take(w: &mut WeightReader, n: usize) -> Result<Self, String> {
+        Ok(Self {
+            scales: w.take(n, Param::Scale)?,
+            mean: w.take(n, Param::Mean)?,
+            var: w.take(n, Param::Variance)?,
+        })
+    }
+
+    /// Fold into a `(n, per_unit)` row-major weight matrix and return the folded bias:
+    /// `w' = w·γ/(σ+ε)`, `b' = β − μ·γ/(σ+ε)`.
+    pub(crate) fn fold(&self, weight: &mut [f32], biases: &[f32]) -> Vec<f32> {
+        let n = biases.len();
+        let per_unit = weight.len() / n.max(1);
+        let mut bias = Vec::with_capacity(n);
+        for f in 0..n {
+            // darknet's normalize_cpu adds its epsilon to the standard deviation, not the variance
+            let k = self.scales[f] / (self.var[f].sqrt() + 0.000001);
+            for v in &mut weight[f * per_unit..(f + 1) * per_unit] {
+                *v *= k;
+            }
+            bias.push(biases[f] - self.mean[f] * k);
+        }
+        bias
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unknown section, or an unknown key in a known one, is refused with its own line.
+    #[test]
+    fn unknown_sections_and_keys_name_their_line() {
+        let text = "[net]\nwidth=32\nheight=32\n\n[region]\nclasses=2\nfoo=1\n";
+        let e = check_sections(&Cfg::parse("a.cfg", text).unwrap()).unwrap_err();
+        assert_eq!((e.line, e.message.contains("`foo`")), (7, true), "{e}");
+        let text = "[net]\nwidth=32\nheight=32\n[maxpool]\n\n[bar]\n";
+        let e = check_sections(&Cfg::parse("a.cfg", text).unwrap()).unwrap_err();
+        assert_eq!(e.to_string(), "a.cfg:6: unknown layer [bar]");
+    }
+
+    /// A synthesized YOLOv2-style network builds from text alone, and the same seed gives the same
+    /// bytes, which load back into a network with identical outputs.
+    #[test]
+    fn synthesized_weights_load_back() {
+        let text = "[net]\nwidth=8\nheight=8\nchannels=3\n\
+            [convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=leaky\n\
+            [reorg]\nstride=2\n\
+            [convolutional]\nfilters=14\nsize=1\nactivation=linear\n\
+            [region]\nanchors=1,1,2,2\nclasses=2\nnum=2\nsoftmax=1\n";
+        let cfg = Cfg::parse("t.cfg", text).unwrap();
+        let (net, bytes) = DarknetNet::synthesize(&cfg, 5, &Device::Cpu).unwrap();
+        assert_eq!(
+            bytes,
+            DarknetNet::synthesize(&cfg, 5, &Device::Cpu).unwrap().1
+        );
+        let mut reader = WeightReader::from_bytes(&bytes).unwrap();
+        let loaded = DarknetNet::from_cfg(&cfg, &mut reader, &Device::Cpu).unwrap();
+        assert_eq!(reader.remaining(), 0);
+        let x = Tensor::arange(0f32, 192.0, &Device::Cpu)
+            .unwrap()
+            .affine(1.0 / 192.0, 0.0)
+            .unwrap()
+            .reshape((1, 3, 8, 8))
+            .unwrap();
+        let a: Vec<f32> = net.forward(&x).unwrap()[0]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = loaded.forward(&x).unwrap()[0]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a.len(), 14 * 4 * 4);
+        assert_eq!(a, b);
+    }
 }

@@ -1,21 +1,12 @@
-//! Head decoders: raw network outputs → candidate boxes in model-input pixels.
-//!
 //! `[yolo]` (YOLOv3/v4): for each cell `(cx, cy)` and anchor `a` of the mask, channels
 //! `a·(5+C) + {x, y, w, h, objectness, class₀…}`:
 //! `x = (cx + σ(tx)·s − (s−1)/2) / grid_w · net_w`, `w = anchor_w · e^tw`, score = σ(obj)·σ(cls).
 //! With `new_coords=1` (scaled YOLOv4) the layer before already applied the logistic:
 //! `x = (cx + tx·s − (s−1)/2)/grid_w`, `w = anchor_w · 4·tw²`.
 
-use super::darknet::cfg::{CfgError, Section};
+use super::{Candidate, sigmoid};
+use crate::detect::darknet::cfg::{CfgError, Section};
 use crate::frame::{BoxInModel, Xyxy};
-
-/// A box before NMS, in model-input pixels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub box_in_model: BoxInModel,
-    pub class_id: u32,
-    pub score: f32,
-}
 
 /// A `[yolo]` head.
 #[derive(Debug, Clone)]
@@ -27,10 +18,6 @@ pub struct YoloHead {
     pub new_coords: bool,
     /// Network input `(width, height)`.
     pub net: (usize, usize),
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl YoloHead {
@@ -90,6 +77,52 @@ impl YoloHead {
         })
     }
 
+    /// Box centre and size in model pixels for anchor `a` at `cell`; `at(k)` reads entry `k`.
+    fn box_at(
+        &self,
+        a: usize,
+        cell: usize,
+        grid: (usize, usize),
+        at: impl Fn(usize) -> f32,
+    ) -> [f32; 4] {
+        let (gh, gw) = grid;
+        let s = self.scale_x_y;
+        let act = |v: f32| if self.new_coords { v } else { sigmoid(v) };
+        let (aw, ah) = self.anchors[a];
+        let (cy, cx) = ((cell / gw) as f32, (cell % gw) as f32);
+        let x = (cx + act(at(0)) * s - (s - 1.0) / 2.0) / gw as f32 * self.net.0 as f32;
+        let y = (cy + act(at(1)) * s - (s - 1.0) / 2.0) / gh as f32 * self.net.1 as f32;
+        let (w, h) = if self.new_coords {
+            (4.0 * at(2) * at(2) * aw, 4.0 * at(3) * at(3) * ah)
+        } else {
+            (at(2).exp() * aw, at(3).exp() * ah)
+        };
+        [x, y, w, h]
+    }
+
+    /// Every box decoded, anchor-major: rows of `[cx, cy, w, h, objectness, score₀…]` in model
+    /// pixels, score = objectness·p(class). Empty when `raw` does not fit.
+    pub fn rows(&self, raw: &[f32], grid: (usize, usize)) -> Vec<f32> {
+        let plane = grid.0 * grid.1;
+        let stride = 5 + self.classes;
+        if raw.len() != self.anchors.len() * stride * plane {
+            return Vec::new();
+        }
+        let act = |v: f32| if self.new_coords { v } else { sigmoid(v) };
+        let mut out = Vec::with_capacity(raw.len());
+        for a in 0..self.anchors.len() {
+            let base = a * stride * plane;
+            for cell in 0..plane {
+                let at = |k: usize| raw[base + k * plane + cell];
+                out.extend_from_slice(&self.box_at(a, cell, grid, at));
+                let obj = act(at(4));
+                out.push(obj);
+                out.extend((0..self.classes).map(|c| obj * act(at(5 + c))));
+            }
+        }
+        out
+    }
+
     /// Decode one image's output (`anchors·(5+C)` planes of `grid_h × grid_w`, row-major) into
     /// candidates with score ≥ `threshold`, one per class above it (darknet's multi-label rule).
     pub fn decode(
@@ -99,16 +132,13 @@ impl YoloHead {
         threshold: f32,
         out: &mut Vec<Candidate>,
     ) {
-        let (gh, gw) = grid;
-        let plane = gh * gw;
+        let plane = grid.0 * grid.1;
         let stride = 5 + self.classes;
         if raw.len() != self.anchors.len() * stride * plane {
             return;
         }
-        let s = self.scale_x_y;
-        let (net_w, net_h) = (self.net.0 as f32, self.net.1 as f32);
         let act = |v: f32| if self.new_coords { v } else { sigmoid(v) };
-        for (a, &(aw, ah)) in self.anchors.iter().enumerate() {
+        for a in 0..self.anchors.len() {
             let base = a * stride * plane;
             for cell in 0..plane {
                 let at = |k: usize| raw[base + k * plane + cell];
@@ -116,14 +146,7 @@ impl YoloHead {
                 if obj < threshold {
                     continue;
                 }
-                let (cy, cx) = ((cell / gw) as f32, (cell % gw) as f32);
-                let x = (cx + act(at(0)) * s - (s - 1.0) / 2.0) / gw as f32 * net_w;
-                let y = (cy + act(at(1)) * s - (s - 1.0) / 2.0) / gh as f32 * net_h;
-                let (w, h) = if self.new_coords {
-                    (4.0 * at(2) * at(2) * aw, 4.0 * at(3) * at(3) * ah)
-                } else {
-                    (at(2).exp() * aw, at(3).exp() * ah)
-                };
+                let [x, y, w, h] = self.box_at(a, cell, grid, at);
                 let b = BoxInModel(Xyxy::from_center(x, y, w, h));
                 for c in 0..self.classes {
                     let score = obj * act(at(5 + c));
