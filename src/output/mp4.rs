@@ -217,6 +217,9 @@ impl Mp4Writer {
 
 /// `out/cam.mp4` part 2 → `out/cam-2.mp4`.
 fn part_path(base: &Path, part: u32) -> PathBuf {
+    if part == 0 {
+        return base.to_path_buf();
+    }
     let stem = base
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
@@ -252,5 +255,46 @@ fn bus_error(p: &gst::Pipeline) -> Option<String> {
     match msg.view() {
         gst::MessageView::Error(e) => Some(e.error().to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(path: &Path) -> Mp4Settings {
+        Mp4Settings {
+            path: path.to_path_buf(),
+            overlay: false,
+            preset: "ultrafast".into(),
+            bitrate_kbps: 512,
+        }
+    }
+
+    /// Regression: part 0 is the configured file itself (a `keep_existing` change once made the
+    /// first file `NAME-0.mp4`).
+    #[test]
+    fn first_part_is_the_configured_file_and_later_parts_are_numbered() {
+        let base = Path::new("/out/cam.mp4");
+        assert_eq!(part_path(base, 0), base);
+        assert_eq!(part_path(base, 2), Path::new("/out/cam-2.mp4"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cam.mp4");
+        let w = Mp4Writer::new(settings(&p), vec![], false).unwrap();
+        assert_eq!(w.current, p);
+    }
+
+    #[test]
+    fn keep_existing_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cam.mp4");
+        std::fs::write(&p, b"earlier recording").unwrap();
+        std::fs::write(dir.path().join("cam-1.mp4"), b"and another").unwrap();
+        let w = Mp4Writer::new(settings(&p), vec![], true).unwrap();
+        assert_eq!(w.current, dir.path().join("cam-2.mp4"));
+        assert_eq!(std::fs::read(&p).unwrap(), b"earlier recording");
+        // without keep_existing the configured file is (re)created
+        drop(Mp4Writer::new(settings(&p), vec![], false).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
     }
 }
