@@ -42,32 +42,59 @@ impl RtspSettings {
 /// One RTSP server (per address and port) and its main loop.
 struct Server {
     server: rtsp::RTSPServer,
-    _main_loop: glib::MainLoop,
+    ctx: glib::MainContext,
+    main_loop: glib::MainLoop,
+    /// The listening socket's source in `ctx`.
+    source: Mutex<Option<glib::SourceId>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Servers by `(address, port)`.
-type Servers = HashMap<(String, u16), Arc<Server>>;
+impl Server {
+    /// Close the listening socket, drop every client and end the main loop.
+    fn shut_down(&self) {
+        self.server
+            .client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
+        if let Some(src) = lock(&self.source)
+            .take()
+            .and_then(|id| self.ctx.find_source_by_id(&id))
+        {
+            src.destroy();
+        }
+        // Quit from inside the loop's own context: a plain `quit()` that lands before the thread
+        // has entered `run()` is forgotten, and the join would wait for ever.
+        let ml = self.main_loop.clone();
+        self.ctx.invoke(move || ml.quit());
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Servers by `(address, port)`, with the number of outputs mounted on each.
+type Servers = HashMap<(String, u16), (Arc<Server>, usize)>;
 
 static SERVERS: LazyLock<Mutex<Servers>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
+/// The server on `bind:port`, started if no output uses it yet. Pair with [`release`].
 fn server_for(bind: &str, port: u16) -> Result<Arc<Server>, String> {
     let mut servers = lock(&SERVERS);
-    if let Some(s) = servers.get(&(bind.to_string(), port)) {
+    if let Some((s, users)) = servers.get_mut(&(bind.to_string(), port)) {
+        *users += 1;
         return Ok(s.clone());
     }
     let server = rtsp::RTSPServer::new();
     server.set_address(bind);
     server.set_service(&port.to_string());
     let ctx = glib::MainContext::new();
-    server
+    let source = server
         .attach(Some(&ctx))
         .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
     let main_loop = glib::MainLoop::new(Some(&ctx), false);
-    let ml = main_loop.clone();
-    std::thread::Builder::new()
+    let (ml, loop_ctx) = (main_loop.clone(), ctx.clone());
+    let thread = std::thread::Builder::new()
         .name(format!("rtsp-{port}"))
         .spawn(move || {
-            if let Err(e) = ctx.with_thread_default(|| ml.run()) {
+            if let Err(e) = loop_ctx.with_thread_default(|| ml.run()) {
                 tracing::error!(target: "vigil::rtsp", "RTSP main loop: {e}");
             }
         })
@@ -75,10 +102,34 @@ fn server_for(bind: &str, port: u16) -> Result<Arc<Server>, String> {
     tracing::info!(target: "vigil::rtsp", address = %format!("{bind}:{port}"), "RTSP server listening");
     let s = Arc::new(Server {
         server,
-        _main_loop: main_loop,
+        ctx,
+        main_loop,
+        source: Mutex::new(Some(source)),
+        thread: Mutex::new(Some(thread)),
     });
-    servers.insert((bind.to_string(), port), s.clone());
+    servers.insert((bind.to_string(), port), (s.clone(), 1));
     Ok(s)
+}
+
+/// An output is done with `bind:port`; the last one out stops the server (a reloaded pipeline that
+/// moved to another port does not leave its old port bound).
+fn release(bind: &str, port: u16) {
+    let key = (bind.to_string(), port);
+    let last = {
+        let mut servers = lock(&SERVERS);
+        match servers.get_mut(&key) {
+            Some((_, users)) if *users > 1 => {
+                *users -= 1;
+                None
+            }
+            Some(_) => servers.remove(&key).map(|(s, _)| s),
+            None => None,
+        }
+    };
+    if let Some(s) = last {
+        s.shut_down();
+        tracing::info!(target: "vigil::rtsp", address = %format!("{bind}:{port}"), "RTSP server stopped");
+    }
 }
 
 /// The appsrcs of the media being watched now, and the caps they should have.
@@ -134,10 +185,10 @@ impl RtspWriter {
                 lock(&w2).srcs.retain(|s| s != &src);
             });
         });
-        let mounts = server
-            .server
-            .mount_points()
-            .ok_or_else(|| err("the RTSP server has no mount points".into()))?;
+        let Some(mounts) = server.server.mount_points() else {
+            release(&settings.bind, settings.port);
+            return Err(err("the RTSP server has no mount points".into()));
+        };
         mounts.add_factory(&settings.path, factory);
         tracing::info!(target: "vigil::rtsp", url = %settings.url(), "restreaming");
         Ok(Self {
@@ -181,8 +232,14 @@ impl RtspWriter {
         Ok(())
     }
 
-    /// Stop serving this mount (clients of it are disconnected).
+    /// Stop serving this mount (clients of it are disconnected); the last mount of a server stops it.
     pub fn finish(self) -> Result<u64, OutputError> {
+        Ok(self.frames)
+    }
+}
+
+impl Drop for RtspWriter {
+    fn drop(&mut self) {
         if let Some(m) = self.server.server.mount_points() {
             m.remove_factory(&self.settings.path);
         }
@@ -190,6 +247,6 @@ impl RtspWriter {
         for s in srcs {
             let _ = s.end_of_stream();
         }
-        Ok(self.frames)
+        release(&self.settings.bind, self.settings.port);
     }
 }

@@ -682,3 +682,33 @@ fn systemd_unit_verifies_and_is_hardened() {
     eprintln!("systemd-analyze security: exposure {exposure}");
     assert!(exposure <= 2.0, "exposure {exposure} > 2.0:\n{text}");
 }
+
+/// Regression: an RTSP server whose last output finished kept its port bound for the life of the
+/// process (a reloaded pipeline that moved ports leaked the old one).
+#[test]
+fn rtsp_server_closes_its_port_when_its_last_output_finishes() {
+    use vigil::output::rtsp::{RtspSettings, RtspWriter};
+    gstreamer::init().unwrap();
+    let port = free_port();
+    let settings = |path: &str| RtspSettings {
+        bind: "127.0.0.1".into(),
+        port,
+        path: path.into(),
+        overlay: false,
+        bitrate_kbps: 256,
+    };
+    let a = RtspWriter::start(settings("/a"), vec![]).unwrap();
+    let b = RtspWriter::start(settings("/b"), vec![]).unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    a.finish().unwrap();
+    // still serving /b
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    b.finish().unwrap();
+    wait_for("the port to close", Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    // and it can be served again
+    let c = RtspWriter::start(settings("/c"), vec![]).unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    c.finish().unwrap();
+}
