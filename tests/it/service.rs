@@ -42,6 +42,18 @@ impl Drop for Reaped {
     }
 }
 
+/// `vigil run PIPELINE` with its stderr in `log`.
+fn run_logged(pipeline: &Path, log: &Path) -> Reaped {
+    Reaped(
+        vigil()
+            .arg("run")
+            .arg(pipeline)
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn sigterm(child: &Child) {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -155,14 +167,7 @@ fn mqtt_records_survive_a_60_s_broker_outage_in_order() {
     )
     .unwrap();
     let log = dir.path().join("vigil.log");
-    let mut child = Reaped(
-        vigil()
-            .arg("run")
-            .arg(&p)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = run_logged(&p, &log);
     wait_for("100 records", Duration::from_secs(300), || {
         got.lock().unwrap().len() >= 100
     });
@@ -595,14 +600,7 @@ fn rtsp_output_serves_annotated_frames() {
     )
     .unwrap();
     let log = dir.path().join("vigil.log");
-    let mut child = Reaped(
-        vigil()
-            .arg("run")
-            .arg(&p)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = run_logged(&p, &log);
     wait_for("the RTSP server", Duration::from_secs(30), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });

@@ -124,16 +124,9 @@ impl DetectionHead {
             for n in 0..self.num {
                 let ([x, y, w, h], conf) = self.box_at(raw, cell, n);
                 let b = BoxInModel(Xyxy::from_center(x, y, w, h));
-                for c in 0..self.classes {
-                    let score = conf * probs[cell * self.classes + c];
-                    if score >= threshold {
-                        out.push(Candidate {
-                            box_in_model: b,
-                            class_id: c as u32,
-                            score,
-                        });
-                    }
-                }
+                super::push_classes(out, b, conf, self.classes, threshold, |c| {
+                    probs[cell * self.classes + c]
+                });
             }
         }
     }

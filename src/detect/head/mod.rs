@@ -97,3 +97,25 @@ impl Head {
         }
     }
 }
+
+/// Push one candidate per class whose score (`conf · class_prob(c)`) reaches `threshold`: the
+/// emission rule every head kind shares.
+pub(crate) fn push_classes(
+    out: &mut Vec<Candidate>,
+    box_in_model: BoxInModel,
+    conf: f32,
+    classes: usize,
+    threshold: f32,
+    class_prob: impl Fn(usize) -> f32,
+) {
+    for c in 0..classes {
+        let score = conf * class_prob(c);
+        if score >= threshold {
+            out.push(Candidate {
+                box_in_model,
+                class_id: c as u32,
+                score,
+            });
+        }
+    }
+}

@@ -218,16 +218,7 @@ impl RegionHead {
                     });
                     continue;
                 }
-                for c in 0..self.classes {
-                    let score = obj * x[cls + c * plane];
-                    if score >= threshold {
-                        out.push(Candidate {
-                            box_in_model: b,
-                            class_id: c as u32,
-                            score,
-                        });
-                    }
-                }
+                super::push_classes(out, b, obj, self.classes, threshold, |c| x[cls + c * plane]);
             }
         }
     }

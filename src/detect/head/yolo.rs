@@ -148,16 +148,7 @@ impl YoloHead {
                 }
                 let [x, y, w, h] = self.box_at(a, cell, grid, at);
                 let b = BoxInModel(Xyxy::from_center(x, y, w, h));
-                for c in 0..self.classes {
-                    let score = obj * act(at(5 + c));
-                    if score >= threshold {
-                        out.push(Candidate {
-                            box_in_model: b,
-                            class_id: c as u32,
-                            score,
-                        });
-                    }
-                }
+                super::push_classes(out, b, obj, self.classes, threshold, |c| act(at(5 + c)));
             }
         }
     }
