@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod config;
 pub mod detect;
+pub mod fault;
 pub mod frame;
 pub mod image_io;
 pub mod ingest;

@@ -37,6 +37,10 @@ enum Command {
         /// Leave wall-clock fields out of metadata so reruns give identical output.
         #[arg(long)]
         deterministic: bool,
+        /// After SIGINT/SIGTERM, how long stages and file outputs may take to drain; then what is
+        /// left is finalized as it is and vigil exits 1 naming what did not drain.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
     },
     /// Validate pipeline files: prints every problem as file:line:column: message.
     Check {
@@ -64,10 +68,11 @@ enum Command {
         /// How often the folder is checked for changed files.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         poll: std::time::Duration,
-        /// A pipeline with frames waiting and none coming out for this long is stuck (/healthz
-        /// fails, systemd's watchdog is no longer fed).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        stuck_after: std::time::Duration,
+        /// How long stopping (SIGTERM) or reloading a pipeline may take to drain; then what is
+        /// left is finalized as it is and the pipeline is reported as not drained. (A pipeline is
+        /// stuck when a stage stalls for its `queues.stall_timeout`.)
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
     },
     /// Detect objects in still images and print them.
     Detect {
@@ -200,7 +205,8 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Run {
             pipeline,
             deterministic,
-        } => run(&pipeline, deterministic),
+            drain_timeout,
+        } => run(&pipeline, deterministic, drain_timeout),
         Command::Check {
             mut files,
             config_dir,
@@ -219,13 +225,13 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             config_dir,
             http,
             poll,
-            stuck_after,
+            drain_timeout,
         } => {
             vigil::service::serve(vigil::service::ServeOptions {
                 config_dir,
                 http,
                 poll,
-                stuck_after,
+                drain_timeout,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -326,7 +332,7 @@ fn check(files: &[PathBuf], print_plan: bool) -> ExitCode {
     }
 }
 
-fn run(path: &Path, deterministic: bool) -> Result<ExitCode> {
+fn run(path: &Path, deterministic: bool, drain_timeout: std::time::Duration) -> Result<ExitCode> {
     let plan = match config::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -353,6 +359,7 @@ fn run(path: &Path, deterministic: bool) -> Result<ExitCode> {
         &stop,
         &RunOptions {
             deterministic,
+            drain_timeout,
             ..Default::default()
         },
     );

@@ -39,6 +39,8 @@ pub struct Plan {
     /// `vigil regress` tolerances.
     pub regress: crate::regress::Tolerances,
     pub queue_capacity: usize,
+    /// A stage with frames waiting and none taken for this long has stalled.
+    pub stall_timeout: std::time::Duration,
     /// Outputs, already expanded per source.
     pub outputs: Vec<OutputPlan>,
 }
@@ -161,6 +163,9 @@ impl OutputKind {
         }
     }
 }
+
+/// How long a stage may hold waiting frames without taking one before it counts as stalled.
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Broker of MQTT outputs when the file names none.
 const DEFAULT_MQTT_BROKER: &str = "127.0.0.1:1883";
@@ -537,6 +542,17 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         );
     }
 
+    let stall_timeout = match &spec.queues.stall_timeout {
+        Some(d) if d.value.0.is_zero() => {
+            c.at(
+                d.referenced,
+                "queues.stall_timeout must be longer than 0s".into(),
+            );
+            DEFAULT_STALL_TIMEOUT
+        }
+        Some(d) => d.value.0,
+        None => DEFAULT_STALL_TIMEOUT,
+    };
     let tracker = resolve_tracker(&mut c, spec.tracker.as_ref());
 
     // Outputs, expanded per source
@@ -751,6 +767,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             tracker,
             regress: crate::regress::Tolerances::from_spec(spec.regress.as_ref()),
             queue_capacity: cap.clamp(1, 4096),
+            stall_timeout,
             outputs,
         }),
         _ => Err(ConfigError {

@@ -296,6 +296,11 @@ pub struct QueueSpec {
     /// `block` (lossless; the default for files) or `drop_oldest` (bounded latency; the default for live streams).
     #[serde(default)]
     pub when_full: Option<WhenFull>,
+    /// A stage or output with frames waiting and none taken for this long has stalled: it is
+    /// reported by name and treated as failed (a stage ends the pipeline, an output stops alone);
+    /// `vigil serve`'s health calls the pipeline stuck. Default 30s.
+    #[serde(default)]
+    pub stall_timeout: Option<Spanned<super::units::HumanDuration>>,
 }
 
 impl Default for QueueSpec {
@@ -307,6 +312,7 @@ impl Default for QueueSpec {
                 serde_saphyr::Location::UNKNOWN,
             ),
             when_full: None,
+            stall_timeout: None,
         }
     }
 }

@@ -307,6 +307,7 @@ fn pull_all(
                 if src.state.get() != supervisor::SourceState::Running {
                     src.state.set(supervisor::SourceState::Running);
                 }
+                crate::fault::check("ingest", report.frames).map_err(stream_err)?;
                 let started = Instant::now();
                 let frame = to_frame(&sample, stream, report.frames).map_err(stream_err)?;
                 report.frames += 1;

@@ -147,7 +147,8 @@ impl Mp4Writer {
 
     /// Encode one frame (drawing its detections first if overlay is on).
     pub fn write(&mut self, frame: &Frame) -> Result<(), OutputError> {
-        let (w, h) = (frame.image.width, frame.image.height);
+        // x264 needs even sizes: odd frames are padded by one repeated column/row (overlay).
+        let (w, h) = super::overlay::even_size(frame.image.width, frame.image.height);
         // A camera that comes back at another size continues in a new file (`name-1.mp4`, …):
         // the finished one stays playable at its own size.
         if let Some(enc) = self.enc.take_if(|e| (e.width, e.height) != (w, h)) {
@@ -164,11 +165,12 @@ impl Mp4Writer {
         let Some(enc) = self.enc.as_mut() else {
             return Ok(());
         };
-        let pixels = super::overlay::frame_pixels(frame, &self.classes, self.settings.overlay)
+        let pixels = super::overlay::encoder_picture(frame, &self.classes, self.settings.overlay)
             .map_err(|x| OutputError::Encode {
                 path: self.current.display().to_string(),
                 message: x.to_string(),
-            })?;
+            })?
+            .bgr;
         // Timestamps start at zero; frames without a PTS follow the previous one.
         let pts = match (frame.pts_ns, enc.first_pts) {
             (Some(p), None) => {

@@ -183,13 +183,20 @@ impl MqttWriter {
     }
 
     /// End of stream: end open tracks, deliver for up to `drain`, stop. Returns records queued.
-    pub fn finish(mut self) -> Result<u64, OutputError> {
+    pub fn finish(self) -> Result<u64, OutputError> {
+        self.finish_by(None)
+    }
+
+    /// [`finish`](Self::finish), delivering for at most `drain` and never past `stop_by` (a stop
+    /// request's deadline): what is left is durable in the outbox, not lost.
+    pub fn finish_by(mut self, stop_by: Option<Instant>) -> Result<u64, OutputError> {
         if let Some(mut ev) = self.events.take() {
             for e in ev.finish(&self.pipeline, &self.source) {
                 self.append(&e)?;
             }
         }
-        *lock(&self.shared.deadline) = Some(Instant::now() + self.settings.drain);
+        let own = Instant::now() + self.settings.drain;
+        *lock(&self.shared.deadline) = Some(stop_by.map_or(own, |d| d.min(own)));
         self.shared.closing.store(true, Ordering::Relaxed);
         if let Some(d) = self.deliverer.take() {
             let _ = d.join();

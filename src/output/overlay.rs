@@ -39,6 +39,70 @@ pub fn frame_pixels(frame: &Frame, classes: &[String], overlay: bool) -> opencv:
     Ok(pixels)
 }
 
+/// A picture ready for an H.264 encoder: overlay drawn if asked, then padded to even width and
+/// height (x264 with 4:2:0 chroma needs both even) by repeating the last column and row — the
+/// source picture is kept whole, one pixel is added to an odd axis. x264 also refuses pictures
+/// under 16 pixels on an axis: slivers (98x2) are padded up to 16 the same way.
+#[derive(Debug)]
+pub struct EncoderPicture {
+    pub bgr: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// x264enc's smallest accepted width and height.
+const MIN_ENCODER_SIDE: u32 = 16;
+
+/// The size an encoder gets for a `width × height` frame: even, and at least 16 on each axis.
+pub fn even_size(width: u32, height: u32) -> (u32, u32) {
+    let side = |v: u32| (v + v % 2).max(MIN_ENCODER_SIDE);
+    (side(width), side(height))
+}
+
+pub fn encoder_picture(
+    frame: &Frame,
+    classes: &[String],
+    overlay: bool,
+) -> opencv::Result<EncoderPicture> {
+    let pixels = frame_pixels(frame, classes, overlay)?;
+    let (w, h) = (frame.image.width, frame.image.height);
+    let (ew, eh) = even_size(w, h);
+    if (ew, eh) == (w, h) {
+        return Ok(EncoderPicture {
+            bgr: pixels,
+            width: w,
+            height: h,
+        });
+    }
+    Ok(EncoderPicture {
+        bgr: pad_to(
+            &pixels,
+            (w as usize, h as usize),
+            (ew as usize, eh as usize),
+        ),
+        width: ew,
+        height: eh,
+    })
+}
+
+/// Copy a packed BGR picture of `from` size into one of `to` size (not smaller), repeating the
+/// last column and row into the added ones.
+fn pad_to(bgr: &[u8], from: (usize, usize), to: (usize, usize)) -> Vec<u8> {
+    let (row, new_row) = (from.0 * 3, to.0 * 3);
+    let mut out = Vec::with_capacity(new_row * to.1);
+    for y in 0..to.1 {
+        let src_y = y.min(from.1.saturating_sub(1));
+        let line = bgr.get(src_y * row..(src_y + 1) * row).unwrap_or(&[]);
+        out.extend_from_slice(line);
+        let last = line.get(row.saturating_sub(3)..).unwrap_or(&[0, 0, 0]);
+        while out.len() < (y + 1) * new_row {
+            out.extend_from_slice(last);
+        }
+        out.truncate((y + 1) * new_row);
+    }
+    out
+}
+
 /// Draw `detections` (and the `trails` of tracked ones) into `bgr` (`width × height`, tightly packed).
 pub fn draw(
     bgr: &mut [u8],
@@ -105,4 +169,27 @@ pub fn draw(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod pad_tests {
+    use super::*;
+
+    /// Odd sizes gain one repeated column / row; the source pixels stay where they were.
+    #[test]
+    fn odd_pictures_are_padded_by_repeating_the_edge() {
+        // 3x1: pixels (1,1,1) (2,2,2) (3,3,3)
+        let bgr = [1u8, 1, 1, 2, 2, 2, 3, 3, 3];
+        let out = pad_to(&bgr, (3, 1), (4, 2));
+        assert_eq!(
+            out,
+            [
+                1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3
+            ]
+        );
+        assert_eq!(even_size(720, 405), (720, 406));
+        assert_eq!(even_size(98, 2), (98, 16));
+        assert_eq!(even_size(16, 16), (16, 16));
+        assert_eq!(even_size(641, 481), (642, 482));
+    }
 }

@@ -204,7 +204,8 @@ impl RtspWriter {
     pub fn write(&mut self, frame: &Frame) -> Result<(), OutputError> {
         self.frames += 1;
         let mut g = lock(&self.watchers);
-        let (w, h) = (frame.image.width, frame.image.height);
+        // x264 needs even sizes: odd frames are padded by one repeated column/row (overlay).
+        let (w, h) = super::overlay::even_size(frame.image.width, frame.image.height);
         let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Bgr, w, h)
             .fps(gst::Fraction::new(0, 1))
             .build()
@@ -221,11 +222,12 @@ impl RtspWriter {
         if g.srcs.is_empty() {
             return Ok(());
         }
-        let data = super::overlay::frame_pixels(frame, &self.classes, self.settings.overlay)
+        let data = super::overlay::encoder_picture(frame, &self.classes, self.settings.overlay)
             .map_err(|m| OutputError::Encode {
                 path: self.settings.url(),
                 message: m.to_string(),
-            })?;
+            })?
+            .bgr;
         let buffer = gst::Buffer::from_mut_slice(data);
         // A watcher that went away makes push fail (flushing): it is removed by `unprepared`.
         g.srcs.retain(|s| s.push_buffer(buffer.clone()).is_ok());

@@ -2,20 +2,86 @@
 //! source (frames in/processed, reconnects, state, latency) and per output. Everything is atomics
 //! behind `Arc`s, written by the stages and read at any time by `/metrics` and `/pipelines`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::ingest::supervisor::StateCell;
 use crate::runtime::edge::EdgeStats;
 
+/// Where a stage (or an output) is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    Running,
+    /// Drained and ended.
+    Finished,
+    /// Returned an error or panicked; see its error.
+    Failed,
+    /// Made no progress for `queues.stall_timeout` with work waiting; given up on.
+    Stalled,
+}
+
+impl StageState {
+    pub const ALL: [StageState; 4] = [
+        StageState::Running,
+        StageState::Finished,
+        StageState::Failed,
+        StageState::Stalled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Stalled => "stalled",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(Self::Failed)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct StageStats {
     pub frames: AtomicU64,
     pub busy_ns: AtomicU64,
+    /// A [`StageState`] (0 = running).
+    state: AtomicU8,
+    /// Why it failed or stalled.
+    error: Mutex<Option<String>>,
 }
 
 impl StageStats {
+    pub fn state(&self) -> StageState {
+        StageState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, s: StageState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_error(&self, e: String) {
+        *lock(&self.error) = Some(e);
+    }
+
+    /// Failed with `e` (a stalled stage stays stalled).
+    pub fn fail(&self, e: String) {
+        if self.state() != StageState::Stalled {
+            self.set_state(StageState::Failed);
+        }
+        self.set_error(e);
+    }
+
+    pub fn error(&self) -> Option<String> {
+        lock(&self.error).clone()
+    }
+
     pub fn record(&self, took: Duration) {
         self.frames.fetch_add(1, Ordering::Relaxed);
         self.busy_ns
@@ -106,6 +172,9 @@ impl LatencyHistogram {
         Some(LATENCY_BUCKETS as u64)
     }
 }
+
+/// Stage names of outputs start with this (`output mp4 out/cam.mp4`).
+pub const OUTPUT_STAGE_PREFIX: &str = "output ";
 
 /// Live counters of one source.
 #[derive(Debug)]
@@ -205,6 +274,28 @@ impl PipelineMetrics {
             .iter()
             .map(|s| s.processed.frames.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Stages and outputs that have stalled (see `runtime::supervise`).
+    pub fn stalled(&self) -> Vec<String> {
+        lock(&self.stages)
+            .iter()
+            .filter(|(_, s)| s.state() == StageState::Stalled)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Outputs that failed or stalled, with why: `(output, error)`.
+    pub fn failed_outputs(&self) -> Vec<(String, String)> {
+        lock(&self.stages)
+            .iter()
+            .filter(|(n, s)| {
+                n.starts_with(OUTPUT_STAGE_PREFIX)
+                    && s.state() != StageState::Running
+                    && s.state() != StageState::Finished
+            })
+            .map(|(n, s)| (n.clone(), s.error().unwrap_or_default()))
+            .collect()
     }
 
     /// Frames decoded but not (yet) through tracking: in queues or in a stage.

@@ -3,5 +3,7 @@
 pub mod edge;
 pub mod metrics;
 pub mod pipeline;
+pub mod stages;
+pub mod supervise;
 
 pub use pipeline::{RunOptions, RunReport, run};

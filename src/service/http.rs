@@ -2,7 +2,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/healthz` | 200 `ok`, or 503 naming the pipelines that make no progress |
+//! | `/healthz` | 200 `ok`, or 503 naming stalled stages and failed outputs |
 //! | `/readyz` | 200 once every pipeline file has been started, 503 before and while stopping |
 //! | `/metrics` | Prometheus text format (see `prom`) |
 //! | `/pipelines` | JSON: each pipeline file, its state, config hash, sources and counters |
@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::{PipelineState, ServeError, Service};
-use crate::runtime::metrics::lock;
+use crate::runtime::metrics::{OUTPUT_STAGE_PREFIX, PipelineMetrics, StageState, lock};
 
 /// The running HTTP server; `stop` ends its thread.
 pub struct HttpServer {
@@ -64,24 +64,30 @@ fn header(k: &str, v: &str) -> Option<tiny_http::Header> {
     tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok()
 }
 
+/// 200 `ok`; 503 naming stalled stages and failed outputs of running pipelines.
+fn healthz(service: &Service) -> (u16, &'static str, String) {
+    let stuck = service.stuck();
+    let failed = service.failed_outputs();
+    if stuck.is_empty() && failed.is_empty() {
+        return (200, "text/plain", "ok\n".to_string());
+    }
+    let mut body = String::new();
+    for s in stuck {
+        body.push_str(&format!("no progress: {s}\n"));
+    }
+    for f in failed {
+        body.push_str(&format!("output failed: {f}\n"));
+    }
+    (503, "text/plain", body)
+}
+
 fn handle(service: &Service, req: tiny_http::Request) {
     let path = req.url().split('?').next().unwrap_or("").to_string();
     let (code, ctype, body) = if *req.method() != tiny_http::Method::Get {
         (405, "text/plain", "only GET\n".to_string())
     } else {
         match path.as_str() {
-            "/healthz" => {
-                let stuck = service.stuck();
-                if stuck.is_empty() {
-                    (200, "text/plain", "ok\n".to_string())
-                } else {
-                    (
-                        503,
-                        "text/plain",
-                        format!("no progress: {}\n", stuck.join(", ")),
-                    )
-                }
-            }
+            "/healthz" => healthz(service),
             "/readyz" => {
                 if service.ready.load(Ordering::Relaxed)
                     && !service.stopping.load(Ordering::Relaxed)
@@ -131,7 +137,16 @@ pub struct PipelineStatus {
     pub reload_error: Option<String>,
     pub model: Option<String>,
     pub sources: Vec<SourceStatus>,
-    pub outputs: Vec<String>,
+    pub outputs: Vec<OutputStatus>,
+}
+
+/// One output of a pipeline as it runs (or ran).
+#[derive(Debug, Serialize)]
+pub struct OutputStatus {
+    pub output: String,
+    pub state: StageState,
+    pub frames: u64,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,11 +188,22 @@ pub fn status(service: &Service) -> Vec<PipelineStatus> {
                     reconnects: s.reconnects.load(Ordering::Relaxed),
                 })
                 .collect(),
-            outputs: e
-                .plan
-                .as_ref()
-                .map(|p| p.outputs.iter().map(|o| o.kind.describe()).collect())
-                .unwrap_or_default(),
+            outputs: output_status(&e.metrics),
+        })
+        .collect()
+}
+
+/// The outputs of a pipeline from its live stage counters.
+fn output_status(m: &PipelineMetrics) -> Vec<OutputStatus> {
+    lock(&m.stages)
+        .iter()
+        .filter_map(|(name, st)| {
+            Some(OutputStatus {
+                output: name.strip_prefix(OUTPUT_STAGE_PREFIX)?.to_string(),
+                state: st.state(),
+                frames: st.frames.load(Ordering::Relaxed),
+                error: st.error(),
+            })
         })
         .collect()
 }

@@ -7,11 +7,13 @@
 //!   errors and whatever ran from it keeps running untouched; a good changed file restarts only its
 //!   own pipeline (the old one drains and finalizes its outputs first); a removed file stops its
 //!   pipeline.
-//! - Health: a pipeline is stuck when frames wait inside it and none came out for `stuck_after`.
-//!   systemd's watchdog is fed only while no pipeline is stuck; `/healthz` says the same.
-//! - Stop (SIGTERM/SIGINT): every pipeline drains and finalizes; a second signal exits at once.
+//! - Health: a pipeline is stuck when one of its stages or outputs has stalled (frames wait on it
+//!   and it took none for the pipeline's `queues.stall_timeout`, the runtime's own definition).
+//!   systemd's watchdog is fed only while no pipeline is stuck; `/healthz` says the same, and also
+//!   fails while an output of a running pipeline has failed.
+//! - Stop (SIGTERM/SIGINT): every pipeline drains and finalizes within `drain_timeout`; a second
+//!   signal exits at once.
 
-pub mod health;
 pub mod http;
 pub mod prom;
 
@@ -37,8 +39,8 @@ pub struct ServeOptions {
     pub http: SocketAddr,
     /// How often the folder is checked for changed files.
     pub poll: Duration,
-    /// A pipeline with frames inside and none out for this long is stuck.
-    pub stuck_after: Duration,
+    /// How long stopping or reloading one pipeline may take to drain (see `RunOptions`).
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +88,6 @@ pub struct Entry {
     pub rejected_sha256: Option<String>,
     /// Times this file was (re)started.
     pub starts: u64,
-    pub health: health::Progress,
 }
 
 /// The pipelines of a `vigil serve`, shared with the HTTP endpoints.
@@ -193,7 +194,6 @@ impl Service {
                         reload_error: None,
                         rejected_sha256: None,
                         starts: 0,
-                        health: health::Progress::default(),
                     });
                     if e.state == PipelineState::Rejected {
                         e.error = Some(text.clone());
@@ -228,7 +228,7 @@ impl Service {
                             }
                         }
                     }
-                    let mut e = start(file.clone(), sha, plan);
+                    let mut e = start(file.clone(), sha, plan, self.opts.drain_timeout);
                     e.starts = starts + 1;
                     lock(&self.entries).insert(file, e);
                 }
@@ -249,18 +249,30 @@ impl Service {
         }
     }
 
-    /// Pipelines with frames inside and none out for `stuck_after`.
+    /// Running pipelines with a stalled stage or output (`queues.stall_timeout`, the runtime's
+    /// definition), as `pipeline: stage, …`.
     pub fn stuck(&self) -> Vec<String> {
-        let now = Instant::now();
-        let mut entries = lock(&self.entries);
-        entries
-            .values_mut()
+        lock(&self.entries)
+            .values()
             .filter(|e| e.state == PipelineState::Running)
             .filter_map(|e| {
-                let m = &e.metrics;
-                e.health
-                    .observe(m.processed(), m.in_flight(), now, self.opts.stuck_after)
-                    .then(|| e.name.clone())
+                let stalled = e.metrics.stalled();
+                (!stalled.is_empty()).then(|| format!("{}: {}", e.name, stalled.join(", ")))
+            })
+            .collect()
+    }
+
+    /// Outputs of running pipelines that failed or stalled: `pipeline: output: error`.
+    pub fn failed_outputs(&self) -> Vec<String> {
+        lock(&self.entries)
+            .values()
+            .filter(|e| e.state == PipelineState::Running)
+            .flat_map(|e| {
+                e.metrics
+                    .failed_outputs()
+                    .into_iter()
+                    .map(|(o, err)| format!("{}: {o}: {err}", e.name))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -279,7 +291,7 @@ impl Service {
 }
 
 /// Start the pipeline of `plan` on its own thread.
-fn start(file: PathBuf, sha: String, plan: Plan) -> Entry {
+fn start(file: PathBuf, sha: String, plan: Plan, drain_timeout: Duration) -> Entry {
     let plan = Arc::new(plan);
     let metrics = Arc::new(PipelineMetrics::for_plan(&plan));
     let stop = Arc::new(AtomicBool::new(false));
@@ -297,6 +309,7 @@ fn start(file: PathBuf, sha: String, plan: Plan) -> Entry {
                 &RunOptions {
                     deterministic: false,
                     keep_existing: true,
+                    drain_timeout,
                 },
                 &m,
             ))
@@ -323,7 +336,6 @@ fn start(file: PathBuf, sha: String, plan: Plan) -> Entry {
         reload_error: None,
         rejected_sha256: None,
         starts: 1,
-        health: health::Progress::default(),
     }
 }
 

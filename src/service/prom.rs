@@ -12,6 +12,7 @@
 //! | `vigil_capture_to_output_seconds` | pipeline, source | histogram |
 //! | `vigil_stage_frames_total`, `vigil_stage_busy_seconds_total` | pipeline, stage | counter |
 //! | `vigil_stage_seconds_per_frame` | pipeline, stage | gauge (mean) |
+//! | `vigil_stage_state` | pipeline, stage, state | gauge (1 for the current state; outputs are stages `output …`) |
 //! | `vigil_edge_depth` | pipeline, edge | gauge |
 //! | `vigil_edge_sent_total`, `vigil_edge_dropped_total` | pipeline, edge | counter |
 //! | `vigil_detector_seconds` | pipeline | histogram (per frame) |
@@ -28,7 +29,7 @@ use prometheus_client::registry::Registry;
 
 use super::{PipelineState, Service};
 use crate::ingest::supervisor::SourceState;
-use crate::runtime::metrics::{LatencyHistogram, OutputStats, PipelineMetrics, lock};
+use crate::runtime::metrics::{LatencyHistogram, OutputStats, PipelineMetrics, StageState, lock};
 
 type Labels = Vec<(String, String)>;
 
@@ -98,6 +99,7 @@ impl Collector for Snapshot {
         let mut stage_frames = Vec::new();
         let mut stage_busy = Vec::new();
         let mut stage_mean = Vec::new();
+        let mut stage_state = Vec::new();
         let mut depth = Vec::new();
         let mut sent = Vec::new();
         let mut edge_dropped = Vec::new();
@@ -130,7 +132,13 @@ impl Collector for Snapshot {
                 ];
                 stage_frames.push((l.clone(), st.frames.load(Ordering::Relaxed)));
                 stage_busy.push((l.clone(), st.busy_ns.load(Ordering::Relaxed) as f64 / 1e9));
-                stage_mean.push((l, st.mean_ms() / 1e3));
+                stage_mean.push((l.clone(), st.mean_ms() / 1e3));
+                let now = st.state();
+                for state in StageState::ALL {
+                    let mut l = l.clone();
+                    l.push(("state".into(), state.as_str().into()));
+                    stage_state.push((l, f64::from(u8::from(state == now))));
+                }
             }
             for (name, st) in lock(&m.edges).iter() {
                 let l = vec![
@@ -220,6 +228,12 @@ impl Collector for Snapshot {
             "vigil_stage_seconds_per_frame",
             "Mean time per frame of a stage",
             &stage_mean,
+        )?;
+        gauge(
+            &mut enc,
+            "vigil_stage_state",
+            "1 for the stage's (or output's) current state: running, finished, failed, stalled",
+            &stage_state,
         )?;
         gauge(
             &mut enc,

@@ -1,0 +1,324 @@
+//! The work of each inner stage and output thread. Each returns when its input ends (end of
+//! stream, or the edge closed) or on its first error; returning drops its edges, which is how its
+//! neighbours learn of it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::plan::OutputKind;
+use crate::config::spec::Resize;
+use crate::detect::{Detector, PostParams};
+use crate::frame::{Frame, Msg, StreamId};
+use crate::output::jsonl::JsonlWriter;
+use crate::output::mp4::{Mp4Settings, Mp4Writer};
+use crate::output::mqtt::MqttWriter;
+use crate::output::record::Record;
+use crate::output::rtsp::RtspWriter;
+use crate::preprocess::{self, ModelInput};
+use crate::runtime::edge::{EdgeRx, EdgeTx};
+use crate::runtime::metrics::{MqttStats, OutputStats, PipelineMetrics, StageStats};
+
+/// A frame and its network input (`None` when `detector.every` skips it).
+pub type Prepared = (Frame, Option<ModelInput>);
+
+/// What the preprocess stage of one source does to each frame.
+#[derive(Debug, Clone, Copy)]
+pub struct PreprocessSettings {
+    /// The network's input size `(width, height)`.
+    pub model: (u32, u32),
+    pub resize: Resize,
+    /// Only every `every`-th frame goes to the detector.
+    pub every: u32,
+}
+
+pub fn preprocess_stage(
+    rx: &EdgeRx<Frame>,
+    tx: &EdgeTx<Prepared>,
+    settings: PreprocessSettings,
+    stats: &StageStats,
+) -> Result<(), String> {
+    while let Ok(msg) = rx.recv() {
+        let out = match msg {
+            Msg::Item(frame) if !frame.seq.is_multiple_of(u64::from(settings.every)) => {
+                Msg::Item((frame, None))
+            }
+            Msg::Item(frame) => {
+                crate::fault::check("preprocess", frame.seq)?;
+                let t = Instant::now();
+                let input = preprocess::prepare(&frame.image, settings.model, settings.resize)
+                    .map_err(|e| format!("frame {}: {e}", frame.seq))?;
+                stats.record(t.elapsed());
+                Msg::Item((frame, Some(input)))
+            }
+            Msg::Eos(s) => Msg::Eos(s),
+        };
+        if tx.send(out).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The detector stage's wiring.
+pub struct DetectWiring {
+    pub rx: EdgeRx<Prepared>,
+    /// The track stage of each stream.
+    pub post: HashMap<StreamId, EdgeTx<Frame>>,
+    pub params: HashMap<StreamId, PostParams>,
+    pub max_batch: usize,
+    pub stats: Arc<StageStats>,
+    pub metrics: Arc<PipelineMetrics>,
+}
+
+pub fn detect_stage(w: DetectWiring, detector: &dyn Detector) -> Result<(), String> {
+    let mut open_streams = w.post.len();
+    // Decode at the lowest threshold any source asks for; each frame is then filtered by its own.
+    let threshold = w
+        .params
+        .values()
+        .map(|p| p.confidence)
+        .fold(1.0f32, f32::min);
+    let mut batch: Vec<Prepared> = Vec::with_capacity(w.max_batch);
+    let mut eos: Vec<StreamId> = Vec::new();
+    while open_streams > 0 {
+        let Ok(first) = w.rx.recv() else { break };
+        // Take whatever else is already waiting, up to the batch size; never wait for more.
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Item(p) => batch.push(p),
+                Msg::Eos(s) => eos.push(s),
+            }
+            if batch.len() < w.max_batch && eos.is_empty() {
+                next = w.rx.try_recv();
+            }
+        }
+        if !batch.is_empty() {
+            detect_batch(&w, detector, threshold, &mut batch)?;
+        }
+        for s in eos.drain(..) {
+            open_streams = open_streams.saturating_sub(1);
+            if let Some(tx) = w.post.get(&s) {
+                let _ = tx.send(Msg::Eos(s));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn detect_batch(
+    w: &DetectWiring,
+    detector: &dyn Detector,
+    threshold: f32,
+    batch: &mut Vec<Prepared>,
+) -> Result<(), String> {
+    for (frame, input) in batch.iter() {
+        if input.is_some() {
+            crate::fault::check("detect", frame.seq)?;
+        }
+    }
+    let t = Instant::now();
+    let inputs: Vec<&ModelInput> = batch.iter().filter_map(|(_, i)| i.as_ref()).collect();
+    let mut cands = detector
+        .infer(&inputs, threshold)
+        .map_err(|e| format!("detector: {e}"))?
+        .into_iter();
+    let per_frame = t.elapsed() / inputs.len().max(1) as u32;
+    drop(inputs);
+    // Frames keep their order; skipped ones pass through undetected.
+    for (mut frame, input) in batch.drain(..) {
+        if let Some(input) = input {
+            let c = cands.next().unwrap_or_default();
+            if let Some(p) = w.params.get(&frame.stream) {
+                frame.detections = crate::detect::postprocess(c, p, &input);
+            }
+            frame.detected = true;
+            w.stats.record(per_frame);
+            w.metrics.detector.record(per_frame);
+        }
+        tracing::trace!(target: "vigil::detect", source = %frame.stream, seq = frame.seq, n = frame.detections.len(), "detected");
+        // A stream whose track stage has failed is gone; the others go on.
+        if let Some(tx) = w.post.get(&frame.stream) {
+            let _ = tx.send(Msg::Item(frame));
+        }
+    }
+    Ok(())
+}
+
+/// The track stage of one stream.
+pub struct PostWiring {
+    pub rx: EdgeRx<Frame>,
+    /// `(output name, its edge)`.
+    pub outputs: Vec<(String, EdgeTx<Frame>)>,
+    pub tracker: Option<crate::track::TrackerKind>,
+    pub every: u32,
+    pub stats: Arc<StageStats>,
+    pub source: Arc<crate::runtime::metrics::SourceMetrics>,
+}
+
+/// Tracking and fan-out of one stream: IDs and trails onto the frame, then a copy to every output.
+/// An output that has failed is left out from then on; the others go on.
+pub fn post_stage(w: PostWiring) -> Result<(), String> {
+    let mut tracker = w.tracker.as_ref().map(crate::track::build);
+    let mut trails = crate::track::trails::Trails::default();
+    let mut since_detection = 0u64;
+    let mut outputs = w.outputs;
+    while let Ok(msg) = w.rx.recv() {
+        let mut frame = match msg {
+            Msg::Item(f) => f,
+            Msg::Eos(s) => {
+                for (_, o) in &outputs {
+                    let _ = o.send(Msg::Eos(s.clone()));
+                }
+                break;
+            }
+        };
+        crate::fault::check("track", frame.seq)?;
+        let t = Instant::now();
+        if let Some(tr) = tracker.as_deref_mut() {
+            if frame.detected {
+                since_detection = 0;
+                crate::track::assign_ids(tr, &mut frame.detections);
+            } else {
+                // detector.every: the tracker says where its tracks are now
+                since_detection += 1;
+                frame.detections = crate::track::predicted_detections(
+                    tr,
+                    since_detection as f64 / f64::from(w.every),
+                );
+            }
+            frame.trails = trails.update(&frame.detections);
+        }
+        w.stats.record(t.elapsed());
+        w.source.latency.record(frame.ingested.elapsed());
+        tracing::trace!(target: "vigil::track", source = %frame.stream, seq = frame.seq, "tracked");
+        outputs.retain(|(name, o)| {
+            let alive = o.send(Msg::Item(frame.clone())).is_ok();
+            if !alive {
+                tracing::debug!(target: "vigil::runtime", output = %name, "output has stopped: no more frames to it");
+            }
+            alive
+        });
+    }
+    Ok(())
+}
+
+/// What every output of a source needs besides its own settings.
+pub struct OutputContext {
+    pub classes: Vec<String>,
+    pub pipeline: String,
+    pub source: String,
+    pub deterministic: bool,
+    pub keep_existing: bool,
+    pub metrics: Arc<PipelineMetrics>,
+    /// When a stop request must be done draining (outputs that wait on a peer stop there).
+    pub drain_deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+enum Writer {
+    Mp4(Mp4Writer),
+    Jsonl(JsonlWriter),
+    Mqtt(MqttWriter),
+    Rtsp(RtspWriter),
+}
+
+impl Writer {
+    fn open(kind: OutputKind, ctx: &OutputContext) -> Result<Self, String> {
+        let desc = kind.describe();
+        match kind {
+            OutputKind::Mp4 {
+                path,
+                overlay,
+                preset,
+                bitrate_kbps,
+            } => Mp4Writer::new(
+                Mp4Settings {
+                    path,
+                    overlay,
+                    preset,
+                    bitrate_kbps,
+                },
+                ctx.classes.clone(),
+                ctx.keep_existing,
+            )
+            .map(Writer::Mp4),
+            OutputKind::Jsonl { path } => {
+                JsonlWriter::create(&path, ctx.keep_existing).map(Writer::Jsonl)
+            }
+            OutputKind::Mqtt(settings) => {
+                let st = Arc::new(MqttStats::default());
+                ctx.metrics.add_output(desc, OutputStats::Mqtt(st.clone()));
+                MqttWriter::start(settings, &ctx.pipeline, &ctx.source, st).map(Writer::Mqtt)
+            }
+            OutputKind::Rtsp(settings) => {
+                RtspWriter::start(settings, ctx.classes.clone()).map(Writer::Rtsp)
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// The name `VIGIL_FAULT` uses for this output kind.
+    fn fault_name(&self) -> &'static str {
+        match self {
+            Writer::Mp4(_) => "mp4",
+            Writer::Jsonl(_) => "jsonl",
+            Writer::Mqtt(_) => "mqtt",
+            Writer::Rtsp(_) => "rtsp",
+        }
+    }
+
+    fn write(&mut self, frame: &Frame, ctx: &OutputContext) -> Result<(), String> {
+        crate::fault::check(self.fault_name(), frame.seq)?;
+        let record = || Record::of(frame, &ctx.pipeline, &ctx.classes, !ctx.deterministic);
+        match self {
+            Writer::Mp4(m) => m.write(frame),
+            Writer::Jsonl(j) => j.write(&record()),
+            Writer::Mqtt(q) => q.write(&record()),
+            Writer::Rtsp(r) => r.write(frame),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn finish(self, ctx: &OutputContext) -> Result<u64, String> {
+        match self {
+            Writer::Mp4(m) => m.finish(),
+            Writer::Jsonl(j) => j.finish(),
+            Writer::Mqtt(q) => q.finish_by(*crate::runtime::metrics::lock(&ctx.drain_deadline)),
+            Writer::Rtsp(r) => r.finish(),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// One output: open it, write every frame until the stream ends, finalize. On the first error the
+/// output finalizes what it has (an MP4 stays playable up to there) and reports the error; its
+/// edge closes, so the track stage leaves it out from then on.
+pub fn output_stage(
+    rx: &EdgeRx<Frame>,
+    kind: OutputKind,
+    ctx: &OutputContext,
+    stats: &StageStats,
+) -> Result<u64, String> {
+    let desc = kind.describe();
+    let mut writer = Writer::open(kind, ctx)?;
+    let mut failed = None;
+    while let Ok(Msg::Item(frame)) = rx.recv() {
+        let t = Instant::now();
+        if let Err(e) = writer.write(&frame, ctx) {
+            failed = Some(e);
+            break;
+        }
+        stats.record(t.elapsed());
+    }
+    let finished = writer.finish(ctx);
+    if let Some(e) = failed {
+        return Err(match finished {
+            Ok(n) => format!("{e} ({n} frames written before it)"),
+            Err(f) => format!("{e}; finalizing: {f}"),
+        });
+    }
+    let n = finished?;
+    tracing::debug!(target: "vigil::output", output = %desc, frames = n, "finished");
+    Ok(n)
+}
