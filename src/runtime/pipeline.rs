@@ -293,7 +293,7 @@ impl SourceThreads<'_> {
             .add_stage(format!("ingest[{}]", s.id), stats.clone());
         let stop = self.stop.clone();
         let slot = Slot::new(
-            format!("ingest[{}]", s.id),
+            format!("source `{}` (ingest)", s.id),
             Role::Ingest,
             stats.clone(),
             None,

@@ -305,7 +305,8 @@ pub fn output_stage(
     let mut failed = None;
     while let Ok(Msg::Item(frame)) = rx.recv() {
         let t = Instant::now();
-        if let Err(e) = writer.write(&frame, ctx) {
+        // A panic in a writer is its failure like an error: the file is still finalized.
+        if let Err(e) = crate::runtime::supervise::guarded(|| writer.write(&frame, ctx)) {
             failed = Some(e);
             break;
         }

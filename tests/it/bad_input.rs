@@ -80,3 +80,110 @@ fn silent_live_source_is_reported_stalled() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }
+
+/// Damaged and non-video files, all in one pipeline: each source ends by itself — with a message
+/// naming it, or after decoding what it could — JSONL holds whole lines only, nothing panics, and
+/// the run ends well within a minute.
+#[test]
+fn damaged_and_non_video_files_each_end_with_a_clear_message() {
+    use super::common::{generated_video, output_within};
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = std::fs::read(generated_video(d, 320, 240, 20)).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let mut flipped_body = good.clone();
+    for i in (good.len() / 4..good.len()).step_by(97) {
+        flipped_body[i] ^= 0x5a;
+    }
+    let mut flipped_head = good.clone();
+    for b in flipped_head.iter_mut().take(64).skip(4) {
+        *b ^= 0xff;
+    }
+    let wav = d.join("tone.wav");
+    let (o, _) = output_within(
+        std::process::Command::new("gst-launch-1.0").args([
+            "-q",
+            "audiotestsrc",
+            "num-buffers=20",
+            "!",
+            "wavenc",
+            "!",
+            "filesink",
+            &format!("location={}", wav.display()),
+        ]),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(o.status.success());
+    let files: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("empty", "mp4", Vec::new()),
+        ("random", "mp4", random(64 * 1024)),
+        ("zeros", "avi", vec![0; 1 << 20]),
+        ("audio", "mp4", std::fs::read(&wav).unwrap()),
+        (
+            "jpeg",
+            "mp4",
+            std::fs::read(asset("images/dog.jpg")).unwrap(),
+        ),
+        (
+            "text",
+            "mkv",
+            b"<html><body>not a video</body></html>\n".to_vec(),
+        ),
+        ("truncated", "mp4", good[..good.len() / 2].to_vec()),
+        ("headonly", "mp4", good[..1024.min(good.len())].to_vec()),
+        ("flipbody", "mp4", flipped_body),
+        ("fliphead", "mp4", flipped_head),
+        (
+            "cutavi",
+            "avi",
+            std::fs::read(asset("vtest.avi")).unwrap()[..300_000].to_vec(),
+        ),
+    ];
+    let mut sources = Vec::new();
+    for (id, ext, bytes) in &files {
+        let p = d.join(format!("{id}.{ext}"));
+        std::fs::write(&p, bytes).unwrap();
+        sources.push((*id, p));
+    }
+    let refs: Vec<(&str, &std::path::Path)> =
+        sources.iter().map(|(i, p)| (*i, p.as_path())).collect();
+    let p = pipeline(d, &refs, "");
+    let (out, took) = output_within(
+        vigil().arg("run").arg(&p),
+        std::time::Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for (id, _) in &sources {
+        let jsonl = d.join(format!("out/{id}.jsonl"));
+        let decoded = if jsonl.exists() {
+            records(&jsonl).len()
+        } else {
+            0
+        };
+        let named = stderr.contains(&format!("error: source `{id}`:"));
+        assert!(
+            named || decoded > 0,
+            "{id}: neither an error naming it nor frames:\n{stderr}"
+        );
+    }
+    for id in ["empty", "random", "zeros", "audio", "text"] {
+        assert!(
+            stderr.contains(&format!("error: source `{id}`:")),
+            "{id}:\n{stderr}"
+        );
+    }
+}

@@ -120,3 +120,68 @@ pub fn records(path: &Path) -> Vec<vigil::output::record::Record> {
         })
         .collect()
 }
+
+/// Run `cmd` to its end, or kill it and fail the test after `limit`: a hang fails, never blocks CI.
+/// Returns its output and how long it ran.
+pub fn output_within(
+    cmd: &mut Command,
+    limit: std::time::Duration,
+) -> (std::process::Output, std::time::Duration) {
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => (out.unwrap(), started.elapsed()),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let out = rx.recv().unwrap().unwrap();
+            panic!(
+                "still running after {limit:?}: killed. stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A short H.264 MP4 of `frames` frames of `width × height` from GStreamer's test source (a moving
+/// ball, so the detector has something to look at), or raw I420 in Matroska where x264 cannot
+/// take the size (under 16 pixels on an axis).
+pub fn generated_video(dir: &Path, width: u32, height: u32, frames: u32) -> PathBuf {
+    let raw = width < 16 || height < 16;
+    let path = dir.join(format!(
+        "gen-{width}x{height}.{}",
+        if raw { "mkv" } else { "mp4" }
+    ));
+    // x264 takes odd sizes only without chroma subsampling: it negotiates 4:4:4 by itself
+    let (format, tail) = if raw {
+        ("format=I420,", "! matroskamux")
+    } else {
+        ("", "! x264enc speed-preset=ultrafast ! mp4mux")
+    };
+    let line = format!(
+        "gst-launch-1.0 -q videotestsrc pattern=ball num-buffers={frames} ! video/x-raw,{format}width={width},height={height},framerate=10/1 {tail} ! filesink location={}",
+        path.display()
+    );
+    let (out, _) = output_within(
+        Command::new("sh").arg("-c").arg(&line),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}

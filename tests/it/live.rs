@@ -380,10 +380,15 @@ fn killing_one_camera_leaves_the_others_alone() {
     );
 }
 
-/// A 30 fps camera on a detector that manages ~10 fps for 2 minutes: the first edge drops the
-/// oldest frames (counted), so capture→metadata latency stays bounded instead of growing.
+/// A 30 fps camera on a detector that manages ~10 fps for a minute: the first edge drops the
+/// oldest frames (counted), so latency stays bounded instead of growing. Asserted as the design
+/// guarantees it, not in wall-clock terms that a loaded machine breaks: every decoded frame is
+/// either processed or counted as dropped, and a frame's capture→metadata latency is at most the
+/// frames that can be ahead of it (two queues of `capacity`, one frame in each stage) times the
+/// detector's own time per frame measured in the same run.
 #[test]
 fn latency_stays_bounded_when_the_detector_is_slower_than_the_camera() {
+    const CAPACITY: u64 = 2;
     let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("fast.yaml");
@@ -391,7 +396,7 @@ fn latency_stays_bounded_when_the_detector_is_slower_than_the_camera() {
         &p,
         format!(
             "name: fast\nsources:\n  - id: fast\n    uri: test:ball?width=640&height=480&fps=30\n\
-             detector:\n  model: {}\nqueues:\n  capacity: 2\noutputs:\n  - kind: jsonl\n    path: out/{{source}}.jsonl\n",
+             detector:\n  model: {}\nqueues:\n  capacity: {CAPACITY}\noutputs:\n  - kind: jsonl\n    path: out/{{source}}.jsonl\n",
             model().display()
         ),
     )
@@ -402,7 +407,7 @@ fn latency_stays_bounded_when_the_detector_is_slower_than_the_camera() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(60));
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -411,25 +416,46 @@ fn latency_stays_bounded_when_the_detector_is_slower_than_the_camera() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let recs = records(&dir.path().join("out/fast.jsonl"));
-    assert!(recs.len() > 200, "only {} frames processed", recs.len());
-    let p99 = |rs: &[vigil::output::record::Record]| {
-        let mut v: Vec<f32> = rs.iter().filter_map(|r| r.latency_ms).collect();
-        v.sort_by(f32::total_cmp);
-        v[((v.len() as f32 * 0.99) as usize).min(v.len() - 1)]
+    assert!(recs.len() > 100, "only {} frames processed", recs.len());
+    // every decoded frame is accounted for: processed or dropped (counted) on the first edge
+    let number = |prefix: &str, after: &str| -> u64 {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {stderr}"));
+        let rest = &line[line.find(after).map_or(0, |i| i + after.len())..];
+        rest.split(|c: char| !c.is_ascii_digit() && c != '.')
+            .find(|t| !t.is_empty())
+            .and_then(|t| t.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no number after `{after}` in {line}")) as u64
     };
-    let third = recs.len() / 3;
-    let (early, late) = (p99(&recs[..third]), p99(&recs[2 * third..]));
-    assert!(
-        late <= early * 1.5 + 100.0,
-        "p99 latency grew from {early} ms to {late} ms"
+    let decoded = number("stage ingest[fast]:", "stage ingest[fast]:");
+    let dropped = number("edge ingest→preprocess[fast]:", "sent, ");
+    assert!(dropped > 0, "no frames were dropped: {stderr}");
+    assert_eq!(
+        decoded,
+        dropped + recs.len() as u64,
+        "decoded = dropped + processed: {stderr}"
     );
-    assert!(late < 2000.0, "p99 latency {late} ms");
-    // frames were dropped, and counted, rather than queued
+    // latency in detector times: at most 2 queues + 1 frame per stage ahead of any frame
+    let detect_line = stderr
+        .lines()
+        .find(|l| l.contains("stage detect:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let detect_ms: f32 = detect_line
+        .split("frames, ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{detect_line}"));
+    let ahead = (2 * CAPACITY + 4) as f32;
+    let mut lat: Vec<f32> = recs.iter().filter_map(|r| r.latency_ms).collect();
+    lat.sort_by(f32::total_cmp);
+    let p99 = lat[((lat.len() as f32 * 0.99) as usize).min(lat.len() - 1)];
     assert!(
-        recs.last().unwrap().seq > recs.len() as u64 * 2,
-        "no frames were dropped"
+        p99 <= ahead * detect_ms * 1.5,
+        "p99 latency {p99} ms > {ahead} frames × {detect_ms} ms (detector) × 1.5"
     );
-    assert!(stderr.contains("dropped"), "{stderr}");
     assert!(
         stderr.contains("latency fast: capture→metadata p50"),
         "{stderr}"

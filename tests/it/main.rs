@@ -10,6 +10,8 @@ mod config_fuzz;
 mod darknet_parity;
 mod demo;
 mod detect_parity;
+mod faults;
+mod frame_sizes;
 mod live;
 mod mot_metrics;
 mod regress;
