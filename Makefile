@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export VIGIL_ASSETS_MIRROR ?= $(if $(wildcard ../shared/assets/SHA256SUMS),$(abspath ../shared/assets),)
 
-.PHONY: demo test deps assets build bench lint clean
+.PHONY: demo test deps assets build bench soak lint clean
 
 deps:
 	@scripts/install-deps
@@ -31,6 +31,11 @@ bench: deps assets build
 		python3 -m pip install -q "opencv-python-headless<5" "numpy<2.3"
 	target/release/vigil bench pipelines/demo.yaml
 	$(CARGO) bench --locked -- --warm-up-time 1 --measurement-time 3
+
+# A benchmark, not a test: a 30 fps test source under `vigil serve` for SOAK_MINUTES (30), RSS
+# and p99 latency sampled every 30 s, slopes printed (BENCHMARKS.md).
+soak: deps assets build
+	/usr/bin/python3 scripts/soak --minutes $${SOAK_MINUTES:-30}
 
 lint:
 	$(CARGO) fmt --check

@@ -343,16 +343,6 @@ impl FastConv {
         }
     }
 
-    /// Bias and activation over `len` outputs of each of `rows` channels starting at `dst`.
-    fn epilogue(&self, out: &mut [f32], n: usize, cols: (usize, usize)) {
-        for (co, row) in out.chunks_mut(n).enumerate() {
-            let bv = self.bias[co];
-            for v in &mut row[cols.0..cols.1] {
-                *v = self.act.apply(*v + bv);
-            }
-        }
-    }
-
     /// Run on a contiguous NCHW f32 buffer.
     pub fn run(&self, x: &[f32], (b, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
         let (oh, ow) = self.out_hw(h, w);
@@ -441,20 +431,16 @@ impl FastConv {
                     };
                 }
             }
-            let chunk = n.div_ceil(self.threads.max(1) * 4).max(1024);
-            let spans: Vec<(usize, usize)> = (0..n)
-                .step_by(chunk)
-                .map(|s| (s, (s + chunk).min(n)))
-                .collect();
-            let dst = SendPtr(out_b.as_mut_ptr());
-            let len = out_b.len();
-            spans.into_par_iter().for_each(|cols| {
-                let dst = &dst;
-                // SAFETY: each task touches only its own column span of every row; the spans are
-                // disjoint, so the slices rebuilt here never overlap in what they write.
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.0, len) };
-                self.epilogue(out, n, cols);
-            });
+            // Bias and activation, one output channel row per task: `par_chunks_mut` hands each
+            // task its own row, so no two tasks ever hold overlapping mutable slices.
+            out_b
+                .par_chunks_mut(n.max(1))
+                .zip(self.bias.par_iter())
+                .for_each(|(row, &bv)| {
+                    for v in row {
+                        *v = self.act.apply(*v + bv);
+                    }
+                });
         }
         out
     }
