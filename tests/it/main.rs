@@ -14,5 +14,6 @@ mod live;
 mod mot_metrics;
 mod regress;
 mod service;
+mod service_ops;
 mod sigterm;
 mod trackers;
