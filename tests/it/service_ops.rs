@@ -320,3 +320,71 @@ fn every_frame_a_test_source_produces_is_processed_or_counted() {
         "drop_oldest: {got} records + {dropped} dropped of {produced} produced"
     );
 }
+
+/// The local addresses of the UDP sockets process `pid` holds (`ss -ulpn`).
+fn udp_sockets_of(pid: u32) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-ulpnH"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3).map(String::from))
+        .collect()
+}
+
+/// Regression: during a UDP session the restream's RTP/RTCP sockets were bound to 0.0.0.0 (and
+/// `*`), though the RTSP listener is on 127.0.0.1 by default. Played with `rtspsrc protocols=udp`.
+#[test]
+fn rtsp_udp_session_binds_its_ports_to_the_listen_address() {
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = dir.path().join("udp.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: udp\nsources:\n  - id: ball\n    uri: test:ball?width=320&height=240&fps=10\n\
+             detector:\n  model: {}\n  every: 10\noutputs:\n  - kind: rtsp\n    port: {port}\n",
+            model().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("vigil.log");
+    let mut child = super::service::run_logged(&p, &log);
+    wait_for("the RTSP server", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let url = format!("rtsp://127.0.0.1:{port}/udp/ball");
+    let launch = format!(
+        "rtspsrc location={url} protocols=udp latency=100 ! decodebin ! videoconvert \
+         ! video/x-raw,format=BGR ! appsink name=sink sync=false"
+    );
+    let player = std::thread::spawn(move || {
+        super::service::pull_frames(&launch, 30, Duration::from_secs(60))
+    });
+    let pid = child.0.id();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !player.is_finished() && Instant::now() < deadline {
+        for s in udp_sockets_of(pid) {
+            if !seen.contains(&s) {
+                seen.push(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let frames = player.join().unwrap();
+    sigterm(&child.0);
+    let status = child.0.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(frames.len() >= 30, "got {} frames over UDP", frames.len());
+    eprintln!("vigil's UDP sockets during the session: {seen:?}");
+    assert!(seen.len() >= 2, "no RTP/RTCP sockets seen: {seen:?}");
+    assert!(
+        seen.iter().all(|a| a.starts_with("127.0.0.1:")),
+        "UDP sockets outside 127.0.0.1: {seen:?}"
+    );
+}
