@@ -365,9 +365,10 @@ fn uncreatable_parent(path: &Path) -> Option<String> {
     None
 }
 
-/// Sources one pipeline file may have. Each costs memory and threads whatever it shows (see
-/// README, "Limits": about 10 threads and 10–30 MiB per source, measured); past this a camera
-/// farm belongs in several files (and `vigil serve --max-sources` bounds them together).
+/// Sources one pipeline file may have. Each costs memory and threads whatever it shows (README,
+/// "Limits", measured by `scripts/measure-source-cost`: 5–7 threads and 12–16 MiB per source at
+/// SD sizes): 32 is ≈ 0.7 GiB and 230 threads. More cameras belong in several files, which
+/// `vigil serve --max-sources` bounds together.
 pub const MAX_SOURCES: usize = 32;
 /// Output entries one pipeline file may have (each runs once per source, on its own thread).
 pub const MAX_OUTPUTS: usize = 8;

@@ -45,8 +45,9 @@ pub struct ServeOptions {
     pub max_sources: usize,
 }
 
-/// Default total of sources across every pipeline file of `vigil serve` (`--max-sources`): sized
-/// from measurement (README, "Limits") so that the default fits a 4 GiB / 1024-thread box.
+/// Default total of sources across every pipeline file of `vigil serve` (`--max-sources`): from
+/// measurement (README, "Limits": 12–16 MiB and 5–7 threads a source), 64 sources are ≈ 1.2 GiB
+/// and ≈ 450 threads plus one detector per file.
 pub const DEFAULT_MAX_SOURCES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]

@@ -388,3 +388,245 @@ fn rtsp_udp_session_binds_its_ports_to_the_listen_address() {
         "UDP sockets outside 127.0.0.1: {seen:?}"
     );
 }
+
+/// The shipped unit's `ExecStartPre` and `ExecStart` command lines, pointed at this build, the
+/// folder `conf` and HTTP on `http`.
+fn unit_commands(conf: &Path, http: u16) -> (Vec<String>, Vec<String>) {
+    let unit =
+        std::fs::read_to_string(super::common::root().join("systemd/vigil.service")).unwrap();
+    let line = |key: &str| -> Vec<String> {
+        let l = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in the unit"));
+        l.replace("/usr/local/bin/vigil", env!("CARGO_BIN_EXE_vigil"))
+            .replace("/etc/vigil/pipelines", &conf.display().to_string())
+            .replace("127.0.0.1:9090", &format!("127.0.0.1:{http}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    (line("ExecStartPre="), line("ExecStart="))
+}
+
+/// systemd's side of `Type=notify`: a datagram socket collecting what the service says.
+fn notify_socket(path: &Path) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+    let said: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let s2 = said.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            s2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    said
+}
+
+/// Every message on `topic`, as its payload text, in arrival order (QoS 1, reconnecting).
+fn collect_payloads(
+    port: u16,
+    topic: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let got: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let subscribed: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+    let (g, sub, topic) = (got.clone(), subscribed.clone(), topic.to_string());
+    std::thread::spawn(move || {
+        let mut opts = rumqttc::MqttOptions::new("it-unit-subscriber", "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = rumqttc::Client::new(opts, 100);
+        for ev in conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(topic.as_str(), rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    sub.store(true, Ordering::Relaxed);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    g.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    (got, subscribed)
+}
+
+/// The records waiting in an outbox folder, oldest first (whole lines only).
+fn outbox_records(dir: &Path) -> Vec<String> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs.iter()
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            let whole = text.rfind('\n').map_or("", |i| &text[..i]).to_string();
+            whole.lines().map(String::from).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// One start of the unit: `ExecStartPre` must pass, then `ExecStart` must say READY=1 (the
+/// `ready`-th time) and run the pipeline. Returns the running service.
+fn start_as_unit(
+    pre: &[String],
+    exec: &[String],
+    env: (&Path, &Path, &Path),
+    said: &std::sync::Mutex<Vec<String>>,
+    ready: usize,
+) -> Reaped {
+    let (state, sock, log) = env;
+    let check = Command::new(&pre[0])
+        .args(&pre[1..])
+        .current_dir(state)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "ExecStartPre failed on start {ready}: {}",
+        stdout(&check)
+    );
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(&exec[0])
+        .args(&exec[1..])
+        .current_dir(state)
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", sock)
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    wait_for("READY=1", Duration::from_secs(60), || {
+        said.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.contains("READY=1"))
+            .count()
+            >= ready
+    });
+    Reaped(child)
+}
+
+/// Done-means of issue 14: `vigil serve` under the shipped unit (its ExecStartPre, then its
+/// ExecStart with a NOTIFY_SOCKET), restarted 5 times with an MQTT pipeline and the broker down
+/// each time (SIGTERM and kill -9 alternating): it starts every time, and once the broker is back
+/// every record the runs queued is delivered, first arrivals in queue order; duplicates are only
+/// QoS-1 redeliveries.
+#[test]
+fn unit_restarts_five_times_with_the_broker_down_and_delivers_everything_in_order() {
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, state) = (dir.path().join("conf"), dir.path().join("state"));
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let broker_port = free_port();
+    let outbox = state.join("outbox");
+    std::fs::write(
+        conf.join("yard.yaml"),
+        format!(
+            "name: yard\nsources:\n  - id: cam\n    uri: test:ball?width=160&height=120&fps=5\n\
+             detector:\n  model: {}\n  every: 5\noutputs:\n  - kind: mqtt\n    broker: 127.0.0.1:{broker_port}\n\
+             \x20   outbox: {}\n    drain: 2s\n",
+            model().display(),
+            outbox.display()
+        ),
+    )
+    .unwrap();
+    let http = free_port();
+    let (pre, exec) = unit_commands(&conf, http);
+    let sock = dir.path().join("notify.sock");
+    let said = notify_socket(&sock);
+    let log = dir.path().join("serve.log");
+    let started = Instant::now();
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        let mut child = start_as_unit(&pre, &exec, (&state, &sock, &log), &said, i + 1);
+        wait_for(
+            "the pipeline to queue records",
+            Duration::from_secs(30),
+            || {
+                pipelines(http).iter().any(|p| p["state"] == "running")
+                    && outbox.is_dir()
+                    && outbox_records(&outbox).len() > queued.len() + 5
+            },
+        );
+        if i % 2 == 0 {
+            sigterm(&child.0);
+            let status = child.0.wait().unwrap();
+            assert!(status.success(), "start {}: {status:?}", i + 1);
+        } else {
+            child.0.kill().unwrap();
+            child.0.wait().unwrap();
+        }
+        let now = outbox_records(&outbox);
+        assert!(now.len() > queued.len(), "start {} queued nothing", i + 1);
+        assert_eq!(now[..queued.len()], queued[..], "queued records changed");
+        queued = now;
+    }
+    // the broker comes back; one more start delivers what the five runs queued
+    let _broker = super::service::Mosquitto::start(broker_port, dir.path());
+    let (got, subscribed) = collect_payloads(broker_port, "vigil/yard/cam");
+    wait_for("the subscription", Duration::from_secs(10), || {
+        subscribed.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let mut child = start_as_unit(&pre, &exec, (&state, &sock, &log), &said, 6);
+    wait_for("every queued record", Duration::from_secs(60), || {
+        got.lock().unwrap().len() >= queued.len()
+    });
+    sigterm(&child.0);
+    assert!(child.0.wait().unwrap().success());
+    let received = got.lock().unwrap().clone();
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<&String> = received.iter().filter(|r| seen.insert(*r)).collect();
+    assert!(firsts.len() >= queued.len());
+    for (k, (a, b)) in firsts.iter().zip(&queued).enumerate() {
+        assert_eq!(
+            *a,
+            b,
+            "record {k} of {} out of order or missing",
+            queued.len()
+        );
+    }
+    let duplicates = received.len() - firsts.len();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let redelivered: usize = text
+        .lines()
+        .filter(|l| l.contains("mqtt output finished"))
+        .filter_map(|l| {
+            l.split("redelivered=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    eprintln!(
+        "5 starts with the broker down queued {} records; delivered {} messages ({} distinct, \
+         {duplicates} duplicates, vigil redelivered {redelivered}); {:.0} s",
+        queued.len(),
+        received.len(),
+        firsts.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        duplicates <= redelivered,
+        "{duplicates} duplicates, {redelivered} redeliveries"
+    );
+}
