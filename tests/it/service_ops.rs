@@ -630,3 +630,63 @@ fn unit_restarts_five_times_with_the_broker_down_and_delivers_everything_in_orde
         "{duplicates} duplicates, {redelivered} redeliveries"
     );
 }
+
+/// Regression: records dropped from a full outbox were counted but never logged. With no broker
+/// and a 64 KiB outbox, a WARN says how many were dropped (the WARNs add up to the final count).
+#[test]
+fn a_full_outbox_warns_with_the_number_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("full.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: full\nsources:\n  - id: ball\n    uri: test:ball?width=64&height=48&fps=100\n\
+             detector:\n  model: {}\n  every: 1000\noutputs:\n  - kind: mqtt\n    broker: 127.0.0.1:{}\n\
+             \x20   outbox: box\n    outbox_max: 64KiB\n    drain: 1s\n",
+            model().display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = super::service::run_logged(&p, &log);
+    // a live source does not end by itself: stop it once the outbox has passed its size
+    wait_for("the outbox to fill", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("outbox full"))
+    });
+    sigterm(&child.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "vigil did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("outbox full"))
+        .collect();
+    assert!(!warned.is_empty(), "no WARN for the drops:\n{text}");
+    let logged: u64 = warned
+        .iter()
+        .filter_map(|l| {
+            l.split("dropped=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let finished: u64 = text
+        .lines()
+        .find(|l| l.contains("mqtt output finished"))
+        .and_then(|l| l.split(" dropped=").nth(1)?.split(' ').next()?.parse().ok())
+        .expect("the mqtt summary");
+    assert!(finished > 0);
+    assert_eq!(
+        logged,
+        finished,
+        "every drop is in a WARN:\n{}",
+        warned.join("\n")
+    );
+}
