@@ -131,6 +131,9 @@ pub struct SourcePlan {
     pub state: std::sync::Arc<crate::ingest::supervisor::StateCell>,
     /// Times the source came back after losing its stream (live counter for metrics).
     pub reconnects: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `seq` of the source's first frame: 0, or where the previous run of a reloaded pipeline
+    /// stopped (its outputs are appended to, so a seq must not repeat).
+    pub seq_start: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -535,6 +538,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 .map_or(std::time::Duration::from_millis(200), |l| l.0),
             state: Default::default(),
             reconnects: Default::default(),
+            seq_start: 0,
         });
     }
 

@@ -322,7 +322,8 @@ fn pull_all(
                     out.stats().dropped.fetch_add(lost, Ordering::Relaxed);
                     tracing::debug!(target: "vigil::ingest", source = %src.id, lost, "frames dropped before ingest");
                 }
-                let frame = to_frame(&sample, stream, report.frames).map_err(stream_err)?;
+                let frame =
+                    to_frame(&sample, stream, src.seq_start + report.frames).map_err(stream_err)?;
                 report.frames += 1;
                 stats.record(started.elapsed());
                 tracing::trace!(target: "vigil::ingest", source = %src.id, seq = frame.seq, "frame");

@@ -215,6 +215,10 @@ impl Service {
                             }
                         }
                     }
+                    let mut plan = plan;
+                    if let Some(old) = lock(&self.entries).get(&file) {
+                        continue_seq(old, &mut plan);
+                    }
                     let mut e = start(file.clone(), sha, plan, self.opts.drain_timeout);
                     e.starts = starts + 1;
                     lock(&self.entries).insert(file, e);
@@ -401,6 +405,19 @@ pub fn folder_problems(plans: &[Plan], max_sources: usize) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A reloaded pipeline appends to its outputs: each source that ran before numbers its frames on
+/// from where that run stopped (its first seq plus the frames it decoded).
+fn continue_seq(old: &Entry, plan: &mut Plan) {
+    let Some(old_plan) = &old.plan else { return };
+    for s in &mut plan.sources {
+        let before = old_plan.sources.iter().find(|o| o.id == s.id);
+        let decoded = old.metrics.sources.iter().find(|m| m.id == s.id);
+        if let (Some(before), Some(decoded)) = (before, decoded) {
+            s.seq_start = before.seq_start + decoded.ingest.frames.load(Ordering::Relaxed);
+        }
+    }
 }
 
 /// Start the pipeline of `plan` on its own thread.

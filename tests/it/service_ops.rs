@@ -690,3 +690,36 @@ fn a_full_outbox_warns_with_the_number_dropped() {
         warned.join("\n")
     );
 }
+
+/// Regression: a reloaded pipeline numbered its frames from 0 again while its JSONL was appended
+/// to, so one file held every seq twice. Now each source continues where its previous run stopped.
+#[test]
+fn a_reloaded_pipeline_continues_its_seq_in_the_appended_jsonl() {
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    pattern_pipeline(&conf, "lobby", "0.25");
+    let http = free_port();
+    let log = dir.path().join("serve.log");
+    let child = serve_answering(&conf, http, &log, &[]);
+    let out = dir.path().join("out/lobby.jsonl");
+    let lines = || std::fs::read_to_string(&out).map_or(0, |t| t.lines().count());
+    wait_for("records of the first run", Duration::from_secs(60), || {
+        lines() >= 5
+    });
+    pattern_pipeline(&conf, "lobby", "0.3");
+    wait_for("the restart", Duration::from_secs(30), || {
+        by_name(&pipelines(http), "lobby")["starts"] == 2
+    });
+    let at_restart = lines();
+    wait_for("records of the second run", Duration::from_secs(60), || {
+        lines() >= at_restart + 5
+    });
+    stop(child, &log);
+    let seqs: Vec<u64> = records(&out).iter().map(|r| r.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq repeats or goes back across the reload: {seqs:?}"
+    );
+}
