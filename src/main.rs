@@ -53,6 +53,9 @@ enum Command {
         /// Also print the resolved plan (defaults settled, paths absolute, secrets masked).
         #[arg(long)]
         print_plan: bool,
+        /// With --config-dir: the most sources all its files may have together (as `vigil serve`).
+        #[arg(long, default_value_t = vigil::service::DEFAULT_MAX_SOURCES)]
+        max_sources: usize,
     },
     /// Run every pipeline file of a folder as a service: each pipeline isolated, hot reload on
     /// SIGHUP and on file changes (a bad file is rejected, the running pipeline keeps going),
@@ -73,6 +76,10 @@ enum Command {
         /// stuck when a stage stalls for its `queues.stall_timeout`.)
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: std::time::Duration,
+        /// The most sources every pipeline file together may run (each costs memory and
+        /// threads; see README, "Limits"). A file that would pass it is rejected.
+        #[arg(long, default_value_t = vigil::service::DEFAULT_MAX_SOURCES)]
+        max_sources: usize,
     },
     /// Detect objects in still images and print them.
     Detect {
@@ -208,30 +215,45 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             drain_timeout,
         } => run(&pipeline, deterministic, drain_timeout),
         Command::Check {
-            mut files,
+            files,
             config_dir,
             print_plan,
+            max_sources,
         } => {
+            let mut folder = Vec::new();
             if let Some(dir) = config_dir {
                 let found = vigil::service::pipeline_files(&dir)?;
                 if found.is_empty() {
                     bail!("{}: no pipeline files (*.yaml, *.yml)", dir.display());
                 }
-                files.extend(found.into_keys());
+                folder.extend(found.into_keys());
             }
-            Ok(check(&files, print_plan))
+            let (_, listed_ok) = check(&files, print_plan);
+            let (plans, folder_ok) = check(&folder, print_plan);
+            // the folder's files run together: names unique, sources bounded in total
+            let problems = vigil::service::folder_problems(&plans, max_sources);
+            for p in &problems {
+                println!("{p}");
+            }
+            Ok(if listed_ok && folder_ok && problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Serve {
             config_dir,
             http,
             poll,
             drain_timeout,
+            max_sources,
         } => {
             vigil::service::serve(vigil::service::ServeOptions {
                 config_dir,
                 http,
                 poll,
                 drain_timeout,
+                max_sources,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -309,8 +331,10 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-fn check(files: &[PathBuf], print_plan: bool) -> ExitCode {
+/// Check each file, printing `ok` or its problems; returns the valid plans and whether all were.
+fn check(files: &[PathBuf], print_plan: bool) -> (Vec<config::Plan>, bool) {
     let mut ok = true;
+    let mut plans = Vec::new();
     for f in files {
         match config::load(f) {
             Ok(plan) => {
@@ -318,6 +342,7 @@ fn check(files: &[PathBuf], print_plan: bool) -> ExitCode {
                 if print_plan {
                     print!("{}", plan.describe());
                 }
+                plans.push(plan);
             }
             Err(e) => {
                 ok = false;
@@ -325,11 +350,7 @@ fn check(files: &[PathBuf], print_plan: bool) -> ExitCode {
             }
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    (plans, ok)
 }
 
 fn run(path: &Path, deterministic: bool, drain_timeout: std::time::Duration) -> Result<ExitCode> {

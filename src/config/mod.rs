@@ -115,6 +115,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
             Err(e) => {
                 let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
                 let raw = strip_location(&e.to_string());
+                // A wrong type is reported where the parser stopped reading; a syntax error
+                // further on (an unclosed bracket) is the real mistake and recovery would hide it.
+                if is_type_mismatch(&raw)
+                    && let Some(p) = syntax_problem(path, text)
+                {
+                    problems.push(p);
+                    break None;
+                }
                 let (line, column, message) = explain(text, line, column, &raw);
                 // A block we emptied by blanking its only keys is our doing, not the user's.
                 if emptied_by_us(text, &work, line) {
@@ -173,6 +181,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
             Err(ConfigError { problems })
         }
     }
+}
+
+/// Messages about a value of the wrong shape (not about the YAML's syntax).
+fn is_type_mismatch(raw: &str) -> bool {
+    raw.starts_with("expected string scalar") || raw.starts_with("invalid type")
+}
+
+/// The first syntax error of `text` (read without a schema), if it has one.
+fn syntax_problem(path: &Path, text: &str) -> Option<Problem> {
+    let e = serde_saphyr::from_str_with_options::<serde::de::IgnoredAny>(text, options()).err()?;
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let (line, column, message) = explain(text, line, column, &strip_location(&e.to_string()));
+    Some(Problem {
+        file: path.to_path_buf(),
+        line,
+        column,
+        message,
+    })
 }
 
 /// Whether `line` is a `key:` whose nested block existed in the original text but was blanked
@@ -386,6 +412,7 @@ fn explain(text: &str, line: u64, column: u64, msg: &str) -> (u64, u64, String) 
     }
     let msg = match msg {
         "expected sequence start" => "expected a list (`- item` lines or `[a, b]`)".to_string(),
+        "expected string scalar" => "expected a single value, not a list or a mapping".to_string(),
         "invalid floating point" => "expected a number".to_string(),
         m if m.starts_with("invalid u") || m.starts_with("invalid i") => {
             "expected a whole number".to_string()

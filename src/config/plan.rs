@@ -24,6 +24,8 @@ use crate::track::sort::SortParams;
 pub struct Plan {
     pub file: PathBuf,
     pub name: String,
+    /// Where `name` is written in the file (line, column), for problems across files.
+    pub name_at: (u64, u64),
     pub sources: Vec<SourcePlan>,
     pub model: ModelInfo,
     pub device: String,
@@ -129,6 +131,9 @@ pub struct SourcePlan {
     pub state: std::sync::Arc<crate::ingest::supervisor::StateCell>,
     /// Times the source came back after losing its stream (live counter for metrics).
     pub reconnects: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `seq` of the source's first frame: 0, or where the previous run of a reloaded pipeline
+    /// stopped (its outputs are appended to, so a seq must not repeat).
+    pub seq_start: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +308,53 @@ fn uncreatable(path: &Path) -> Option<String> {
     if path.is_dir() {
         return Some("it is a folder".into());
     }
+    uncreatable_parent(path)
+}
+
+/// Why the folder `path` (an MQTT outbox, which vigil creates and keeps across runs) cannot be
+/// used, if so: an existing folder is fine when it is writable, a file in its place is not.
+fn unusable_folder(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Some("it is a file, not a folder".into()),
+        Ok(_) => not_writable(path),
+        Err(_) => uncreatable_parent(path),
+    }
+}
+
+/// Whether this process can create files in the existing folder `dir` (permissions alone do not
+/// tell: ACLs, read-only mounts, another owner): a probe file is created and removed.
+fn not_writable(dir: &Path) -> Option<String> {
+    let probe = dir.join(format!(".vigil-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+        Err(e) => Some(format!("the folder is not writable: {e}")),
+    }
+}
+
+/// Why a placeholder value (`{pipeline}` is the name, `{source}` the id) could escape the folder
+/// its output path names, if so: it may not hold a `/` nor be `.` or `..`.
+fn escapes_folder(value: &str) -> Option<&'static str> {
+    if value.contains('/') {
+        Some("must not contain `/`")
+    } else if value == "." || value == ".." {
+        Some("must not be `.` or `..`")
+    } else if value.contains('\0') {
+        Some("must not contain a NUL character")
+    } else {
+        None
+    }
+}
+
+/// The folders above `path` that exist: the nearest must be a folder.
+fn uncreatable_parent(path: &Path) -> Option<String> {
     let mut dir = path.parent();
     while let Some(d) = dir {
         if d.as_os_str().is_empty() {
@@ -314,6 +366,37 @@ fn uncreatable(path: &Path) -> Option<String> {
         dir = d.parent();
     }
     None
+}
+
+/// Sources one pipeline file may have. Each costs memory and threads whatever it shows (README,
+/// "Limits", measured by `scripts/measure-source-cost`: 5–7 threads and 12–16 MiB per source at
+/// SD sizes): 32 is ≈ 0.7 GiB and 230 threads. More cameras belong in several files, which
+/// `vigil serve --max-sources` bounds together.
+pub const MAX_SOURCES: usize = 32;
+/// Output entries one pipeline file may have (each runs once per source, on its own thread).
+pub const MAX_OUTPUTS: usize = 8;
+
+/// Refuse a pipeline bigger than [`MAX_SOURCES`] / [`MAX_OUTPUTS`], at the first entry too many.
+fn check_size(c: &mut Collector, spec: &PipelineSpec) {
+    if let Some(extra) = spec.sources.value.get(MAX_SOURCES) {
+        c.at(
+            extra.id.referenced,
+            format!(
+                "too many sources: {} in this file, at most {MAX_SOURCES} per pipeline \
+                 (split the cameras over several files)",
+                spec.sources.value.len()
+            ),
+        );
+    }
+    if let Some(extra) = spec.outputs.get(MAX_OUTPUTS) {
+        c.at(
+            extra.referenced,
+            format!(
+                "too many outputs: {} in this file, at most {MAX_OUTPUTS} per pipeline",
+                spec.outputs.len()
+            ),
+        );
+    }
 }
 
 fn every_of(c: &mut Collector, e: &Spanned<u32>, what: &str) -> u32 {
@@ -351,6 +434,11 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     let name = spec.name.value.clone();
     if name.trim().is_empty() {
         c.at(spec.name.referenced, "name must not be empty".into());
+    } else if let Some(why) = escapes_folder(&name) {
+        c.at(
+            spec.name.referenced,
+            format!("name `{name}` {why} (it is `{{pipeline}}` in output paths)"),
+        );
     }
 
     // Sources
@@ -360,6 +448,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             "sources: at least one source is needed".into(),
         );
     }
+    check_size(&mut c, &spec);
     let mut sources: Vec<SourcePlan> = Vec::new();
     for s in &spec.sources.value {
         let id = s.id.value.clone();
@@ -371,6 +460,11 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             c.at(
                 s.id.referenced,
                 format!("source id `{id}` must be non-empty letters, digits, `-`, `_` or `.`"),
+            );
+        } else if let Some(why) = escapes_folder(&id) {
+            c.at(
+                s.id.referenced,
+                format!("source id `{id}` {why} (it is `{{source}}` in output paths)"),
             );
         }
         if sources.iter().any(|p| p.id == id) {
@@ -444,6 +538,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 .map_or(std::time::Duration::from_millis(200), |l| l.0),
             state: Default::default(),
             reconnects: Default::default(),
+            seq_start: 0,
         });
     }
 
@@ -571,9 +666,15 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                     None
                 }
             };
-            let mut file_at = |c: &mut Collector, p: String, what: &str| {
+            // `folder`: the path is a folder vigil creates and reuses (an MQTT outbox)
+            let mut file_at = |c: &mut Collector, p: String, what: &str, folder: bool| {
                 let path = relative_to(&base, &p);
-                if let Some(why) = uncreatable(&path) {
+                let unusable = if folder {
+                    unusable_folder(&path)
+                } else {
+                    uncreatable(&path)
+                };
+                if let Some(why) = unusable {
                     c.at(
                         o.referenced,
                         format!("{what} {} cannot be created: {why}", path.display()),
@@ -611,14 +712,14 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                         );
                     }
                     exp(&mut c, path).map(|p| OutputKind::Mp4 {
-                        path: file_at(&mut c, p, "output path"),
+                        path: file_at(&mut c, p, "output path", false),
                         overlay: *overlay,
                         preset,
                         bitrate_kbps: bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS),
                     })
                 }
                 OutputSpec::Jsonl { path } => exp(&mut c, path).map(|p| OutputKind::Jsonl {
-                    path: file_at(&mut c, p, "output path"),
+                    path: file_at(&mut c, p, "output path", false),
                 }),
                 OutputSpec::Mqtt {
                     broker,
@@ -671,7 +772,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                         &mut c,
                         outbox.as_deref().unwrap_or("outbox/{pipeline}-{source}"),
                     )
-                    .map(|p| file_at(&mut c, p, "mqtt outbox"));
+                    .map(|p| file_at(&mut c, p, "mqtt outbox", true));
                     match (hp, topic, client_id, outbox) {
                         (Ok((host, port)), Some(topic), Some(client_id), Some(outbox)) => {
                             Some(OutputKind::Mqtt(MqttSettings {
@@ -748,6 +849,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         Some(model) if c.problems.is_empty() => Ok(Plan {
             file: file.to_path_buf(),
             name,
+            name_at: (spec.name.referenced.line(), spec.name.referenced.column()),
             sources,
             resize: d.resize.unwrap_or(model.resize),
             model,

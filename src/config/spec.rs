@@ -24,8 +24,9 @@ pub const DEFAULT_BITRATE_KBPS: u32 = 2048;
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// Name of the pipeline: appears in metadata (`pipeline`) and may be used in output paths as `{pipeline}`.
+    /// Unique across the files of one `vigil serve` folder; no `/`, and not `.` or `..`.
     pub name: Spanned<String>,
-    /// The video streams to analyse (at least one).
+    /// The video streams to analyse (at least one, at most 32: see README, "Limits").
     pub sources: Spanned<Vec<SourceSpec>>,
     /// The object detector and its thresholds.
     pub detector: DetectorSpec,
@@ -38,7 +39,7 @@ pub struct PipelineSpec {
     /// Capacity and full-policy of the queues between stages.
     #[serde(default)]
     pub queues: QueueSpec,
-    /// Where results go (MP4 with boxes drawn, JSON lines). Each runs once per source.
+    /// Where results go (MP4 with boxes drawn, JSON lines). Each runs once per source; at most 8.
     #[serde(default)]
     pub outputs: Vec<Spanned<OutputSpec>>,
     /// Tolerances for `vigil regress` against golden metadata.
@@ -75,6 +76,7 @@ pub struct RegressSpec {
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// Unique id of the stream within the pipeline: `source` in metadata, `{source}` in output paths.
+    /// Letters, digits, `-`, `_` and `.`, but not `.` or `..`.
     pub id: Spanned<String>,
     /// Where the video comes from: `file:PATH` (relative to the pipeline file), `file:///abs/path`,
     /// or any URI GStreamer's `uridecodebin` can open (`rtsp://…`, `http://…`).

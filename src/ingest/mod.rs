@@ -18,7 +18,7 @@ pub mod supervisor;
 use crate::config::plan::SourcePlan;
 use crate::config::spec::Pace;
 use crate::frame::{Frame, Image, Msg, StreamId};
-use crate::runtime::edge::EdgeTx;
+use crate::runtime::edge::{EdgeTx, WhenFull};
 use crate::runtime::metrics::StageStats;
 
 /// How often the pull loop wakes to look at the stop flag and the bus.
@@ -182,7 +182,9 @@ fn test_source(uri: &str) -> Result<gst::Element, String> {
     Ok(bin.upcast())
 }
 
-/// The appsink every source ends in: packed BGR, a short queue; live test sources drop when behind.
+/// The appsink every source ends in: packed BGR, a short queue; a live test source whose first
+/// edge drops the oldest drops here too when behind (counted from the buffers' offsets), one that
+/// blocks makes its videotestsrc wait instead.
 fn bgr_sink(sync: bool, drop: bool) -> gst_app::AppSink {
     gst_app::AppSink::builder()
         .caps(
@@ -203,7 +205,7 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
         let convert = gst::ElementFactory::make("videoconvert")
             .build()
             .map_err(|e| e.to_string())?;
-        let sink = bgr_sink(true, true);
+        let sink = bgr_sink(true, src.when_full == WhenFull::DropOldest);
         pipeline
             .add_many([&test, &convert, sink.upcast_ref()])
             .map_err(|e| e.to_string())?;
@@ -287,6 +289,11 @@ fn pull_all(
         tracing::warn!(target: "vigil::ingest", source = %src.id, "{t}; decoding what is there");
     }
     let mut last_frame = Instant::now();
+    // only videotestsrc numbers its frames in offsets (a demuxer may put bytes there)
+    let mut gaps = OffsetGaps {
+        counted: src.uri.starts_with("test:"),
+        last: None,
+    };
     loop {
         if stop.load(Ordering::Relaxed) {
             tracing::info!(target: "vigil::ingest", source = %src.id, "stop requested");
@@ -309,7 +316,14 @@ fn pull_all(
                 }
                 crate::fault::check("ingest", report.frames).map_err(stream_err)?;
                 let started = Instant::now();
-                let frame = to_frame(&sample, stream, report.frames).map_err(stream_err)?;
+                let lost = gaps.lost_before(&sample);
+                if lost > 0 {
+                    // lost before the first edge (the appsink's own queue): still the source's drops
+                    out.stats().dropped.fetch_add(lost, Ordering::Relaxed);
+                    tracing::debug!(target: "vigil::ingest", source = %src.id, lost, "frames dropped before ingest");
+                }
+                let frame =
+                    to_frame(&sample, stream, src.seq_start + report.frames).map_err(stream_err)?;
                 report.frames += 1;
                 stats.record(started.elapsed());
                 tracing::trace!(target: "vigil::ingest", source = %src.id, seq = frame.seq, "frame");
@@ -340,6 +354,33 @@ fn pull_all(
             }
             None => {}
         }
+    }
+}
+
+/// Frames a source numbered (buffer offsets: `videotestsrc` counts its frames there) but that
+/// never reached us, e.g. dropped by a leaky appsink.
+struct OffsetGaps {
+    counted: bool,
+    last: Option<u64>,
+}
+
+impl OffsetGaps {
+    fn lost_before(&mut self, sample: &gst::Sample) -> u64 {
+        if !self.counted {
+            return 0;
+        }
+        let offset = sample
+            .buffer()
+            .map(|b| b.offset())
+            .filter(|&o| o != u64::MAX); // GST_BUFFER_OFFSET_NONE
+        let lost = match (self.last, offset) {
+            (Some(last), Some(now)) if now > last => now - last - 1,
+            _ => 0,
+        };
+        if offset.is_some() {
+            self.last = offset;
+        }
+        lost
     }
 }
 

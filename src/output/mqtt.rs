@@ -160,9 +160,17 @@ impl MqttWriter {
     fn append<T: Serialize>(&mut self, v: &T) -> Result<(), OutputError> {
         let bytes = serde_json::to_vec(v).map_err(|e| self.err(e))?;
         let mut ob = lock(&self.shared.outbox);
+        let dropped_before = ob.dropped();
         ob.append(&bytes).map_err(|e| self.err(e.message))?;
         self.shared.sync_stats(&ob);
+        let (dropped, total) = (ob.dropped() - dropped_before, ob.dropped());
         drop(ob);
+        if dropped > 0 {
+            // once per dropped segment (a few per outbox size), not per record
+            tracing::warn!(target: "vigil::mqtt", topic = %self.settings.topic, dropped, dropped_total = total,
+                outbox = %self.settings.outbox.display(), outbox_max = self.settings.outbox_max,
+                "outbox full: oldest undelivered records dropped");
+        }
         self.shared.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.records += 1;
         Ok(())

@@ -6,6 +6,9 @@
 //! Each mount is a shared media: `appsrc → videoconvert → I420 → x264enc (zerolatency) →
 //! rtph264pay`. The media is built when the first client connects; frames are pushed only while a
 //! client is watching, so an unwatched restream costs nothing but the overlay.
+//!
+//! RTP/RTCP over UDP go out of sockets bound to the same address as the RTSP listener (an address
+//! pool of [`UDP_PORTS`] per server), so a localhost restream opens nothing on other interfaces.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -39,9 +42,15 @@ impl RtspSettings {
     }
 }
 
+/// UDP ports RTP/RTCP sessions take (two each, RTP even) on the server's bind address. A port
+/// another program holds is skipped; 10 000 ports are 5 000 concurrent UDP clients.
+pub const UDP_PORTS: (u16, u16) = (50_000, 59_999);
+
 /// One RTSP server (per address and port) and its main loop.
 struct Server {
     server: rtsp::RTSPServer,
+    /// Where its media bind their UDP sockets: the server's address, [`UDP_PORTS`].
+    udp_pool: rtsp::RTSPAddressPool,
     ctx: glib::MainContext,
     main_loop: glib::MainLoop,
     /// The listening socket's source in `ctx`.
@@ -82,6 +91,11 @@ fn server_for(bind: &str, port: u16) -> Result<Arc<Server>, String> {
         *users += 1;
         return Ok(s.clone());
     }
+    let udp_pool = rtsp::RTSPAddressPool::new();
+    // ttl 0: unicast addresses (the only ones the pool then hands out)
+    udp_pool
+        .add_range(bind, bind, UDP_PORTS.0, UDP_PORTS.1, 0)
+        .map_err(|e| format!("UDP ports on {bind}: {e}"))?;
     let server = rtsp::RTSPServer::new();
     server.set_address(bind);
     server.set_service(&port.to_string());
@@ -102,6 +116,7 @@ fn server_for(bind: &str, port: u16) -> Result<Arc<Server>, String> {
     tracing::info!(target: "vigil::rtsp", address = %format!("{bind}:{port}"), "RTSP server listening");
     let s = Arc::new(Server {
         server,
+        udp_pool,
         ctx,
         main_loop,
         source: Mutex::new(Some(source)),
@@ -163,6 +178,7 @@ impl RtspWriter {
             settings.bitrate_kbps
         ));
         factory.set_shared(true);
+        factory.set_address_pool(Some(&server.udp_pool));
         let watchers: Arc<Mutex<Watchers>> = Arc::default();
         let w = watchers.clone();
         factory.connect_media_configure(move |_, media| {

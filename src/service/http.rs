@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/healthz` | 200 `ok`, or 503 naming stalled stages and failed outputs |
-//! | `/readyz` | 200 once every pipeline file has been started, 503 before and while stopping |
+//! | `/readyz` | 200 once every pipeline file has been started and none is rejected or failed; 503 before, while stopping, and naming the rejected or failed |
 //! | `/metrics` | Prometheus text format (see `prom`) |
 //! | `/pipelines` | JSON: each pipeline file, its state, config hash, sources and counters |
 
@@ -88,15 +88,7 @@ fn handle(service: &Service, req: tiny_http::Request) {
     } else {
         match path.as_str() {
             "/healthz" => healthz(service),
-            "/readyz" => {
-                if service.ready.load(Ordering::Relaxed)
-                    && !service.stopping.load(Ordering::Relaxed)
-                {
-                    (200, "text/plain", "ready\n".to_string())
-                } else {
-                    (503, "text/plain", "not ready\n".to_string())
-                }
-            }
+            "/readyz" => readiness(service),
             "/metrics" => match super::prom::render(service) {
                 Ok(text) => (200, "text/plain; version=0.0.4; charset=utf-8", text),
                 Err(e) => (500, "text/plain", format!("{e}\n")),
@@ -118,6 +110,35 @@ fn handle(service: &Service, req: tiny_http::Request) {
     }
     if let Err(e) = req.respond(resp) {
         tracing::debug!(target: "vigil::http", "respond: {e}");
+    }
+}
+
+/// `/readyz`: 200 once every pipeline file was started and each runs (or finished); 503 before,
+/// while stopping, and while a file is rejected or its pipeline failed (naming them).
+fn readiness(service: &Service) -> (u16, &'static str, String) {
+    if !service.ready.load(Ordering::Relaxed) || service.stopping.load(Ordering::Relaxed) {
+        return (503, "text/plain", "not ready\n".to_string());
+    }
+    let down: Vec<String> = lock(&service.entries)
+        .values()
+        .filter(|e| matches!(e.state, PipelineState::Rejected | PipelineState::Failed))
+        .map(|e| {
+            let state = if e.state == PipelineState::Rejected {
+                "rejected"
+            } else {
+                "failed"
+            };
+            format!("{} ({}): {state}", e.name, e.file.display())
+        })
+        .collect();
+    if down.is_empty() {
+        (200, "text/plain", "ready\n".to_string())
+    } else {
+        (
+            503,
+            "text/plain",
+            format!("not ready: {}\n", down.join(", ")),
+        )
     }
 }
 

@@ -41,7 +41,14 @@ pub struct ServeOptions {
     pub poll: Duration,
     /// How long stopping or reloading one pipeline may take to drain (see `RunOptions`).
     pub drain_timeout: Duration,
+    /// Sources of every pipeline file together (see [`DEFAULT_MAX_SOURCES`]).
+    pub max_sources: usize,
 }
+
+/// Default total of sources across every pipeline file of `vigil serve` (`--max-sources`): from
+/// measurement (README, "Limits": 12–16 MiB and 5–7 threads a source), 64 sources are ≈ 1.2 GiB
+/// and ≈ 450 threads plus one detector per file.
+pub const DEFAULT_MAX_SOURCES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -86,6 +93,9 @@ pub struct Entry {
     pub reload_error: Option<String>,
     /// SHA-256 of the file version that was rejected (so an unchanged bad file is not re-reported).
     pub rejected_sha256: Option<String>,
+    /// Rejected only because of other files (a name one holds, the total of sources): the
+    /// service's `generation` then. Retried once another pipeline started or stopped.
+    pub blocked_at: Option<u64>,
     /// Times this file was (re)started.
     pub starts: u64,
 }
@@ -99,6 +109,8 @@ pub struct Service {
     pub stopping: AtomicBool,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Moves whenever a pipeline starts or stops: files blocked by others are then retried.
+    generation: AtomicU64,
     pub started_at: SystemTime,
 }
 
@@ -139,6 +151,7 @@ impl Service {
             stopping: AtomicBool::new(false),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             started_at: SystemTime::now(),
         }
     }
@@ -157,49 +170,23 @@ impl Service {
             if let Some(e) = lock(&self.entries).remove(&f) {
                 tracing::info!(target: "vigil::serve", file = %f.display(), "pipeline file removed: stopping its pipeline");
                 stop_and_join(e);
+                self.generation.fetch_add(1, Ordering::Relaxed);
             }
         }
         for (file, sha) in files {
-            let unchanged = lock(&self.entries).get(&file).is_some_and(|e| {
-                e.config_sha256 == sha || e.rejected_sha256.as_deref() == Some(sha.as_str())
-            });
-            if unchanged {
+            if self.unchanged(&file, &sha) {
                 continue;
             }
-            match config::load(&file) {
-                Err(problems) => {
+            let loaded = config::load(&file)
+                .map_err(|problems| (problems.to_string(), false))
+                .and_then(|plan| match self.blocked_by_others(&file, &plan) {
+                    Some(why) => Err((why, true)),
+                    None => Ok(plan),
+                });
+            match loaded {
+                Err((text, by_others)) => {
                     rejected += 1;
-                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
-                    let text = problems.to_string();
-                    let mut entries = lock(&self.entries);
-                    let keeps = entries
-                        .get(&file)
-                        .is_some_and(|e| e.state != PipelineState::Rejected);
-                    tracing::error!(target: "vigil::serve", file = %file.display(), "pipeline file rejected{}:\n{text}",
-                        if keeps { "; the running pipeline keeps its previous config" } else { "" });
-                    let e = entries.entry(file.clone()).or_insert_with(|| Entry {
-                        file: file.clone(),
-                        name: file
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                        config_sha256: String::new(),
-                        started_at: SystemTime::now(),
-                        metrics: Arc::default(),
-                        plan: None,
-                        stop: Arc::default(),
-                        handle: None,
-                        state: PipelineState::Rejected,
-                        error: None,
-                        reload_error: None,
-                        rejected_sha256: None,
-                        starts: 0,
-                    });
-                    if e.state == PipelineState::Rejected {
-                        e.error = Some(text.clone());
-                    }
-                    e.reload_error = Some(text);
-                    e.rejected_sha256 = Some(sha);
+                    self.reject(&file, sha, text, by_others);
                 }
                 Ok(plan) => {
                     // The old pipeline stays listed (and scraped) while it drains.
@@ -228,13 +215,102 @@ impl Service {
                             }
                         }
                     }
+                    let mut plan = plan;
+                    if let Some(old) = lock(&self.entries).get(&file) {
+                        continue_seq(old, &mut plan);
+                    }
                     let mut e = start(file.clone(), sha, plan, self.opts.drain_timeout);
                     e.starts = starts + 1;
                     lock(&self.entries).insert(file, e);
+                    self.generation.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         Ok(rejected)
+    }
+
+    /// Whether `file` at `sha` needs nothing done: it is what runs, or the version already
+    /// rejected (unless it was rejected for other files' sake and those changed since). A file
+    /// back at its running content has its reload error cleared.
+    fn unchanged(&self, file: &Path, sha: &str) -> bool {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mut entries = lock(&self.entries);
+        let Some(e) = entries.get_mut(file) else {
+            return false;
+        };
+        let retry = e.blocked_at.is_some_and(|g| g != generation);
+        if e.config_sha256 == sha {
+            e.rejected_sha256 = None;
+            e.blocked_at = None;
+            if e.reload_error.take().is_some() {
+                tracing::info!(target: "vigil::serve", file = %file.display(), "pipeline file is back to its running config: reload error cleared");
+            }
+            return true;
+        }
+        e.rejected_sha256.as_deref() == Some(sha) && !retry
+    }
+
+    /// Why `plan` (of `file`) cannot run beside the other files' pipelines, if so: another holds
+    /// its name (listed and not rejected), or together they would pass `max_sources`.
+    fn blocked_by_others(&self, file: &Path, plan: &Plan) -> Option<String> {
+        let entries = lock(&self.entries);
+        let others = || entries.iter().filter(|(f, _)| *f != file);
+        if let Some((other, _)) =
+            others().find(|(_, e)| e.name == plan.name && e.state != PipelineState::Rejected)
+        {
+            return Some(name_taken(plan, other));
+        }
+        let running: usize = others()
+            .filter(|(_, e)| e.state == PipelineState::Running)
+            .filter_map(|(_, e)| e.plan.as_ref())
+            .map(|p| p.sources.len())
+            .sum();
+        let max = self.opts.max_sources;
+        (running + plan.sources.len() > max).then(|| {
+            format!(
+                "{}: its {} sources and the {running} running would pass --max-sources {max} \
+                 (the total of every pipeline file; each source costs memory and threads)",
+                plan.file.display(),
+                plan.sources.len()
+            )
+        })
+    }
+
+    /// Record that the version `sha` of `file` cannot run (`text` says why); whatever runs from
+    /// the file keeps running. `by_others`: rejected only because of other files' pipelines.
+    fn reject(&self, file: &Path, sha: String, text: String, by_others: bool) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        let mut entries = lock(&self.entries);
+        let keeps = entries
+            .get(file)
+            .is_some_and(|e| e.state != PipelineState::Rejected);
+        tracing::error!(target: "vigil::serve", file = %file.display(), "pipeline file rejected{}:\n{text}",
+            if keeps { "; the running pipeline keeps its previous config" } else { "" });
+        let e = entries.entry(file.to_path_buf()).or_insert_with(|| Entry {
+            file: file.to_path_buf(),
+            name: file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            config_sha256: String::new(),
+            started_at: SystemTime::now(),
+            metrics: Arc::default(),
+            plan: None,
+            stop: Arc::default(),
+            handle: None,
+            state: PipelineState::Rejected,
+            error: None,
+            reload_error: None,
+            rejected_sha256: None,
+            blocked_at: None,
+            starts: 0,
+        });
+        if e.state == PipelineState::Rejected {
+            e.error = Some(text.clone());
+        }
+        e.reload_error = Some(text);
+        e.rejected_sha256 = Some(sha);
+        e.blocked_at = by_others.then(|| self.generation.load(Ordering::Relaxed));
     }
 
     /// Notice pipelines whose threads have ended (finished or failed).
@@ -245,6 +321,8 @@ impl Service {
                 && let Some(h) = e.handle.take()
             {
                 settle(e, h);
+                // its sources no longer count against --max-sources
+                self.generation.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -286,6 +364,58 @@ impl Service {
         }
         for (_, e) in entries {
             stop_and_join(e);
+        }
+    }
+}
+
+/// Why `plan` cannot run: `other` already runs a pipeline of the same name (two would write the
+/// same `{pipeline}` paths and expose the same /metrics series).
+fn name_taken(plan: &Plan, other: &Path) -> String {
+    format!(
+        "{}:{}:{}: pipeline name `{}` is already used by {}: names must be unique across the folder \
+         (they key /metrics, /pipelines and `{{pipeline}}` in output paths)",
+        plan.file.display(),
+        plan.name_at.0,
+        plan.name_at.1,
+        plan.name,
+        other.display()
+    )
+}
+
+/// What `vigil serve` would refuse across the valid `plans` of a folder (in file order, as it
+/// starts them): a name an earlier file already uses, sources past `max_sources` in total.
+pub fn folder_problems(plans: &[Plan], max_sources: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names: BTreeMap<&str, &Path> = BTreeMap::new();
+    let mut total = 0;
+    for p in plans {
+        if let Some(other) = names.get(p.name.as_str()) {
+            problems.push(name_taken(p, other));
+            continue;
+        }
+        names.insert(&p.name, &p.file);
+        total += p.sources.len();
+        if total > max_sources {
+            problems.push(format!(
+                "{}: its {} sources bring the folder to {total}, over --max-sources {max_sources} \
+                 (the total of every pipeline file; each source costs memory and threads)",
+                p.file.display(),
+                p.sources.len()
+            ));
+        }
+    }
+    problems
+}
+
+/// A reloaded pipeline appends to its outputs: each source that ran before numbers its frames on
+/// from where that run stopped (its first seq plus the frames it decoded).
+fn continue_seq(old: &Entry, plan: &mut Plan) {
+    let Some(old_plan) = &old.plan else { return };
+    for s in &mut plan.sources {
+        let before = old_plan.sources.iter().find(|o| o.id == s.id);
+        let decoded = old.metrics.sources.iter().find(|m| m.id == s.id);
+        if let (Some(before), Some(decoded)) = (before, decoded) {
+            s.seq_start = before.seq_start + decoded.ingest.frames.load(Ordering::Relaxed);
         }
     }
 }
@@ -335,6 +465,7 @@ fn start(file: PathBuf, sha: String, plan: Plan, drain_timeout: Duration) -> Ent
         error,
         reload_error: None,
         rejected_sha256: None,
+        blocked_at: None,
         starts: 1,
     }
 }

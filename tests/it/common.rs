@@ -80,6 +80,7 @@ pub fn decode_count(path: &Path) -> (u64, u32, u32) {
         rtsp_latency: std::time::Duration::from_millis(200),
         state: Default::default(),
         reconnects: Default::default(),
+        seq_start: 0,
     };
     let (tx, rx) = edge::<vigil::frame::Frame>("check", 4, WhenFull::Block);
     let stop = AtomicBool::new(false);

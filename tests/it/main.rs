@@ -16,5 +16,6 @@ mod live;
 mod mot_metrics;
 mod regress;
 mod service;
+mod service_ops;
 mod sigterm;
 mod trackers;

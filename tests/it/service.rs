@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::common::{asset, model, root, vigil};
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -22,7 +22,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -31,7 +31,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 /// A child process killed if the test panics before it ends it.
-struct Reaped(Child);
+pub(super) struct Reaped(pub(super) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -43,7 +43,7 @@ impl Drop for Reaped {
 }
 
 /// `vigil run PIPELINE` with its stderr in `log`.
-fn run_logged(pipeline: &Path, log: &Path) -> Reaped {
+pub(super) fn run_logged(pipeline: &Path, log: &Path) -> Reaped {
     Reaped(
         vigil()
             .arg("run")
@@ -54,7 +54,7 @@ fn run_logged(pipeline: &Path, log: &Path) -> Reaped {
     )
 }
 
-fn sigterm(child: &Child) {
+pub(super) fn sigterm(child: &Child) {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -63,12 +63,12 @@ fn sigterm(child: &Child) {
 
 /// A real mosquitto on 127.0.0.1:`port`, persisting sessions in `dir` (so a subscriber's queued
 /// QoS-1 messages survive the broker's restart).
-struct Mosquitto {
+pub(super) struct Mosquitto {
     child: Child,
 }
 
 impl Mosquitto {
-    fn start(port: u16, dir: &Path) -> Self {
+    pub(super) fn start(port: u16, dir: &Path) -> Self {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -95,7 +95,7 @@ impl Mosquitto {
     }
 
     /// Stop it cleanly (it saves its persistence file on the way out).
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         sigterm(&self.child);
         self.child.wait().unwrap();
     }
@@ -110,9 +110,9 @@ impl Drop for Mosquitto {
 
 /// A QoS-1 subscriber with a persistent session that reconnects by itself; collects each
 /// message's `(seq, dup)` in arrival order (`dup`: the broker is redelivering it to us).
-type Received = Arc<Mutex<Vec<(u64, bool)>>>;
+pub(super) type Received = Arc<Mutex<Vec<(u64, bool)>>>;
 
-fn subscriber(port: u16, topic: &str) -> (Received, Arc<AtomicBool>) {
+pub(super) fn subscriber(port: u16, topic: &str) -> (Received, Arc<AtomicBool>) {
     let got: Received = Arc::default();
     let subscribed: Arc<AtomicBool> = Arc::default();
     let (g, sub) = (got.clone(), subscribed.clone());
@@ -240,7 +240,13 @@ fn mqtt_records_survive_a_60_s_broker_outage_in_order() {
 }
 
 /// `vigil serve` on `dir` with HTTP on `http`; stderr to `log`.
-fn serve(dir: &Path, http: u16, poll: &str, log: &Path, envs: &[(&str, String)]) -> Reaped {
+pub(super) fn serve(
+    dir: &Path,
+    http: u16,
+    poll: &str,
+    log: &Path,
+    envs: &[(&str, String)],
+) -> Reaped {
     let child = vigil()
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["serve", "--config-dir"])
@@ -256,7 +262,7 @@ fn serve(dir: &Path, http: u16, poll: &str, log: &Path, envs: &[(&str, String)])
 }
 
 /// A plain HTTP GET: `(status, body)`.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(super) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
@@ -271,7 +277,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-fn pipelines(port: u16) -> Vec<serde_json::Value> {
+pub(super) fn pipelines(port: u16) -> Vec<serde_json::Value> {
     let (code, body) = get(port, "/pipelines").expect("/pipelines");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str::<serde_json::Value>(&body)
@@ -281,18 +287,18 @@ fn pipelines(port: u16) -> Vec<serde_json::Value> {
         .clone()
 }
 
-fn by_name<'a>(ps: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+pub(super) fn by_name<'a>(ps: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
     ps.iter()
         .find(|p| p["name"] == name)
         .unwrap_or_else(|| panic!("no pipeline {name} in {ps:?}"))
 }
 
-fn frames_in(p: &serde_json::Value) -> u64 {
+pub(super) fn frames_in(p: &serde_json::Value) -> u64 {
     p["sources"][0]["frames_processed"].as_u64().unwrap()
 }
 
 /// A small live pipeline on a test pattern.
-fn pattern_pipeline(dir: &Path, name: &str, confidence: &str) -> PathBuf {
+pub(super) fn pattern_pipeline(dir: &Path, name: &str, confidence: &str) -> PathBuf {
     let p = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &p,
@@ -411,7 +417,7 @@ fn sighup_with_a_broken_file_keeps_the_old_config_running() {
     }
 }
 
-fn sample<'a>(
+pub(super) fn sample<'a>(
     scrape: &'a prometheus_parse::Scrape,
     metric: &str,
     label: (&str, &str),
@@ -422,7 +428,7 @@ fn sample<'a>(
         .find(|s| s.metric == metric && s.labels.get(label.0) == Some(label.1))
 }
 
-fn counter(scrape: &prometheus_parse::Scrape, metric: &str, label: (&str, &str)) -> f64 {
+pub(super) fn counter(scrape: &prometheus_parse::Scrape, metric: &str, label: (&str, &str)) -> f64 {
     match sample(scrape, metric, label).map(|s| &s.value) {
         Some(prometheus_parse::Value::Counter(v)) | Some(prometheus_parse::Value::Untyped(v)) => *v,
         other => panic!("{metric}{label:?}: {other:?}"),
@@ -557,7 +563,7 @@ fn saturated_share(bgr: &[u8]) -> f64 {
 }
 
 /// Pull `n` BGR frames from a GStreamer `launch` line ending in `appsink name=sink`.
-fn pull_frames(launch: &str, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+pub(super) fn pull_frames(launch: &str, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
     use gstreamer as gst;
     use gstreamer::prelude::*;
     gst::init().unwrap();
