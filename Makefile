@@ -37,7 +37,7 @@ bench: deps assets build
 soak: deps assets build
 	/usr/bin/python3 scripts/soak --minutes $${SOAK_MINUTES:-30}
 
-lint:
+lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings
 

@@ -45,6 +45,10 @@ impl JsonlWriter {
         Ok(())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn finish(self) -> Result<u64, OutputError> {
         self.file.sync_all().map_err(|e| OutputError::Io {
             path: self.path.display().to_string(),

@@ -55,6 +55,9 @@ pub struct StageStats {
     state: AtomicU8,
     /// Why it failed or stalled.
     error: Mutex<Option<String>>,
+    /// For an output: the file it writes now (an MP4 continues in `NAME-N.mp4` after a restart
+    /// or a size change).
+    file: Mutex<Option<String>>,
 }
 
 impl StageStats {
@@ -80,6 +83,14 @@ impl StageStats {
 
     pub fn error(&self) -> Option<String> {
         lock(&self.error).clone()
+    }
+
+    pub fn set_file(&self, f: String) {
+        *lock(&self.file) = Some(f);
+    }
+
+    pub fn file(&self) -> Option<String> {
+        lock(&self.file).clone()
     }
 
     pub fn record(&self, took: Duration) {

@@ -258,6 +258,15 @@ impl Writer {
         .map_err(|e| e.to_string())
     }
 
+    /// The file written now, for outputs that write one.
+    fn file(&self) -> Option<&std::path::Path> {
+        match self {
+            Writer::Mp4(m) => Some(m.path()),
+            Writer::Jsonl(j) => Some(j.path()),
+            Writer::Mqtt(_) | Writer::Rtsp(_) => None,
+        }
+    }
+
     /// The name `VIGIL_FAULT` uses for this output kind.
     fn fault_name(&self) -> &'static str {
         match self {
@@ -303,7 +312,14 @@ pub fn output_stage(
     let desc = kind.describe();
     let mut writer = Writer::open(kind, ctx)?;
     let mut failed = None;
+    let mut shown_file = None;
     while let Ok(Msg::Item(frame)) = rx.recv() {
+        if writer.file() != shown_file.as_deref() {
+            shown_file = writer.file().map(std::path::Path::to_path_buf);
+            if let Some(f) = &shown_file {
+                stats.set_file(f.display().to_string());
+            }
+        }
         let t = Instant::now();
         // A panic in a writer is its failure like an error: the file is still finalized.
         if let Err(e) = crate::runtime::supervise::guarded(|| writer.write(&frame, ctx)) {

@@ -27,6 +27,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// JSONL sync) before the run returns without them.
 pub const FINALIZE_GRACE: Duration = Duration::from_millis(1500);
 
+/// How a run's errors say that its stop request's drain deadline passed.
+pub const UNDRAINED: &str = "did not drain within";
+
 /// What a stage thread returns when it ends well.
 #[derive(Debug)]
 pub enum Outcome {
@@ -287,7 +290,7 @@ impl Supervisor<'_> {
             .map(|s| s.name.as_str())
             .collect();
         let msg = format!(
-            "did not drain within {}: {}",
+            "{UNDRAINED} {}: {}",
             humantime::format_duration(self.drain_timeout),
             late.join(", ")
         );

@@ -165,6 +165,8 @@ pub struct PipelineStatus {
 #[derive(Debug, Serialize)]
 pub struct OutputStatus {
     pub output: String,
+    /// The file it writes now (MP4 continues in `NAME-N.mp4` after a restart).
+    pub file: Option<String>,
     pub state: StageState,
     pub frames: u64,
     pub error: Option<String>,
@@ -221,6 +223,7 @@ fn output_status(m: &PipelineMetrics) -> Vec<OutputStatus> {
         .filter_map(|(name, st)| {
             Some(OutputStatus {
                 output: name.strip_prefix(OUTPUT_STAGE_PREFIX)?.to_string(),
+                file: st.file(),
                 state: st.state(),
                 frames: st.frames.load(Ordering::Relaxed),
                 error: st.error(),

@@ -58,6 +58,8 @@ pub enum ServeError {
     Http(SocketAddr, String),
     #[error("GStreamer: {0}")]
     Gst(String),
+    #[error("stopped, but not everything drained in time: {0}")]
+    Undrained(String),
 }
 
 /// Where a pipeline is in its life.
@@ -356,15 +358,24 @@ impl Service {
     }
 
     /// Stop every pipeline (drain, finalize) and wait for them.
-    pub fn shutdown(&self) {
+    /// Stop every pipeline (drain, finalize) and wait for them. Returns the errors of pipelines
+    /// that did not drain within the deadline (`pipeline: what`).
+    pub fn shutdown(&self) -> Vec<String> {
         self.stopping.store(true, Ordering::Relaxed);
         let entries = std::mem::take(&mut *lock(&self.entries));
         for e in entries.values() {
             e.stop.store(true, Ordering::Relaxed);
         }
+        let mut undrained = Vec::new();
         for (_, e) in entries {
-            stop_and_join(e);
+            let name = e.name.clone();
+            if let Some(err) =
+                stop_and_join(e).filter(|e| e.contains(crate::runtime::supervise::UNDRAINED))
+            {
+                undrained.push(format!("{name}: {err}"));
+            }
         }
+        undrained
     }
 }
 
@@ -491,11 +502,13 @@ fn settle(e: &mut Entry, h: JoinHandle<Result<RunReport, String>>) {
     e.error = error;
 }
 
-fn stop_and_join(mut e: Entry) {
+/// Stop `e`'s pipeline and wait for it (at most its drain deadline); returns its error, if any.
+fn stop_and_join(mut e: Entry) -> Option<String> {
     e.stop.store(true, Ordering::Relaxed);
     if let Some(h) = e.handle.take() {
         settle(&mut e, h);
     }
+    e.error
 }
 
 /// Run the service until SIGTERM/SIGINT: start, serve HTTP, reload on SIGHUP and file changes,
@@ -567,9 +580,13 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     tracing::info!(target: "vigil::serve", "stopping: draining every pipeline");
     notify(&[sd_notify::NotifyState::Stopping]);
-    service.shutdown();
+    let undrained = service.shutdown();
     http.stop();
-    Ok(())
+    if undrained.is_empty() {
+        Ok(())
+    } else {
+        Err(ServeError::Undrained(undrained.join("; ")))
+    }
 }
 
 fn notify(states: &[sd_notify::NotifyState]) {

@@ -723,3 +723,85 @@ fn a_reloaded_pipeline_continues_its_seq_in_the_appended_jsonl() {
         "seq repeats or goes back across the reload: {seqs:?}"
     );
 }
+
+/// Reloading and stopping a pipeline whose JSONL output is stuck (a FIFO nobody reads) take at
+/// most the drain deadline (`--drain-timeout 2s`): the new config runs within it, `/pipelines`
+/// names the MP4 file the new run writes (`lobby-1.mp4`, not the old path), and SIGTERM ends the
+/// service within the deadline + 2 s with exit 1 naming what did not drain.
+#[test]
+fn reload_and_stop_with_a_stuck_output_take_at_most_the_drain_deadline() {
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(out.join("lobby.jsonl"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let write = |confidence: &str| {
+        std::fs::write(
+            conf.join("lobby.yaml"),
+            format!(
+                "name: lobby\nsources:\n  - id: pattern\n    uri: test:ball?width=160&height=120&fps=5\n\
+                 detector:\n  model: {}\n  confidence: {confidence}\nqueues: {{ stall_timeout: 10m }}\n\
+                 outputs:\n  - {{ kind: mp4, path: \"../out/{{pipeline}}.mp4\" }}\n\
+                 \x20 - {{ kind: jsonl, path: \"../out/{{pipeline}}.jsonl\" }}\n",
+                model().display()
+            ),
+        )
+        .unwrap();
+    };
+    write("0.25");
+    let http = free_port();
+    let log = dir.path().join("serve.log");
+    let mut child = serve_answering(&conf, http, &log, &["--drain-timeout", "2s"]);
+    let mp4_file = |ps: &[serde_json::Value]| -> String {
+        by_name(ps, "lobby")["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["output"].as_str().unwrap_or("").starts_with("mp4"))
+            .and_then(|o| o["file"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    wait_for("the first MP4", Duration::from_secs(60), || {
+        mp4_file(&pipelines(http)).ends_with("lobby.mp4")
+    });
+    write("0.3");
+    let changed = Instant::now();
+    wait_for("the restart", Duration::from_secs(30), || {
+        by_name(&pipelines(http), "lobby")["starts"] == 2
+    });
+    let took = changed.elapsed();
+    // poll 500 ms + drain 2 s + finalize grace 1.5 s, and room for a loaded machine
+    assert!(took < Duration::from_secs(8), "restart took {took:?}");
+    wait_for("the new MP4 in /pipelines", Duration::from_secs(30), || {
+        mp4_file(&pipelines(http)).ends_with("lobby-1.mp4")
+    });
+    sigterm(&child.0);
+    let term = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            term.elapsed() < Duration::from_secs(30),
+            "vigil did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = term.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        took < Duration::from_secs(2 + 2),
+        "stop took {took:?}:\n{text}"
+    );
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("did not drain"), "{text}");
+}
