@@ -169,6 +169,9 @@ impl OutputKind {
     }
 }
 
+/// A file source (not paced) that produces no frame for this long has stalled.
+pub const DEFAULT_FILE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long a stage may hold waiting frames without taking one before it counts as stalled.
 pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -513,7 +516,12 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 None
             }
             Some(d) => Some(d.value.0),
-            None => live.then_some(DEFAULT_STALL),
+            // a file that gives no frame for long has hung its decoder: end it, named
+            None => Some(if live {
+                DEFAULT_STALL
+            } else {
+                DEFAULT_FILE_STALL
+            }),
         };
         sources.push(SourcePlan {
             id,

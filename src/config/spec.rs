@@ -98,7 +98,7 @@ pub struct SourceSpec {
     #[serde(default)]
     pub max_frames: Option<u64>,
     /// Stall watchdog: if no frame arrives for this long (e.g. `5s`), the source is reported
-    /// stalled and stopped. Default 10s for live sources, none for files.
+    /// stalled and stopped. Default 10s for live sources, 60s for files (a decoder that hangs).
     #[serde(default)]
     pub stall: Option<Spanned<super::units::HumanDuration>>,
     /// Detector settings for this source only, overriding the pipeline's `detector` ones.

@@ -198,7 +198,29 @@ fn bgr_sink(sync: bool, drop: bool) -> gst_app::AppSink {
         .build()
 }
 
-fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
+/// What the decoder's dynamic pads turned out to be: a file may have no video at all (audio only),
+/// and then nothing would ever arrive at the appsink, and not always an error either.
+#[derive(Debug, Default)]
+struct Pads {
+    video_linked: AtomicBool,
+    /// uridecodebin has exposed every pad it will.
+    no_more_pads: AtomicBool,
+}
+
+impl Pads {
+    fn no_video(&self) -> bool {
+        self.no_more_pads.load(Ordering::Acquire) && !self.video_linked.load(Ordering::Acquire)
+    }
+}
+
+/// A built source pipeline: where its frames come out, and (for decoded sources) its pads.
+struct Built {
+    pipeline: gst::Pipeline,
+    sink: gst_app::AppSink,
+    pads: Option<Arc<Pads>>,
+}
+
+fn build(src: &SourcePlan) -> Result<Built, String> {
     let pipeline = gst::Pipeline::with_name(&format!("ingest-{}", src.id));
     if src.uri.starts_with("test:") {
         let test = test_source(&src.uri)?;
@@ -210,7 +232,11 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
             .add_many([&test, &convert, sink.upcast_ref()])
             .map_err(|e| e.to_string())?;
         gst::Element::link_many([&test, &convert, sink.upcast_ref()]).map_err(|e| e.to_string())?;
-        return Ok((pipeline, sink));
+        return Ok(Built {
+            pipeline,
+            sink,
+            pads: None,
+        });
     }
     let decode = gst::ElementFactory::make("uridecodebin")
         .property("uri", &src.uri)
@@ -237,6 +263,10 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
     convert.link(&sink).map_err(|e| e.to_string())?;
     let convert_weak = convert.downgrade();
     let id = src.id.clone();
+    let pads = Arc::new(Pads::default());
+    let seen = pads.clone();
+    decode.connect_no_more_pads(move |_| seen.no_more_pads.store(true, Ordering::Release));
+    let linked = pads.clone();
     decode.connect_pad_added(move |_, pad| {
         let is_video = pad
             .current_caps()
@@ -245,14 +275,21 @@ fn build(src: &SourcePlan) -> Result<(gst::Pipeline, gst_app::AppSink), String> 
             .unwrap_or(false);
         let Some(convert) = convert_weak.upgrade() else { return };
         let Some(sinkpad) = convert.static_pad("sink") else { return };
-        if is_video
-            && !sinkpad.is_linked()
-            && let Err(e) = pad.link(&sinkpad)
-        {
-            tracing::warn!(target: "vigil::ingest", source = %id, "cannot link decoded video: {e:?}");
+        if !is_video || sinkpad.is_linked() {
+            return;
+        }
+        match pad.link(&sinkpad) {
+            Ok(_) => linked.video_linked.store(true, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(target: "vigil::ingest", source = %id, "cannot link decoded video: {e:?}")
+            }
         }
     });
-    Ok((pipeline, sink))
+    Ok(Built {
+        pipeline,
+        sink,
+        pads: Some(pads),
+    })
 }
 
 fn pull_all(
@@ -264,7 +301,11 @@ fn pull_all(
     report: &mut IngestReport,
 ) -> Result<(), IngestError> {
     let safe_uri = redact_uri(&src.uri);
-    let (pipeline, sink) = build(src).map_err(|message| IngestError::Build {
+    let Built {
+        pipeline,
+        sink,
+        pads,
+    } = build(src).map_err(|message| IngestError::Build {
         source_id: src.id.clone(),
         message,
     })?;
@@ -302,6 +343,11 @@ fn pull_all(
         if let Some(m) = first_error(&bus) {
             return Err(stream_err(format!("{safe_uri}: {m}")));
         }
+        if pads.as_ref().is_some_and(|p| p.no_video()) && report.frames == 0 {
+            return Err(stream_err(format!(
+                "{safe_uri}: no video stream in it (only other streams, e.g. audio)"
+            )));
+        }
         if let Some(limit) = src.stall.filter(|l| last_frame.elapsed() > *l) {
             return Err(stream_err(format!(
                 "{safe_uri}: no frame for {} (stall watchdog): the source has stalled",
@@ -310,7 +356,6 @@ fn pull_all(
         }
         match sink.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) {
             Some(sample) => {
-                last_frame = Instant::now();
                 if src.state.get() != supervisor::SourceState::Running {
                     src.state.set(supervisor::SourceState::Running);
                 }
@@ -330,6 +375,8 @@ fn pull_all(
                 if out.send(Msg::Item(frame)).is_err() {
                     return Err(stream_err("the pipeline downstream has stopped".into()));
                 }
+                // time spent waiting for room downstream is not the source stalling
+                last_frame = Instant::now();
                 if src.max_frames.is_some_and(|m| report.frames >= m) {
                     tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "max_frames reached");
                     return Ok(());

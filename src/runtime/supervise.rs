@@ -258,6 +258,7 @@ impl Supervisor<'_> {
                     None => slot.stats.set_state(StageState::Finished),
                 }
                 if let Some(err) = &r.error {
+                    tracing::error!(target: "vigil::runtime", "{err}");
                     out.errors.push(err.to_string());
                 }
                 out.ingest.push((e.slot, r));

@@ -221,6 +221,7 @@ impl Service {
                     if let Some(old) = lock(&self.entries).get(&file) {
                         continue_seq(old, &mut plan);
                     }
+                    continue_seq_of_jsonl(&mut plan);
                     let mut e = start(file.clone(), sha, plan, self.opts.drain_timeout);
                     e.starts = starts + 1;
                     lock(&self.entries).insert(file, e);
@@ -429,6 +430,45 @@ fn continue_seq(old: &Entry, plan: &mut Plan) {
             s.seq_start = before.seq_start + decoded.ingest.frames.load(Ordering::Relaxed);
         }
     }
+}
+
+/// After a restart of the service the JSONL outputs are appended to as well: each source numbers
+/// its frames on from the last record its JSONL files hold, so `seq` never repeats in a file.
+fn continue_seq_of_jsonl(plan: &mut Plan) {
+    for s in &mut plan.sources {
+        let last = plan
+            .outputs
+            .iter()
+            .filter(|o| o.source == s.id)
+            .filter_map(|o| match &o.kind {
+                crate::config::plan::OutputKind::Jsonl { path } => last_seq(path),
+                _ => None,
+            })
+            .max();
+        if let Some(last) = last {
+            s.seq_start = s.seq_start.max(last + 1);
+        }
+    }
+}
+
+/// The `seq` of the last whole record of a JSONL file (read from its last 64 KiB).
+fn last_seq(path: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    // a FIFO or a device has nothing to read back (and opening a FIFO would wait for a writer)
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)?;
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::Start(meta.len().saturating_sub(TAIL)))
+        .ok()?;
+    let mut tail = Vec::new();
+    f.take(TAIL).read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("seq")?.as_u64())
 }
 
 /// Start the pipeline of `plan` on its own thread.

@@ -694,7 +694,7 @@ fn a_full_outbox_warns_with_the_number_dropped() {
 /// Regression: a reloaded pipeline numbered its frames from 0 again while its JSONL was appended
 /// to, so one file held every seq twice. Now each source continues where its previous run stopped.
 #[test]
-fn a_reloaded_pipeline_continues_its_seq_in_the_appended_jsonl() {
+fn a_reloaded_or_restarted_pipeline_continues_its_seq_in_the_appended_jsonl() {
     let _heavy = super::common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("conf");
@@ -717,10 +717,19 @@ fn a_reloaded_pipeline_continues_its_seq_in_the_appended_jsonl() {
         lines() >= at_restart + 5
     });
     stop(child, &log);
+    // and across a restart of the service: numbering goes on from the file's last record
+    let at_stop = lines();
+    let child = serve_answering(&conf, http, &log, &[]);
+    wait_for(
+        "records after the service restart",
+        Duration::from_secs(60),
+        || lines() >= at_stop + 5,
+    );
+    stop(child, &log);
     let seqs: Vec<u64> = records(&out).iter().map(|r| r.seq).collect();
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
-        "seq repeats or goes back across the reload: {seqs:?}"
+        "seq repeats or goes back across the reload or the restart: {seqs:?}"
     );
 }
 
