@@ -343,7 +343,7 @@ impl Service {
             .collect()
     }
 
-    /// Outputs of running pipelines that failed or stalled: `pipeline: output: error`.
+    /// Outputs of running pipelines that failed or stalled: `pipeline: error naming the output`.
     pub fn failed_outputs(&self) -> Vec<String> {
         lock(&self.entries)
             .values()
@@ -352,7 +352,8 @@ impl Service {
                 e.metrics
                     .failed_outputs()
                     .into_iter()
-                    .map(|(o, err)| format!("{}: {o}: {err}", e.name))
+                    // the error names its output (`output jsonl … failed: …`)
+                    .map(|(_, err)| format!("{}: {err}", e.name))
                     .collect::<Vec<_>>()
             })
             .collect()

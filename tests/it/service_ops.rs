@@ -814,3 +814,70 @@ fn reload_and_stop_with_a_stuck_output_take_at_most_the_drain_deadline() {
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("did not drain"), "{text}");
 }
+
+/// Regression (item 2): an output that fails while its pipeline runs was invisible until the
+/// pipeline stopped (`running`, `error: null`, `/healthz` 200). Now `/pipelines` shows the output
+/// failed with its error, `/metrics` has its state, `/healthz` names it — while the pipeline and
+/// its other output go on.
+#[test]
+fn a_failed_output_shows_in_pipelines_metrics_and_health_while_its_pipeline_runs() {
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("lobby.yaml"),
+        format!(
+            "name: lobby\nsources:\n  - id: pattern\n    uri: test:ball?width=160&height=120&fps=5\n\
+             detector:\n  model: {}\noutputs:\n\
+             \x20 - {{ kind: jsonl, path: /dev/full }}\n\
+             \x20 - {{ kind: jsonl, path: \"../out/{{pipeline}}.jsonl\" }}\n",
+            model().display()
+        ),
+    )
+    .unwrap();
+    let http = free_port();
+    let log = dir.path().join("serve.log");
+    let child = serve_answering(&conf, http, &log, &[]);
+    let failed_output = |ps: &[serde_json::Value]| -> Option<serde_json::Value> {
+        by_name(ps, "lobby")["outputs"]
+            .as_array()?
+            .iter()
+            .find(|o| o["output"] == "jsonl /dev/full" && o["state"] == "failed")
+            .cloned()
+    };
+    wait_for(
+        "the failed output in /pipelines",
+        Duration::from_secs(60),
+        || failed_output(&pipelines(http)).is_some(),
+    );
+    let ps = pipelines(http);
+    let o = failed_output(&ps).unwrap();
+    assert!(
+        o["error"].as_str().unwrap_or("").contains("No space left"),
+        "{o}"
+    );
+    assert_eq!(by_name(&ps, "lobby")["state"], "running", "{ps:?}");
+    let (code, body) = get(http, "/healthz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("output failed: lobby: output jsonl /dev/full failed"),
+        "{body}"
+    );
+    let (_, metrics) = get(http, "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("vigil_stage_state{")
+            && l.contains("output jsonl /dev/full")
+            && l.contains("state=\"failed\"")
+            && l.ends_with(" 1.0")),
+        "{metrics}"
+    );
+    // the other output goes on
+    let good = dir.path().join("out/lobby.jsonl");
+    let n = || std::fs::read_to_string(&good).map_or(0, |t| t.lines().count());
+    let before = n();
+    wait_for("the other output to go on", Duration::from_secs(60), || {
+        n() > before + 2
+    });
+    stop(child, &log);
+}
