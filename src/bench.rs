@@ -77,6 +77,10 @@ fn decode(src: &SourcePlan, n: u64) -> (u64, f64, Option<Frame>) {
 }
 
 /// Run the benchmark for the first source of `plan`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the benchmark's phases in the order they run; to split in issue 15"
+)]
 pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
     let src = plan.sources.first().ok_or("the pipeline has no source")?;
     let mut report = BenchReport {

@@ -207,6 +207,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one arm per subcommand")]
 fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Run {
@@ -425,6 +426,10 @@ fn run(path: &Path, deterministic: bool, drain_timeout: std::time::Duration) -> 
     Ok(ExitCode::from(1))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the `vigil regress` command flow; moves into regress/ in the architecture pass (issue 15)"
+)]
 fn regress(path: &Path, golden: &Path, update: bool, report_dir: &Path) -> Result<ExitCode> {
     let mut plan = match config::load(path) {
         Ok(p) => p,
@@ -586,6 +591,10 @@ struct ModelChoice<'a> {
     weights: Option<&'a Path>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the `vigil detect` command flow; moves beside detect in the architecture pass (issue 15)"
+)]
 fn detect_images(
     images: &[PathBuf],
     model: &ModelChoice,

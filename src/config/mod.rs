@@ -91,6 +91,10 @@ pub fn load(path: &Path) -> Result<Plan, ConfigError> {
 }
 
 /// Parse and validate pipeline text as if read from `path` (relative paths resolve against its folder).
+#[allow(
+    clippy::too_many_lines,
+    reason = "the schema-error recovery loop (blank a key, parse again); to split in issue 15"
+)]
 pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError {
@@ -320,6 +324,10 @@ fn quoted(msg: &str) -> Option<&str> {
 
 /// Make the parser's message say what a person needs: the key it is about, the right place when
 /// the parser only knew the enclosing block, and plain words for YAML jargon.
+#[allow(
+    clippy::too_many_lines,
+    reason = "maps every YAML error kind to its message in one match; to split in the architecture pass (issue 15)"
+)]
 fn explain(text: &str, line: u64, column: u64, msg: &str) -> (u64, u64, String) {
     let lines: Vec<&str> = text.lines().collect();
     let key_at = |l: u64| -> Option<&str> {

@@ -213,6 +213,10 @@ impl FastConv {
     /// `dst` points at this image's `c_out × h × w` output; no other thread writes the output rows
     /// of tile rows `rows` meanwhile.
     #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the three Winograd phases share raw-pointer buffers under one SAFETY contract, kept in one place"
+    )]
     unsafe fn winograd_chunk(
         &self,
         u: &[f32],
@@ -344,6 +348,10 @@ impl FastConv {
     }
 
     /// Run on a contiguous NCHW f32 buffer.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the tiled and single-gemm paths share one raw-pointer contract; to split with the convolution rework (issue 21)"
+    )]
     pub fn run(&self, x: &[f32], (b, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
         let (oh, ow) = self.out_hw(h, w);
         let n = oh * ow;

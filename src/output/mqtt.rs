@@ -274,6 +274,10 @@ struct InFlight {
 }
 
 /// One connection's life. `Err((why, connected))` when it breaks.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the MQTT session (connect, publish window, acknowledgements) is one state machine in one loop"
+)]
 fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
     opts.set_keep_alive(s.keep_alive);

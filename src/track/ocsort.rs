@@ -235,6 +235,10 @@ fn rematch(ious: &[f64], rows: usize, cols: usize, thr: f64) -> Vec<(usize, usiz
 }
 
 impl Tracker for OcSort {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "step for step as the reference OC-SORT, kept in its order for parity"
+    )]
     fn update(&mut self, inputs: &[TrackerInput]) -> Vec<TrackOutput> {
         self.frame += 1;
         let p = self.p.clone();

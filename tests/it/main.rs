@@ -1,6 +1,12 @@
 //! vigil's integration tests: one binary, real GStreamer, real weights, real video.
 //! Assets come from `scripts/fetch-assets` (`make test` runs it first).
 
+// A test reads top to bottom as one scenario (start, act, check); long ones stay whole.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario read top to bottom"
+)]
+
 mod bad_input;
 mod common;
 mod config_corpus;
@@ -12,6 +18,7 @@ mod demo;
 mod detect_parity;
 mod faults;
 mod frame_sizes;
+mod layers;
 mod live;
 mod mot_metrics;
 mod regress;
