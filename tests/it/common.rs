@@ -186,3 +186,21 @@ pub fn generated_video(dir: &Path, width: u32, height: u32, frames: u32) -> Path
     );
     path
 }
+
+/// Wait for `child` to exit, at most `limit`; kill it and fail the test otherwise.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("vigil still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

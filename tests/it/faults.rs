@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{asset, decode_count, heavy, model, output_within, records, vigil};
+use super::common::{asset, decode_count, heavy, model, output_within, records, vigil, wait_exit};
 
 /// Frames of vtest.avi each run decodes, and the frame the fault is injected at.
 const FRAMES: u64 = 30;
@@ -235,21 +235,6 @@ fn spawn_logged(
     (child, rx)
 }
 
-/// Wait for `child` at most `limit`; kill it and fail otherwise.
-fn wait_or_kill(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("vigil still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// An output nobody reads (JSONL into a FIFO) is reported stalled within `stall_timeout` + 5 s,
 /// and the MP4 beside it still gets every frame.
 #[test]
@@ -259,7 +244,7 @@ fn output_into_a_fifo_nobody_reads_is_reported_stalled() {
     let p = fifo_pipeline(dir.path(), "3s");
     let started = Instant::now();
     let (mut child, lines) = spawn_logged(&p);
-    let status = wait_or_kill(&mut child, Duration::from_secs(120));
+    let status = wait_exit(&mut child, Duration::from_secs(120));
     let log: Vec<(Instant, String)> = lines.try_iter().collect();
     let text: Vec<&str> = log.iter().map(|(_, l)| l.as_str()).collect();
     let stalled = log
@@ -299,7 +284,7 @@ fn sigterm_with_a_stalled_output_exits_within_the_drain_deadline() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = wait_or_kill(&mut child, Duration::from_secs(30));
+    let status = wait_exit(&mut child, Duration::from_secs(30));
     let took = term.elapsed();
     let text: Vec<String> = lines.try_iter().map(|(_, l)| l).collect();
     assert!(

@@ -67,14 +67,7 @@ fn serve_answering(dir: &Path, http: u16, log: &Path, extra: &[&str]) -> Reaped 
 
 fn stop(mut child: Reaped, log: &Path) {
     sigterm(&child.0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "vigil did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = super::common::wait_exit(&mut child.0, Duration::from_secs(60));
     assert!(
         status.success(),
         "{}",
@@ -278,14 +271,7 @@ fn slow_chain(when_full: &str, secs: u64) -> (u64, u64, u64) {
     let mut child = super::service::run_logged(&p, &log);
     std::thread::sleep(Duration::from_secs(secs));
     sigterm(&child.0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "vigil did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = super::common::wait_exit(&mut child.0, Duration::from_secs(60));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");
     let recs = records(&dir.path().join("out/ball.jsonl"));
@@ -795,16 +781,7 @@ fn reload_and_stop_with_a_stuck_output_take_at_most_the_drain_deadline() {
     });
     sigterm(&child.0);
     let term = Instant::now();
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            term.elapsed() < Duration::from_secs(30),
-            "vigil did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = super::common::wait_exit(&mut child.0, Duration::from_secs(30));
     let took = term.elapsed();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
