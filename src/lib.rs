@@ -5,6 +5,7 @@ pub mod config;
 pub mod detect;
 pub mod fault;
 pub mod frame;
+pub mod hash;
 pub mod image_io;
 pub mod ingest;
 pub mod output;

@@ -366,12 +366,7 @@ fn run(path: &Path, deterministic: bool, drain_timeout: std::time::Duration) -> 
         .map_err(anyhow::Error::msg)
         .context("GStreamer")?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // A second signal while draining exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
-            .context("signal handler")?;
-        signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
-    }
+    vigil::service::stop_on_signals(&stop).context("signal handler")?;
     let device = detect::device(&plan.device)?;
     let detector = detect::load(&plan.model, &device)?;
     tracing::info!(pipeline = %plan.name, model = %plan.model.name, sources = plan.sources.len(), "running");

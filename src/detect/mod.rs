@@ -89,7 +89,7 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
         }
         h.update(&buf[..n]);
     }
-    let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let got = crate::hash::hex(&h.finalize());
     if got != expected {
         return Err(format!(
             "SHA-256 is {got}, the manifest expects {expected}: wrong or corrupted file"

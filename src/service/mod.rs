@@ -25,8 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
-
 use crate::config::{self, Plan};
 use crate::runtime::metrics::{PipelineMetrics, lock};
 use crate::runtime::{RunOptions, RunReport};
@@ -58,6 +56,8 @@ pub enum ServeError {
     Http(SocketAddr, String),
     #[error("GStreamer: {0}")]
     Gst(String),
+    #[error("cannot handle signals")]
+    Signal(#[source] std::io::Error),
     #[error("stopped, but not everything drained in time: {0}")]
     Undrained(String),
 }
@@ -116,13 +116,6 @@ pub struct Service {
     pub started_at: SystemTime,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The pipeline files of `dir` (`*.yaml`, `*.yml`, not hidden), sorted, with their contents' hash.
 pub fn pipeline_files(dir: &Path) -> Result<BTreeMap<PathBuf, String>, ServeError> {
     let rd = std::fs::read_dir(dir)
@@ -138,7 +131,7 @@ pub fn pipeline_files(dir: &Path) -> Result<BTreeMap<PathBuf, String>, ServeErro
         }
         // a file being written may vanish or be partial: the next poll sees it whole
         if let Ok(bytes) = std::fs::read(&p) {
-            out.insert(p, sha256_hex(&bytes));
+            out.insert(p, crate::hash::sha256_hex(&bytes));
         }
     }
     Ok(out)
@@ -552,26 +545,26 @@ fn stop_and_join(mut e: Entry) -> Option<String> {
     e.error
 }
 
+/// SIGTERM and SIGINT set `stop` (drain and finish); a second one while draining exits at once.
+pub fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for sig in [SIGTERM, SIGINT] {
+        // registered first, so it sees the flag as the previous signal left it
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(())
+}
+
 /// Run the service until SIGTERM/SIGINT: start, serve HTTP, reload on SIGHUP and file changes,
 /// feed systemd's watchdog while healthy, then drain everything.
 pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::SIGHUP;
     crate::ingest::init().map_err(ServeError::Gst)?;
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
-    let reg = |r: std::io::Result<signal_hook::SigId>| {
-        r.map_err(|e| ServeError::ConfigDir("signal handler".into(), e.to_string()))
-    };
-    for sig in [SIGTERM, SIGINT] {
-        // a second signal while draining exits at once
-        reg(signal_hook::flag::register_conditional_shutdown(
-            sig,
-            1,
-            term.clone(),
-        ))?;
-        reg(signal_hook::flag::register(sig, term.clone()))?;
-    }
-    reg(signal_hook::flag::register(SIGHUP, hup.clone()))?;
+    stop_on_signals(&term).map_err(ServeError::Signal)?;
+    signal_hook::flag::register(SIGHUP, hup.clone()).map_err(ServeError::Signal)?;
 
     let service = Arc::new(Service::new(opts.clone()));
     let http = http::start(service.clone(), opts.http)?;

@@ -14,7 +14,7 @@ use super::common::root;
 /// The layer of each top-level module (ARCHITECTURE.md "Layers"); components are layer 2.
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "frame" | "fault" | "image_io" => 1,
+        "frame" | "fault" | "hash" | "image_io" => 1,
         "ingest" | "preprocess" | "detect" | "track" | "output" | "analytics" => 2,
         "config" => 3,
         "runtime" => 4,
