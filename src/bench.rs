@@ -8,11 +8,11 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::config::plan::{OutputKind, OutputPlan, Plan, SourcePlan};
+use crate::config::plan::{OutputKind, OutputPlan, Plan};
 use crate::detect;
-use crate::frame::{Frame, Msg};
-use crate::runtime::edge::{WhenFull, edge};
-use crate::runtime::metrics::StageStats;
+use crate::frame::Frame;
+use crate::ingest::SourceSettings;
+use crate::runtime::edge::WhenFull;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -56,23 +56,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Decode the first `n` frames of `src` as fast as possible; returns (frames, seconds, first frame).
-fn decode(src: &SourcePlan, n: u64) -> (u64, f64, Option<Frame>) {
-    let (tx, rx) = edge::<Frame>("bench", 8, WhenFull::Block);
+fn decode(src: &SourceSettings, n: u64) -> (u64, f64, Option<Frame>) {
     let mut s = src.clone();
     s.max_frames = Some(n);
-    let keeper = std::thread::spawn(move || {
-        let mut first = None;
-        while let Ok(Msg::Item(f)) = rx.recv() {
-            if first.is_none() {
-                first = Some(f);
-            }
-        }
-        first
-    });
+    let mut first = None;
     let t = Instant::now();
-    let r = crate::ingest::run(&s, &tx, &AtomicBool::new(false), &StageStats::default());
-    drop(tx);
-    let first = keeper.join().unwrap_or(None);
+    let r = crate::ingest::decode_each(&s, |f| {
+        first.get_or_insert(f);
+    });
     (r.frames, t.elapsed().as_secs_f64(), first)
 }
 

@@ -112,6 +112,53 @@ pub struct BoxInModel(pub Xyxy);
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BoxInFrame(pub Xyxy);
 
+/// How a frame is fitted to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// Keep the aspect ratio and pad the short side with grey (darknet, Ultralytics).
+    Letterbox,
+    /// Scale each axis independently to fill the input (OpenCV's `blobFromImage`).
+    Stretch,
+}
+
+/// Maps model-input pixels to frame pixels: `x_frame = (x_model − offset_x) / scale_x`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameFromModel {
+    pub scale_x: f32,
+    pub scale_y: f32,
+    pub offset_x: f32,
+    pub offset_y: f32,
+    /// Frame size, for clamping.
+    pub frame_w: f32,
+    pub frame_h: f32,
+}
+
+impl FrameFromModel {
+    pub fn apply(&self, b: BoxInModel) -> BoxInFrame {
+        let m = b.0;
+        BoxInFrame(
+            Xyxy {
+                x1: (m.x1 - self.offset_x) / self.scale_x,
+                y1: (m.y1 - self.offset_y) / self.scale_y,
+                x2: (m.x2 - self.offset_x) / self.scale_x,
+                y2: (m.y2 - self.offset_y) / self.scale_y,
+            }
+            .clamped(self.frame_w, self.frame_h),
+        )
+    }
+}
+
+/// A frame ready for the network.
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    /// `3 × height × width` values, planes R, G, B, in `[0, 1]`.
+    pub chw: Vec<f32>,
+    pub width: u32,
+    pub height: u32,
+    pub frame_from_model: FrameFromModel,
+}
+
 /// One detected object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {

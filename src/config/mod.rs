@@ -3,12 +3,14 @@
 
 pub mod plan;
 pub mod spec;
+mod tolerances;
 pub mod units;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use plan::Plan;
+pub use tolerances::Tolerances;
 
 /// One problem in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq)]

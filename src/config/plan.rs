@@ -10,9 +10,10 @@ use super::{ConfigError, Problem};
 use crate::detect::PostParams;
 use crate::detect::manifest::ModelInfo;
 use crate::detect::nms::NmsParams;
+use crate::flow::WhenFull;
+use crate::ingest::{self, DEFAULT_RTSP_LATENCY, SourceSettings};
 use crate::output::mqtt::{MqttSettings, Publish};
 use crate::output::rtsp::RtspSettings;
-use crate::runtime::edge::WhenFull;
 use crate::track::TrackerKind;
 use crate::track::bytetrack::ByteTrackParams;
 use crate::track::iou::IouParams;
@@ -26,7 +27,7 @@ pub struct Plan {
     pub name: String,
     /// Where `name` is written in the file (line, column), for problems across files.
     pub name_at: (u64, u64),
-    pub sources: Vec<SourcePlan>,
+    pub sources: Vec<SourceSettings>,
     pub model: ModelInfo,
     pub device: String,
     pub resize: Resize,
@@ -39,7 +40,7 @@ pub struct Plan {
     /// `None`: no tracking.
     pub tracker: Option<TrackerKind>,
     /// `vigil regress` tolerances.
-    pub regress: crate::regress::Tolerances,
+    pub regress: super::Tolerances,
     pub queue_capacity: usize,
     /// A stage with frames waiting and none taken for this long has stalled.
     pub stall_timeout: std::time::Duration,
@@ -110,33 +111,6 @@ pub struct SourceDetect {
 }
 
 #[derive(Debug, Clone)]
-pub struct SourcePlan {
-    pub id: String,
-    /// A URI GStreamer can open (`file:` paths made absolute).
-    pub uri: String,
-    pub pace: Pace,
-    pub live: bool,
-    pub when_full: WhenFull,
-    /// No frame for this long ⇒ the source has stalled.
-    pub stall: Option<std::time::Duration>,
-    /// Stop after this many frames.
-    pub max_frames: Option<u64>,
-    /// How a live source reconnects.
-    pub reconnect: crate::ingest::supervisor::ReconnectPolicy,
-    /// RTSP over TCP (else UDP).
-    pub rtsp_tcp: bool,
-    /// RTSP jitter-buffer latency.
-    pub rtsp_latency: std::time::Duration,
-    /// Where the source is in its life (connecting, running, …), for logs and metrics.
-    pub state: std::sync::Arc<crate::ingest::supervisor::StateCell>,
-    /// Times the source came back after losing its stream (live counter for metrics).
-    pub reconnects: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// `seq` of the source's first frame: 0, or where the previous run of a reloaded pipeline
-    /// stopped (its outputs are appended to, so a seq must not repeat).
-    pub seq_start: u64,
-}
-
-#[derive(Debug, Clone)]
 pub struct OutputPlan {
     pub source: String,
     pub kind: OutputKind,
@@ -168,9 +142,6 @@ impl OutputKind {
         }
     }
 }
-
-/// A file source (not paced) that produces no frame for this long has stalled.
-pub const DEFAULT_FILE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a stage may hold waiting frames without taking one before it counts as stalled.
 pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -214,8 +185,6 @@ fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> 
     Ok((host, port))
 }
 
-/// Stall watchdog of live sources when the file says nothing.
-const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 const PLACEHOLDERS: &[&str] = &["pipeline", "source"];
 const X264_PRESETS: &[&str] = &[
     "ultrafast",
@@ -456,7 +425,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         );
     }
     check_size(&mut c, &spec);
-    let mut sources: Vec<SourcePlan> = Vec::new();
+    let mut sources: Vec<SourceSettings> = Vec::new();
     for s in &spec.sources.value {
         let id = s.id.value.clone();
         if id.is_empty()
@@ -522,12 +491,12 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             Some(d) => Some(d.value.0),
             // a file that gives no frame for long has hung its decoder: end it, named
             None => Some(if live {
-                DEFAULT_STALL
+                ingest::DEFAULT_STALL
             } else {
-                DEFAULT_FILE_STALL
+                ingest::DEFAULT_FILE_STALL
             }),
         };
-        sources.push(SourcePlan {
+        sources.push(SourceSettings {
             id,
             uri,
             pace: s.pace,
@@ -545,11 +514,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
                 }
             },
             rtsp_tcp: s.transport != Some(spec::Transport::Udp),
-            rtsp_latency: s
-                .latency
-                .map_or(std::time::Duration::from_millis(200), |l| l.0),
-            state: Default::default(),
-            reconnects: Default::default(),
+            rtsp_latency: s.latency.map_or(DEFAULT_RTSP_LATENCY, |l| l.0),
             seq_start: 0,
         });
     }
@@ -879,7 +844,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             every,
             source_detect,
             tracker,
-            regress: crate::regress::Tolerances::from_spec(spec.regress.as_ref()),
+            regress: super::Tolerances::from_spec(spec.regress.as_ref()),
             queue_capacity: cap.clamp(1, 4096),
             stall_timeout,
             outputs,

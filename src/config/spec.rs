@@ -4,7 +4,9 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::runtime::edge::WhenFull;
+pub use crate::flow::WhenFull;
+pub use crate::frame::Resize;
+pub use crate::ingest::Pace;
 
 /// Default confidence threshold: darknet's and Ultralytics' usual 0.25.
 pub const DEFAULT_CONFIDENCE: f32 = 0.25;
@@ -144,27 +146,6 @@ pub struct SourceDetectorSpec {
     /// Run the detector on every Nth frame of this source.
     #[serde(default)]
     pub every: Option<Spanned<u32>>,
-}
-
-/// How a file source releases frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pace {
-    /// Every frame, as quick as the pipeline goes (regression, batch jobs).
-    #[default]
-    AsFastAsPossible,
-    /// Frames released at their timestamps, like a live camera.
-    Realtime,
-}
-
-/// How a frame is fitted to the model's input size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resize {
-    /// Keep the aspect ratio and pad the short side with grey (darknet, Ultralytics).
-    Letterbox,
-    /// Scale each axis independently to fill the input (OpenCV's `blobFromImage`).
-    Stretch,
 }
 
 /// The object detector.

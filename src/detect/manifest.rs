@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::spec::Resize;
+use crate::frame::Resize;
 
 /// The architecture family, which picks the model definition and head decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

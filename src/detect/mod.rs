@@ -16,7 +16,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::frame::Detection;
-use crate::preprocess::ModelInput;
+use crate::frame::ModelInput;
 use head::Candidate;
 use manifest::{Family, ModelInfo};
 use nms::NmsParams;

@@ -15,11 +15,10 @@ use gstreamer_video::prelude::*;
 mod container;
 pub mod supervisor;
 
-use crate::config::plan::SourcePlan;
-use crate::config::spec::Pace;
+use crate::flow::{Sink, StageStats, WhenFull};
 use crate::frame::{Frame, Image, Msg, StreamId};
-use crate::runtime::edge::{EdgeTx, WhenFull};
-use crate::runtime::metrics::StageStats;
+use crate::retry::ReconnectPolicy;
+use supervisor::StateCell;
 
 /// How often the pull loop wakes to look at the stop flag and the bus.
 const POLL: Duration = Duration::from_millis(100);
@@ -41,6 +40,79 @@ pub struct IngestReport {
     pub error: Option<IngestError>,
 }
 
+/// How a file source releases frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pace {
+    /// Every frame, as quick as the pipeline goes (regression, batch jobs).
+    #[default]
+    AsFastAsPossible,
+    /// Frames released at their timestamps, like a live camera.
+    Realtime,
+}
+
+/// A live source (camera, stream, test pattern) that produces no frame for this long has stalled.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(10);
+
+/// A file source (not paced) that produces no frame for this long has stalled.
+pub const DEFAULT_FILE_STALL: Duration = Duration::from_secs(60);
+
+/// RTSP jitter-buffer latency when the file says nothing.
+pub const DEFAULT_RTSP_LATENCY: Duration = Duration::from_millis(200);
+
+/// One source, resolved: plain values, no live state (that is [`SourceLive`]).
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub id: String,
+    /// A URI GStreamer can open (`file:` paths made absolute).
+    pub uri: String,
+    pub pace: Pace,
+    pub live: bool,
+    pub when_full: WhenFull,
+    /// No frame for this long ⇒ the source has stalled.
+    pub stall: Option<Duration>,
+    /// Stop after this many frames.
+    pub max_frames: Option<u64>,
+    /// How a live source reconnects.
+    pub reconnect: ReconnectPolicy,
+    /// RTSP over TCP (else UDP).
+    pub rtsp_tcp: bool,
+    /// RTSP jitter-buffer latency.
+    pub rtsp_latency: Duration,
+    /// `seq` of the source's first frame: 0, or where the previous run of a reloaded pipeline
+    /// stopped (its outputs are appended to, so a seq must not repeat).
+    pub seq_start: u64,
+}
+
+impl SourceSettings {
+    /// A file decoded as fast as possible, every frame kept: what tests and tools decode with.
+    pub fn file(id: &str, uri: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            uri: uri.to_string(),
+            pace: Pace::AsFastAsPossible,
+            live: false,
+            when_full: WhenFull::Block,
+            stall: Some(DEFAULT_FILE_STALL),
+            max_frames: None,
+            reconnect: ReconnectPolicy::default(),
+            rtsp_tcp: true,
+            rtsp_latency: DEFAULT_RTSP_LATENCY,
+            seq_start: 0,
+        }
+    }
+}
+
+/// What a running source shares with whoever watches it (metrics, `/pipelines`); created by the
+/// runtime, one per source and run.
+#[derive(Debug, Default, Clone)]
+pub struct SourceLive {
+    /// Where the source is in its life (connecting, running, …).
+    pub state: Arc<StateCell>,
+    /// Times the source came back after losing its stream.
+    pub reconnects: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Initialise GStreamer once per process.
 pub fn init() -> Result<(), String> {
     gst::init().map_err(|e| e.to_string())
@@ -59,19 +131,28 @@ pub fn redact_uri(uri: &str) -> String {
 
 /// Run one source until it ends, fails, or `stop` is set; always sends `Eos` downstream last.
 pub fn run(
-    src: &SourcePlan,
-    out: &EdgeTx<Frame>,
+    src: &SourceSettings,
+    live: &SourceLive,
+    out: &dyn Sink<Frame>,
     stop: &AtomicBool,
     stats: &StageStats,
 ) -> IngestReport {
     let stream: StreamId = src.id.as_str().into();
     let mut report = IngestReport::default();
+    let run = Run {
+        src,
+        live,
+        stream: stream.clone(),
+        out,
+        stop,
+        stats,
+    };
     let result = if src.live {
-        supervise(src, &stream, out, stop, stats, &mut report)
+        supervise(&run, &mut report)
     } else {
-        src.state.set(supervisor::SourceState::Connecting);
-        let r = pull_all(src, &stream, out, stop, stats, &mut report);
-        src.state.set(if r.is_ok() {
+        live.state.set(supervisor::SourceState::Connecting);
+        let r = pull_all(&run, &mut report);
+        live.state.set(if r.is_ok() {
             supervisor::SourceState::Stopped
         } else {
             supervisor::SourceState::Failed
@@ -90,33 +171,57 @@ pub fn run(
     report
 }
 
+/// Decode `src` to its end (or its `max_frames`) on this thread, handing every frame to `each`:
+/// for tools and tests (bench, regress reports), not the pipeline.
+pub fn decode_each(src: &SourceSettings, each: impl FnMut(Frame) + Send) -> IngestReport {
+    let each = std::sync::Mutex::new(each);
+    let sink = |msg: Msg<Frame>| {
+        if let Msg::Item(frame) = msg {
+            (crate::flow::lock(&each))(frame);
+        }
+        Ok(())
+    };
+    let stop = AtomicBool::new(false);
+    run(
+        src,
+        &SourceLive::default(),
+        &sink,
+        &stop,
+        &StageStats::default(),
+    )
+}
+
+/// One source's run: what it reads, where its frames go, and what it reports to.
+struct Run<'a> {
+    src: &'a SourceSettings,
+    live: &'a SourceLive,
+    stream: StreamId,
+    out: &'a dyn Sink<Frame>,
+    stop: &'a AtomicBool,
+    stats: &'a StageStats,
+}
+
 /// Run a live source through its reconnect policy (see [`supervisor`]).
-fn supervise(
-    src: &SourcePlan,
-    stream: &StreamId,
-    out: &EdgeTx<Frame>,
-    stop: &AtomicBool,
-    stats: &StageStats,
-    report: &mut IngestReport,
-) -> Result<(), IngestError> {
+fn supervise(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
     use supervisor::{SourceState, backoff, sleep_unless_stopped};
+    let (src, live, stop) = (run.src, run.live, run.stop);
     let salt = src
         .id
         .bytes()
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     let mut failures = 0u32;
     loop {
-        src.state.set(SourceState::Connecting);
+        live.state.set(SourceState::Connecting);
         let before = report.frames;
-        let result = pull_all(src, stream, out, stop, stats, report);
+        let result = pull_all(run, report);
         if stop.load(Ordering::Relaxed) {
-            src.state.set(SourceState::Stopped);
+            live.state.set(SourceState::Stopped);
             return result;
         }
         if report.frames > before {
             failures = 0;
             report.reconnects += 1;
-            src.reconnects.fetch_add(1, Ordering::Relaxed);
+            live.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         failures += 1;
         let why = match &result {
@@ -124,7 +229,7 @@ fn supervise(
             Err(e) => e.to_string(),
         };
         if src.reconnect.retries.is_some_and(|r| failures > r) {
-            src.state.set(SourceState::Failed);
+            live.state.set(SourceState::Failed);
             tracing::error!(target: "vigil::ingest", source = %src.id, attempts = failures, "giving up: {why}");
             return Err(IngestError::Stream {
                 source_id: src.id.clone(),
@@ -132,10 +237,10 @@ fn supervise(
             });
         }
         let wait = backoff(&src.reconnect, failures, salt);
-        src.state.set(SourceState::Backoff);
+        live.state.set(SourceState::Backoff);
         tracing::warn!(target: "vigil::ingest", source = %src.id, attempt = failures, wait_ms = wait.as_millis() as u64, "{why}; reconnecting");
         if !sleep_unless_stopped(wait, stop) {
-            src.state.set(SourceState::Stopped);
+            live.state.set(SourceState::Stopped);
             return Ok(());
         }
     }
@@ -220,7 +325,7 @@ struct Built {
     pads: Option<Arc<Pads>>,
 }
 
-fn build(src: &SourcePlan) -> Result<Built, String> {
+fn build(src: &SourceSettings) -> Result<Built, String> {
     let pipeline = gst::Pipeline::with_name(&format!("ingest-{}", src.id));
     if src.uri.starts_with("test:") {
         let test = test_source(&src.uri)?;
@@ -296,14 +401,15 @@ fn build(src: &SourcePlan) -> Result<Built, String> {
     clippy::too_many_lines,
     reason = "the pull loop's exits (stop, bus error, no video, stall, EOS, truncation) read best side by side; to split in issue 15"
 )]
-fn pull_all(
-    src: &SourcePlan,
-    stream: &StreamId,
-    out: &EdgeTx<Frame>,
-    stop: &AtomicBool,
-    stats: &StageStats,
-    report: &mut IngestReport,
-) -> Result<(), IngestError> {
+fn pull_all(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
+    let Run {
+        src,
+        live,
+        stream,
+        out,
+        stop,
+        stats,
+    } = run;
     let safe_uri = redact_uri(&src.uri);
     let Built {
         pipeline,
@@ -360,15 +466,15 @@ fn pull_all(
         }
         match sink.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) {
             Some(sample) => {
-                if src.state.get() != supervisor::SourceState::Running {
-                    src.state.set(supervisor::SourceState::Running);
+                if live.state.get() != supervisor::SourceState::Running {
+                    live.state.set(supervisor::SourceState::Running);
                 }
                 crate::fault::check("ingest", report.frames).map_err(stream_err)?;
                 let started = Instant::now();
                 let lost = gaps.lost_before(&sample);
                 if lost > 0 {
                     // lost before the first edge (the appsink's own queue): still the source's drops
-                    out.stats().dropped.fetch_add(lost, Ordering::Relaxed);
+                    out.lost_before(lost);
                     tracing::debug!(target: "vigil::ingest", source = %src.id, lost, "frames dropped before ingest");
                 }
                 let frame =

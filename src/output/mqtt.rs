@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,27 @@ use serde::Serialize;
 use super::OutputError;
 use super::outbox::{Outbox, Pos};
 use super::record::{Record, SCHEMA};
-use crate::ingest::supervisor::{ReconnectPolicy, backoff};
-use crate::runtime::metrics::{MqttStats, lock};
+use crate::flow::lock;
+use crate::retry::{ReconnectPolicy, backoff};
+
+/// Counters of an MQTT output (see `output::mqtt`).
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    /// Connected to the broker now.
+    pub connected: AtomicBool,
+    /// Records written to the outbox.
+    pub queued: AtomicU64,
+    /// Records the broker acknowledged (QoS 1 PUBACK).
+    pub delivered: AtomicU64,
+    /// Publishes sent again after a connection loss (possible QoS-1 duplicates).
+    pub redelivered: AtomicU64,
+    /// Records dropped because the outbox reached its size limit.
+    pub dropped: AtomicU64,
+    /// Records in the outbox not yet acknowledged.
+    pub backlog: AtomicU64,
+    /// Bytes the outbox holds on disk.
+    pub outbox_bytes: AtomicU64,
+}
 
 /// Records published and not yet acknowledged, at most.
 pub const WINDOW: usize = 32;

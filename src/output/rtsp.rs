@@ -22,8 +22,8 @@ use gstreamer_rtsp_server::prelude::*;
 use gstreamer_video as gst_video;
 
 use super::OutputError;
+use crate::flow::lock;
 use crate::frame::Frame;
-use crate::runtime::metrics::lock;
 
 /// Settings of one RTSP output, resolved.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,48 +6,11 @@ use opencv::core::{Mat, Size, Vec3b};
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::config::spec::Resize;
-use crate::frame::{BoxInFrame, BoxInModel, Image, Xyxy};
+use crate::frame::Image;
+pub use crate::frame::{FrameFromModel, ModelInput, Resize};
 
 /// darknet's letterbox fill (0.5 grey).
 pub const LETTERBOX_FILL: f32 = 0.5;
-
-/// Maps model-input pixels to frame pixels: `x_frame = (x_model − offset_x) / scale_x`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FrameFromModel {
-    pub scale_x: f32,
-    pub scale_y: f32,
-    pub offset_x: f32,
-    pub offset_y: f32,
-    /// Frame size, for clamping.
-    pub frame_w: f32,
-    pub frame_h: f32,
-}
-
-impl FrameFromModel {
-    pub fn apply(&self, b: BoxInModel) -> BoxInFrame {
-        let m = b.0;
-        BoxInFrame(
-            Xyxy {
-                x1: (m.x1 - self.offset_x) / self.scale_x,
-                y1: (m.y1 - self.offset_y) / self.scale_y,
-                x2: (m.x2 - self.offset_x) / self.scale_x,
-                y2: (m.y2 - self.offset_y) / self.scale_y,
-            }
-            .clamped(self.frame_w, self.frame_h),
-        )
-    }
-}
-
-/// A frame ready for the network.
-#[derive(Debug, Clone)]
-pub struct ModelInput {
-    /// `3 × height × width` values, planes R, G, B, in `[0, 1]`.
-    pub chw: Vec<f32>,
-    pub width: u32,
-    pub height: u32,
-    pub frame_from_model: FrameFromModel,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
@@ -144,6 +107,7 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{BoxInModel, Xyxy};
 
     fn image(w: u32, h: u32) -> Image {
         Image {

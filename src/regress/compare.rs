@@ -2,51 +2,12 @@
 //! assignment), score drift on the matches, missing and extra detections; tracks scored with the
 //! MOT metrics taking the golden tracks as truth.
 
-use crate::config::spec::RegressSpec;
 use crate::frame::Xyxy;
 use crate::output::record::{Record, RecordDetection};
 use crate::regress::mot::{MotMetrics, MotRow, evaluate};
 use crate::track::assign::max_valid_min_cost;
 
-/// What counts as unchanged.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tolerances {
-    pub iou: f32,
-    pub score: f32,
-    /// Largest accepted move of a matched box's corners, in pixels.
-    pub box_px: f32,
-    pub max_missing: u64,
-    pub max_extra: u64,
-    pub min_idf1: f64,
-}
-
-impl Default for Tolerances {
-    fn default() -> Self {
-        Self {
-            iou: 0.5,
-            score: 0.05,
-            box_px: 2.0,
-            max_missing: 0,
-            max_extra: 0,
-            min_idf1: 0.9,
-        }
-    }
-}
-
-impl Tolerances {
-    pub fn from_spec(s: Option<&RegressSpec>) -> Self {
-        let d = Self::default();
-        let Some(s) = s else { return d };
-        Self {
-            iou: s.iou.unwrap_or(d.iou),
-            score: s.score_tolerance.unwrap_or(d.score),
-            box_px: s.box_tolerance_px.unwrap_or(d.box_px),
-            max_missing: s.max_missing.unwrap_or(d.max_missing),
-            max_extra: s.max_extra.unwrap_or(d.max_extra),
-            min_idf1: s.min_idf1.unwrap_or(d.min_idf1),
-        }
-    }
-}
+pub use crate::config::Tolerances;
 
 /// Differences in one frame.
 #[derive(Debug, Clone, Default)]

@@ -5,18 +5,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use opencv::core::{Mat, Point, Rect, Scalar, Size, Vec3b, Vector};
 use opencv::{imgcodecs, imgproc};
 use plotters::prelude::*;
 
 use super::compare::SourceDiff;
-use crate::config::plan::SourcePlan;
-use crate::frame::{Frame, Image, Msg};
+use crate::frame::Image;
+use crate::ingest::SourceSettings;
 use crate::output::record::RecordDetection;
-use crate::runtime::edge::{WhenFull, edge};
-use crate::runtime::metrics::StageStats;
 
 /// Frames shown per source.
 pub const WORST_FRAMES: usize = 4;
@@ -34,27 +31,18 @@ fn err<E: std::fmt::Display>(e: E) -> ReportError {
 }
 
 /// Decode `src` and keep the frames whose sequence number is in `seqs`.
-pub fn frames_at(src: &SourcePlan, seqs: &BTreeSet<u64>) -> HashMap<u64, Image> {
-    let (tx, rx) = edge::<Frame>("report", 4, WhenFull::Block);
-    let mut plan = src.clone();
-    plan.when_full = WhenFull::Block;
-    plan.max_frames = seqs.iter().next_back().map(|m| m + 1);
-    let wanted = seqs.clone();
-    let keeper = std::thread::spawn(move || {
-        let mut out = HashMap::new();
-        while let Ok(Msg::Item(f)) = rx.recv() {
-            if wanted.contains(&f.seq)
-                && let Ok(image) = std::sync::Arc::try_unwrap(f.image)
-            {
-                out.insert(f.seq, image);
-            }
+pub fn frames_at(src: &SourceSettings, seqs: &BTreeSet<u64>) -> HashMap<u64, Image> {
+    let mut settings = src.clone();
+    settings.max_frames = seqs.iter().next_back().map(|m| m + 1);
+    let mut out = HashMap::new();
+    let _ = crate::ingest::decode_each(&settings, |f| {
+        if seqs.contains(&f.seq)
+            && let Ok(image) = std::sync::Arc::try_unwrap(f.image)
+        {
+            out.insert(f.seq, image);
         }
-        out
     });
-    let stop = AtomicBool::new(false);
-    let _ = crate::ingest::run(&plan, &tx, &stop, &StageStats::default());
-    drop(tx);
-    keeper.join().unwrap_or_default()
+    out
 }
 
 fn draw_boxes(
@@ -186,7 +174,7 @@ fn register_font() -> Result<(), ReportError> {
 pub fn write(
     dir: &Path,
     pipeline: &str,
-    sources: &[SourcePlan],
+    sources: &[SourceSettings],
     diffs: &[SourceDiff],
 ) -> Result<PathBuf, ReportError> {
     std::fs::create_dir_all(dir).map_err(err)?;

@@ -15,19 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, select};
-use serde::{Deserialize, Serialize};
 
+use crate::flow::{Sink, SinkClosed};
 use crate::frame::Msg;
 
-/// What a sender does when the edge is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Wait for room: nothing is lost, the upstream slows down.
-    Block,
-    /// Drop the oldest queued item to make room: latency stays bounded, drops are counted.
-    DropOldest,
-}
+pub use crate::flow::WhenFull;
 
 /// Counters of one edge, shared by its ends and readable by metrics and the stall watchdog.
 #[derive(Debug, Default)]
@@ -203,6 +195,16 @@ pub fn edge_counted<T>(
         },
         EdgeRx { shared, rx, closed },
     )
+}
+
+impl<T: Send> Sink<T> for EdgeTx<T> {
+    fn send(&self, msg: Msg<T>) -> Result<(), SinkClosed> {
+        EdgeTx::send(self, msg).map_err(|d| SinkClosed(format!("edge {}", d.0)))
+    }
+
+    fn lost_before(&self, n: u64) {
+        self.shared.stats.dropped.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl<T> EdgeTx<T> {

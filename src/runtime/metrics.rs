@@ -2,113 +2,14 @@
 //! source (frames in/processed, reconnects, state, latency) and per output. Everything is atomics
 //! behind `Arc`s, written by the stages and read at any time by `/metrics` and `/pipelines`.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::flow::{StageState, StageStats, lock};
 use crate::ingest::supervisor::StateCell;
+use crate::output::mqtt::MqttStats;
 use crate::runtime::edge::EdgeStats;
-
-/// Where a stage (or an output) is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageState {
-    Running,
-    /// Drained and ended.
-    Finished,
-    /// Returned an error or panicked; see its error.
-    Failed,
-    /// Made no progress for `queues.stall_timeout` with work waiting; given up on.
-    Stalled,
-}
-
-impl StageState {
-    pub const ALL: [StageState; 4] = [
-        StageState::Running,
-        StageState::Finished,
-        StageState::Failed,
-        StageState::Stalled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Finished => "finished",
-            Self::Failed => "failed",
-            Self::Stalled => "stalled",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        Self::ALL
-            .get(usize::from(v))
-            .copied()
-            .unwrap_or(Self::Failed)
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct StageStats {
-    pub frames: AtomicU64,
-    pub busy_ns: AtomicU64,
-    /// A [`StageState`] (0 = running).
-    state: AtomicU8,
-    /// Why it failed or stalled.
-    error: Mutex<Option<String>>,
-    /// For an output: the file it writes now (an MP4 continues in `NAME-N.mp4` after a restart
-    /// or a size change).
-    file: Mutex<Option<String>>,
-}
-
-impl StageStats {
-    pub fn state(&self) -> StageState {
-        StageState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-
-    pub fn set_state(&self, s: StageState) {
-        self.state.store(s as u8, Ordering::Relaxed);
-    }
-
-    pub fn set_error(&self, e: String) {
-        *lock(&self.error) = Some(e);
-    }
-
-    /// Failed with `e` (a stalled stage stays stalled).
-    pub fn fail(&self, e: String) {
-        if self.state() != StageState::Stalled {
-            self.set_state(StageState::Failed);
-        }
-        self.set_error(e);
-    }
-
-    pub fn error(&self) -> Option<String> {
-        lock(&self.error).clone()
-    }
-
-    pub fn set_file(&self, f: String) {
-        *lock(&self.file) = Some(f);
-    }
-
-    pub fn file(&self) -> Option<String> {
-        lock(&self.file).clone()
-    }
-
-    pub fn record(&self, took: Duration) {
-        self.frames.fetch_add(1, Ordering::Relaxed);
-        self.busy_ns
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    /// Mean milliseconds per frame so far.
-    pub fn mean_ms(&self) -> f64 {
-        let n = self.frames.load(Ordering::Relaxed);
-        if n == 0 {
-            0.0
-        } else {
-            self.busy_ns.load(Ordering::Relaxed) as f64 / n as f64 / 1e6
-        }
-    }
-}
 
 /// Latency histogram with 1 ms buckets up to 10 s (and one overflow bucket): fixed memory however
 /// long the daemon runs.
@@ -205,23 +106,14 @@ pub struct SourceMetrics {
     pub latency: LatencyHistogram,
 }
 
-/// Counters of an MQTT output (see `output::mqtt`).
-#[derive(Debug, Default)]
-pub struct MqttStats {
-    /// Connected to the broker now.
-    pub connected: AtomicBool,
-    /// Records written to the outbox.
-    pub queued: AtomicU64,
-    /// Records the broker acknowledged (QoS 1 PUBACK).
-    pub delivered: AtomicU64,
-    /// Publishes sent again after a connection loss (possible QoS-1 duplicates).
-    pub redelivered: AtomicU64,
-    /// Records dropped because the outbox reached its size limit.
-    pub dropped: AtomicU64,
-    /// Records in the outbox not yet acknowledged.
-    pub backlog: AtomicU64,
-    /// Bytes the outbox holds on disk.
-    pub outbox_bytes: AtomicU64,
+impl SourceMetrics {
+    /// What the source's ingest writes its state and reconnects into.
+    pub fn live(&self) -> crate::ingest::SourceLive {
+        crate::ingest::SourceLive {
+            state: self.state.clone(),
+            reconnects: self.reconnects.clone(),
+        }
+    }
 }
 
 /// Counters of one output.
@@ -245,7 +137,8 @@ pub struct PipelineMetrics {
 }
 
 impl PipelineMetrics {
-    /// Counters for the sources of `plan`, sharing each source's state cell.
+    /// Fresh counters for the sources of `plan` (the ingest of each shares its state and
+    /// reconnects through [`SourceMetrics::live`]).
     pub fn for_plan(plan: &crate::config::Plan) -> Self {
         Self {
             sources: plan
@@ -254,8 +147,8 @@ impl PipelineMetrics {
                 .map(|s| {
                     Arc::new(SourceMetrics {
                         id: s.id.clone(),
-                        state: s.state.clone(),
-                        reconnects: s.reconnects.clone(),
+                        state: Arc::default(),
+                        reconnects: Arc::default(),
                         ingest: Arc::default(),
                         processed: Arc::default(),
                         first_edge: Arc::new(EdgeStats::default()),
@@ -321,11 +214,6 @@ impl PipelineMetrics {
             })
             .sum()
     }
-}
-
-/// A counters list stays usable even if a thread panicked while holding it.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -289,6 +289,7 @@ impl SourceThreads<'_> {
     fn spawn_ingest(&self, tx: EdgeTx<Frame>, stages: &mut Stages) -> usize {
         let s = self.plan.sources[self.index].clone();
         let stats = self.source().ingest.clone();
+        let live = self.source().live();
         self.metrics
             .add_stage(format!("ingest[{}]", s.id), stats.clone());
         let stop = self.stop.clone();
@@ -301,7 +302,7 @@ impl SourceThreads<'_> {
         let index = stages.len();
         stages.spawn(format!("ingest-{}", s.id), slot, move || {
             let stream: StreamId = s.id.as_str().into();
-            let r = guarded(|| Ok(crate::ingest::run(&s, &tx, &stop, &stats)));
+            let r = guarded(|| Ok(crate::ingest::run(&s, &live, &tx, &stop, &stats)));
             if r.is_err() {
                 // it panicked before sending its end of stream: send it for it
                 let _ = tx.send(Msg::Eos(stream));

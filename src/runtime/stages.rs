@@ -7,17 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::plan::OutputKind;
-use crate::config::spec::Resize;
 use crate::detect::{Detector, PostParams};
+use crate::frame::Resize;
 use crate::frame::{Frame, Msg, StreamId};
 use crate::output::jsonl::JsonlWriter;
 use crate::output::mp4::{Mp4Settings, Mp4Writer};
+use crate::output::mqtt::MqttStats;
 use crate::output::mqtt::MqttWriter;
 use crate::output::record::Record;
 use crate::output::rtsp::RtspWriter;
 use crate::preprocess::{self, ModelInput};
 use crate::runtime::edge::{EdgeRx, EdgeTx};
-use crate::runtime::metrics::{MqttStats, OutputStats, PipelineMetrics, StageStats};
+use crate::runtime::metrics::{OutputStats, PipelineMetrics, StageStats};
 
 /// A frame and its network input (`None` when `detector.every` skips it).
 pub type Prepared = (Frame, Option<ModelInput>);

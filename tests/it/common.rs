@@ -2,13 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 
-use vigil::config::plan::SourcePlan;
-use vigil::config::spec::Pace;
-use vigil::frame::Msg;
-use vigil::runtime::edge::{WhenFull, edge};
-use vigil::runtime::metrics::StageStats;
+use vigil::ingest::SourceSettings;
 
 /// Held by every test that runs the detector for long or measures timing: on a 2-core machine
 /// two of them at once starve each other (and timing assertions measure the neighbour, not vigil).
@@ -65,44 +60,21 @@ pub fn pipeline(dir: &Path, sources: &[(&str, &Path)], extra: &str) -> PathBuf {
 /// Decode a video file with vigil's own ingest; returns (frames, width, height).
 pub fn decode_count(path: &Path) -> (u64, u32, u32) {
     vigil::ingest::init().unwrap();
-    let src = SourcePlan {
-        id: "check".into(),
-        uri: gstreamer::glib::filename_to_uri(std::path::absolute(path).unwrap(), None)
-            .unwrap()
-            .to_string(),
-        pace: Pace::AsFastAsPossible,
-        live: false,
-        when_full: WhenFull::Block,
-        stall: None,
-        max_frames: None,
-        reconnect: Default::default(),
-        rtsp_tcp: true,
-        rtsp_latency: std::time::Duration::from_millis(200),
-        state: Default::default(),
-        reconnects: Default::default(),
-        seq_start: 0,
-    };
-    let (tx, rx) = edge::<vigil::frame::Frame>("check", 4, WhenFull::Block);
-    let stop = AtomicBool::new(false);
-    let stats = StageStats::default();
-    let counter = std::thread::spawn(move || {
-        let (mut n, mut size) = (0, (0, 0));
-        while let Ok(Msg::Item(f)) = rx.recv() {
-            n += 1;
-            size = (f.image.width, f.image.height);
-        }
-        (n, size)
+    let uri = gstreamer::glib::filename_to_uri(std::path::absolute(path).unwrap(), None).unwrap();
+    let mut src = SourceSettings::file("check", uri.as_str());
+    src.stall = None;
+    let (mut n, mut size) = (0, (0, 0));
+    let report = vigil::ingest::decode_each(&src, |f| {
+        n += 1;
+        size = (f.image.width, f.image.height);
     });
-    let report = vigil::ingest::run(&src, &tx, &stop, &stats);
-    drop(tx);
     assert!(
         report.error.is_none(),
         "{} does not decode: {:?}",
         path.display(),
         report.error
     );
-    let (n, (w, h)) = counter.join().unwrap();
-    (n, w, h)
+    (n, size.0, size.1)
 }
 
 /// Parse every line of a JSONL file as a metadata record; panics on a partial line.

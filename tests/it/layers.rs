@@ -2,26 +2,58 @@
 //! import each other. Every `crate::` and `super::` path of `src/` outside `#[cfg(test)]` counts,
 //! inline ones included.
 //!
-//! The edges that break the rule today are listed in `tests/layers-known.txt` (debt the
-//! architecture pass removes): a new violation fails this test, and so does a listed one that is
-//! gone (delete its line), so the list only shrinks. `VIGIL_BLESS=1` rewrites the list.
+//! The layer of each module is read from that list itself, so the document and the check cannot
+//! drift apart: a top-level module missing from the list fails the test too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::common::root;
 
-/// The layer of each top-level module (ARCHITECTURE.md "Layers"); components are layer 2.
-fn layer(module: &str) -> Option<u8> {
-    Some(match module {
-        "frame" | "fault" | "hash" | "image_io" => 1,
-        "ingest" | "preprocess" | "detect" | "track" | "output" | "analytics" => 2,
-        "config" => 3,
-        "runtime" => 4,
-        "main" | "service" | "regress" | "bench" => 5,
-        _ => return None,
-    })
+/// The layer list: the fenced block after `## Layers` in ARCHITECTURE.md, one layer a line as
+/// `N  module · module · … — what it is` (a line without a number continues the one above).
+fn layers_of(architecture: &str) -> BTreeMap<String, u8> {
+    let after = architecture
+        .split_once("## Layers")
+        .expect("ARCHITECTURE.md has a `## Layers` section")
+        .1;
+    let block = after
+        .split("```")
+        .nth(1)
+        .expect("the layer list is a fenced block");
+    let mut out = BTreeMap::new();
+    let mut current = None;
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (number, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = match number.parse::<u8>() {
+            Ok(n) => {
+                current = Some(n);
+                rest
+            }
+            Err(_) => line,
+        };
+        let Some(n) = current else { continue };
+        let names = rest.split(" — ").next().unwrap_or("");
+        for name in names.split('·') {
+            let word: String = name
+                .trim()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !word.is_empty() {
+                out.insert(word, n);
+            }
+        }
+    }
+    out
 }
+
+fn layers() -> BTreeMap<String, u8> {
+    layers_of(&std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap())
+}
+
+/// Components, side by side, sit on this layer and never import each other.
+const COMPONENT_LAYER: u8 = 2;
 
 /// `src/output/mp4.rs` → `["output", "mp4"]`; `src/config/mod.rs` → `["config"]`.
 fn module_path(rel: &Path) -> Vec<String> {
@@ -106,8 +138,9 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// `from -> to` for every reference that points up a layer or across components.
-fn violations() -> BTreeSet<String> {
+/// `from -> to` for every reference that points up a layer or across components, and
+/// `module -> (not in the layer list)` for a module the list does not place.
+fn violations(layers: &BTreeMap<String, u8>) -> BTreeSet<String> {
     let src = root().join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -118,7 +151,11 @@ fn violations() -> BTreeSet<String> {
         let Some(from) = module.first().cloned() else {
             continue;
         };
-        let Some(from_layer) = layer(&from) else {
+        if from == "lib" {
+            continue;
+        }
+        let Some(&from_layer) = layers.get(&from) else {
+            out.insert(format!("{from} -> (not in the layer list)"));
             continue;
         };
         let code: String = std::fs::read_to_string(&f)
@@ -129,8 +166,10 @@ fn violations() -> BTreeSet<String> {
             .collect();
         let text = without_tests(&code);
         for to in referenced(&module, &text) {
-            let Some(to_layer) = layer(&to) else { continue };
-            let across = to != from && to_layer == 2 && from_layer == 2;
+            let Some(&to_layer) = layers.get(&to) else {
+                continue;
+            };
+            let across = to != from && to_layer == COMPONENT_LAYER && from_layer == COMPONENT_LAYER;
             if to_layer > from_layer || across {
                 out.insert(format!("{} -> {to}", rel.display()));
             }
@@ -141,37 +180,10 @@ fn violations() -> BTreeSet<String> {
 
 #[test]
 fn imports_point_down_the_layers() {
-    let known_file = root().join("tests/layers-known.txt");
-    let known: BTreeSet<String> = std::fs::read_to_string(&known_file)
-        .unwrap()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
-    let found = violations();
-    if std::env::var_os("VIGIL_BLESS").is_some() {
-        let mut text = String::from(
-            "# Imports against the layer list of ARCHITECTURE.md, as `file -> module`: debt that the\n\
-             # architecture pass removes. tests/it/layers.rs fails on a new one and on a fixed one\n\
-             # still listed. Regenerate: VIGIL_BLESS=1 cargo test --release --test it layers\n",
-        );
-        for v in &found {
-            text.push_str(&format!("{v}\n"));
-        }
-        std::fs::write(&known_file, text).unwrap();
-        return;
-    }
-    let new: Vec<&String> = found.difference(&known).collect();
-    let gone: Vec<&String> = known.difference(&found).collect();
+    let found = violations(&layers());
     assert!(
-        new.is_empty(),
-        "imports against the layer list (ARCHITECTURE.md): {new:#?}"
-    );
-    assert!(
-        gone.is_empty(),
-        "fixed, so delete from {}: {gone:#?}",
-        known_file.display()
+        found.is_empty(),
+        "imports against the layer list of ARCHITECTURE.md: {found:#?}"
     );
 }
 
@@ -189,5 +201,12 @@ fn the_layer_checker_finds_what_it_should() {
     assert!(!got.contains("service"), "{got:?}");
     // `super::` of `ingest/supervisor.rs` stays inside ingest
     assert!(referenced(&m("ingest/supervisor.rs"), "super::x").contains("ingest"));
-    assert_eq!(layer("runtime"), Some(4));
+    let list = layers_of(
+        "## Layers\n```\n 3  config — spec\n 2  ingest · output (each\n    kind) · track ·\n    detect\n 1  frame · flow\n```\n",
+    );
+    assert_eq!(list.get("config"), Some(&3));
+    assert_eq!(list.get("detect"), Some(&2));
+    assert_eq!(list.get("each"), None);
+    assert_eq!(list.get("flow"), Some(&1));
+    assert_eq!(layers().get("runtime"), Some(&4));
 }
