@@ -8,10 +8,13 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::config::plan::{OutputKind, OutputPlan, Plan};
+use crate::config::plan::{OutputPlan, Plan};
 use crate::detect;
 use crate::frame::Frame;
 use crate::ingest::SourceSettings;
+use crate::output::OutputSettings;
+use crate::output::jsonl::JsonlSettings;
+use crate::output::mp4::{DEFAULT_BITRATE_KBPS, Mp4Settings, X264Preset};
 use crate::runtime::edge::WhenFull;
 
 /// What to measure.
@@ -166,18 +169,18 @@ pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
     p.outputs = vec![
         OutputPlan {
             source: src.id.clone(),
-            kind: OutputKind::Mp4 {
+            settings: OutputSettings::Mp4(Mp4Settings {
                 path: s.scratch.join("vigil-bench.mp4"),
                 overlay: true,
-                preset: crate::config::spec::DEFAULT_X264_PRESET.into(),
-                bitrate_kbps: crate::config::spec::DEFAULT_BITRATE_KBPS,
-            },
+                preset: X264Preset::default(),
+                bitrate_kbps: DEFAULT_BITRATE_KBPS,
+            }),
         },
         OutputPlan {
             source: src.id.clone(),
-            kind: OutputKind::Jsonl {
+            settings: OutputSettings::Jsonl(JsonlSettings {
                 path: s.scratch.join("vigil-bench.jsonl"),
-            },
+            }),
         },
     ];
     let detector = detect::load(

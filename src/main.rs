@@ -450,9 +450,9 @@ fn regress(path: &Path, golden: &Path, update: bool, report_dir: &Path) -> Resul
         .iter()
         .map(|s| config::plan::OutputPlan {
             source: s.id.clone(),
-            kind: config::plan::OutputKind::Jsonl {
+            settings: vigil::output::OutputSettings::Jsonl(vigil::output::jsonl::JsonlSettings {
                 path: scratch.join(format!("{}.jsonl", s.id)),
-            },
+            }),
         })
         .collect();
     vigil::ingest::init()

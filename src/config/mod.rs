@@ -4,7 +4,7 @@
 pub mod plan;
 pub mod spec;
 mod tolerances;
-pub mod units;
+pub use crate::units;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -12,8 +12,8 @@ use crate::detect::manifest::ModelInfo;
 use crate::detect::nms::NmsParams;
 use crate::flow::WhenFull;
 use crate::ingest::{self, DEFAULT_RTSP_LATENCY, SourceSettings};
-use crate::output::mqtt::{MqttSettings, Publish};
-use crate::output::rtsp::RtspSettings;
+use crate::output::{OutputSettings, Resolve};
+use crate::paths::{escapes_folder, relative_to};
 use crate::track::TrackerKind;
 use crate::track::bytetrack::ByteTrackParams;
 use crate::track::iou::IouParams;
@@ -97,7 +97,7 @@ impl Plan {
         ));
         line("outputs:".into());
         for out in &self.outputs {
-            line(format!("  - source {}: {:?}", out.source, out.kind));
+            line(format!("  - source {}: {:?}", out.source, out.settings));
         }
         o
     }
@@ -113,91 +113,11 @@ pub struct SourceDetect {
 #[derive(Debug, Clone)]
 pub struct OutputPlan {
     pub source: String,
-    pub kind: OutputKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum OutputKind {
-    Mp4 {
-        path: PathBuf,
-        overlay: bool,
-        preset: String,
-        bitrate_kbps: u32,
-    },
-    Jsonl {
-        path: PathBuf,
-    },
-    Mqtt(MqttSettings),
-    Rtsp(RtspSettings),
-}
-
-impl OutputKind {
-    /// Short description for logs and metrics (never a credential).
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Mp4 { path, .. } => format!("mp4 {}", path.display()),
-            Self::Jsonl { path } => format!("jsonl {}", path.display()),
-            Self::Mqtt(m) => format!("mqtt {}:{}/{}", m.host, m.port, m.topic),
-            Self::Rtsp(r) => format!("rtsp {}", r.url()),
-        }
-    }
+    pub settings: OutputSettings,
 }
 
 /// How long a stage may hold waiting frames without taking one before it counts as stalled.
 pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Broker of MQTT outputs when the file names none.
-const DEFAULT_MQTT_BROKER: &str = "127.0.0.1:1883";
-/// Outbox size limit of MQTT outputs when the file says nothing.
-const DEFAULT_OUTBOX_MAX: u64 = 64 << 20;
-const MIN_OUTBOX: u64 = 64 << 10;
-/// How long MQTT outputs keep delivering after end of stream when the file says nothing.
-const DEFAULT_MQTT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// `host:port` or `host` (then `default_port`); IPv6 as `[::1]:1883`.
-fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty address".into());
-    }
-    if s.contains("://") {
-        return Err(format!("`{s}`: write host:port, without a scheme"));
-    }
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("`{s}`: `[` without `]`"))?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (s.to_string(), None),
-        }
-    };
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("`{s}`: port `{p}` is not a number in 1..=65535"))?,
-    };
-    Ok((host, port))
-}
-
-const PLACEHOLDERS: &[&str] = &["pipeline", "source"];
-const X264_PRESETS: &[&str] = &[
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-    "placebo",
-];
 
 struct Collector<'a> {
     file: &'a Path,
@@ -213,46 +133,6 @@ impl Collector<'_> {
             message,
         });
     }
-}
-
-/// Resolve `p` relative to the pipeline file's folder.
-fn relative_to(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
-}
-
-/// Substitute `{pipeline}`/`{source}`; `Err` names an unknown placeholder.
-fn expand(template: &str, pipeline: &str, source: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(i) = rest.find('{') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let j = after
-            .find('}')
-            .ok_or_else(|| format!("`{template}` has a `{{` without `}}`"))?;
-        match &after[..j] {
-            "pipeline" => out.push_str(pipeline),
-            "source" => out.push_str(source),
-            other => {
-                return Err(format!(
-                    "unknown placeholder `{{{other}}}` in `{template}`; known: {}",
-                    PLACEHOLDERS
-                        .iter()
-                        .map(|p| format!("{{{p}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-        }
-        rest = &after[j + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// The class filter for `names`, each unknown name reported at its place.
@@ -273,71 +153,6 @@ fn class_mask(
         }
     }
     mask
-}
-
-/// Why a file at `path` could not be created (a parent is a file, or the path is a folder), if so.
-fn uncreatable(path: &Path) -> Option<String> {
-    if path.is_dir() {
-        return Some("it is a folder".into());
-    }
-    uncreatable_parent(path)
-}
-
-/// Why the folder `path` (an MQTT outbox, which vigil creates and keeps across runs) cannot be
-/// used, if so: an existing folder is fine when it is writable, a file in its place is not.
-fn unusable_folder(path: &Path) -> Option<String> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_dir() => Some("it is a file, not a folder".into()),
-        Ok(_) => not_writable(path),
-        Err(_) => uncreatable_parent(path),
-    }
-}
-
-/// Whether this process can create files in the existing folder `dir` (permissions alone do not
-/// tell: ACLs, read-only mounts, another owner): a probe file is created and removed.
-fn not_writable(dir: &Path) -> Option<String> {
-    let probe = dir.join(format!(".vigil-check-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            None
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
-        Err(e) => Some(format!("the folder is not writable: {e}")),
-    }
-}
-
-/// Why a placeholder value (`{pipeline}` is the name, `{source}` the id) could escape the folder
-/// its output path names, if so: it may not hold a `/` nor be `.` or `..`.
-fn escapes_folder(value: &str) -> Option<&'static str> {
-    if value.contains('/') {
-        Some("must not contain `/`")
-    } else if value == "." || value == ".." {
-        Some("must not be `.` or `..`")
-    } else if value.contains('\0') {
-        Some("must not contain a NUL character")
-    } else {
-        None
-    }
-}
-
-/// The folders above `path` that exist: the nearest must be a folder.
-fn uncreatable_parent(path: &Path) -> Option<String> {
-    let mut dir = path.parent();
-    while let Some(d) = dir {
-        if d.as_os_str().is_empty() {
-            break;
-        }
-        if d.exists() {
-            return (!d.is_dir()).then(|| format!("{} is a file, not a folder", d.display()));
-        }
-        dir = d.parent();
-    }
-    None
 }
 
 /// Sources one pipeline file may have. Each costs memory and threads whatever it shows (README,
@@ -627,200 +442,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     };
     let tracker = resolve_tracker(&mut c, spec.tracker.as_ref());
 
-    // Outputs, expanded per source
-    let mut outputs = Vec::new();
-    let mut seen_paths: Vec<PathBuf> = Vec::new();
-    let mut seen_mounts: Vec<(String, u16, String)> = Vec::new();
-    for o in &spec.outputs {
-        for (si, s) in sources.iter().enumerate() {
-            // placeholders: report a bad template once, not per source
-            let exp = |c: &mut Collector, t: &str| match expand(t, &name, &s.id) {
-                Ok(v) => Some(v),
-                Err(m) => {
-                    if si == 0 {
-                        c.at(o.referenced, m);
-                    }
-                    None
-                }
-            };
-            // `folder`: the path is a folder vigil creates and reuses (an MQTT outbox)
-            let mut file_at = |c: &mut Collector, p: String, what: &str, folder: bool| {
-                let path = relative_to(&base, &p);
-                let unusable = if folder {
-                    unusable_folder(&path)
-                } else {
-                    uncreatable(&path)
-                };
-                if let Some(why) = unusable {
-                    c.at(
-                        o.referenced,
-                        format!("{what} {} cannot be created: {why}", path.display()),
-                    );
-                }
-                if seen_paths.contains(&path) {
-                    c.at(
-                        o.referenced,
-                        format!(
-                            "{what} {} is written twice (add {{source}} to the path?)",
-                            path.display()
-                        ),
-                    );
-                }
-                seen_paths.push(path.clone());
-                path
-            };
-            let kind = match &o.value {
-                OutputSpec::Mp4 {
-                    path,
-                    overlay,
-                    preset,
-                    bitrate_kbps,
-                } => {
-                    let preset = preset
-                        .clone()
-                        .unwrap_or_else(|| spec::DEFAULT_X264_PRESET.to_string());
-                    if !X264_PRESETS.contains(&preset.as_str()) && si == 0 {
-                        c.at(
-                            o.referenced,
-                            format!(
-                                "mp4 preset `{preset}` is not an x264 preset ({})",
-                                X264_PRESETS.join(", ")
-                            ),
-                        );
-                    }
-                    exp(&mut c, path).map(|p| OutputKind::Mp4 {
-                        path: file_at(&mut c, p, "output path", false),
-                        overlay: *overlay,
-                        preset,
-                        bitrate_kbps: bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS),
-                    })
-                }
-                OutputSpec::Jsonl { path } => exp(&mut c, path).map(|p| OutputKind::Jsonl {
-                    path: file_at(&mut c, p, "output path", false),
-                }),
-                OutputSpec::Mqtt {
-                    broker,
-                    topic,
-                    publish,
-                    client_id,
-                    username,
-                    password,
-                    outbox,
-                    outbox_max,
-                    drain,
-                    end_after,
-                } => {
-                    let broker = broker.as_deref().unwrap_or(DEFAULT_MQTT_BROKER);
-                    let hp = parse_host_port(broker, 1883);
-                    if let (Err(m), 0) = (&hp, si) {
-                        c.at(o.referenced, format!("mqtt broker: {m}"));
-                    }
-                    let outbox_max = outbox_max.map_or(DEFAULT_OUTBOX_MAX, |b| b.0);
-                    if outbox_max < MIN_OUTBOX && si == 0 {
-                        c.at(
-                            o.referenced,
-                            format!(
-                                "mqtt outbox_max must be at least 64KiB, got {outbox_max} bytes"
-                            ),
-                        );
-                    }
-                    if end_after == &Some(0) && si == 0 {
-                        c.at(o.referenced, "mqtt end_after must be at least 1".into());
-                    }
-                    if let (Some(t), 0) = (topic, si)
-                        && (t.is_empty() || t.contains(['#', '+']))
-                    {
-                        c.at(
-                            o.referenced,
-                            format!(
-                                "mqtt topic `{t}` must be non-empty and without wildcards (# +)"
-                            ),
-                        );
-                    }
-                    let topic = exp(
-                        &mut c,
-                        topic.as_deref().unwrap_or("vigil/{pipeline}/{source}"),
-                    );
-                    let client_id = exp(
-                        &mut c,
-                        client_id.as_deref().unwrap_or("vigil-{pipeline}-{source}"),
-                    );
-                    let outbox = exp(
-                        &mut c,
-                        outbox.as_deref().unwrap_or("outbox/{pipeline}-{source}"),
-                    )
-                    .map(|p| file_at(&mut c, p, "mqtt outbox", true));
-                    match (hp, topic, client_id, outbox) {
-                        (Ok((host, port)), Some(topic), Some(client_id), Some(outbox)) => {
-                            Some(OutputKind::Mqtt(MqttSettings {
-                                host,
-                                port,
-                                topic,
-                                client_id,
-                                username: username.clone(),
-                                password: password.clone(),
-                                publish: match publish {
-                                    Some(spec::MqttPublish::Events) => Publish::Events,
-                                    _ => Publish::Frames,
-                                },
-                                outbox,
-                                outbox_max,
-                                drain: drain.map_or(DEFAULT_MQTT_DRAIN, |d| d.0),
-                                end_after: end_after.unwrap_or(30),
-                                keep_alive: std::time::Duration::from_secs(15),
-                            }))
-                        }
-                        _ => None,
-                    }
-                }
-                OutputSpec::Rtsp {
-                    bind,
-                    port,
-                    path,
-                    overlay,
-                    bitrate_kbps,
-                } => {
-                    let bind = bind.clone().unwrap_or_else(|| "127.0.0.1".into());
-                    if bind.parse::<std::net::IpAddr>().is_err() && si == 0 {
-                        c.at(
-                            o.referenced,
-                            format!("rtsp bind `{bind}` is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)"),
-                        );
-                    }
-                    let port = port.unwrap_or(8554);
-                    if port == 0 && si == 0 {
-                        c.at(o.referenced, "rtsp port must not be 0".into());
-                    }
-                    exp(&mut c, path.as_deref().unwrap_or("/{pipeline}/{source}")).map(|p| {
-                        let p = if p.starts_with('/') { p } else { format!("/{p}") };
-                        let key = (bind.clone(), port, p.clone());
-                        if seen_mounts.contains(&key) {
-                            c.at(
-                                o.referenced,
-                                format!(
-                                    "rtsp://{bind}:{port}{p} is served twice (add {{source}} to the path?)"
-                                ),
-                            );
-                        }
-                        seen_mounts.push(key);
-                        OutputKind::Rtsp(RtspSettings {
-                            bind: bind.clone(),
-                            port,
-                            path: p,
-                            overlay: *overlay,
-                            bitrate_kbps: bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS),
-                        })
-                    })
-                }
-            };
-            if let Some(kind) = kind {
-                outputs.push(OutputPlan {
-                    source: s.id.clone(),
-                    kind,
-                });
-            }
-        }
-    }
+    let outputs = resolve_outputs(&mut c, &spec.outputs, &sources, &name, &base);
 
     match model {
         Some(model) if c.problems.is_empty() => Ok(Plan {
@@ -853,6 +475,35 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             problems: c.problems,
         }),
     }
+}
+
+/// Every output entry resolved for every source (`outputs` run per source). A problem that is the
+/// same for each source is reported once.
+fn resolve_outputs(
+    c: &mut Collector,
+    specs: &[Spanned<OutputSpec>],
+    sources: &[SourceSettings],
+    pipeline: &str,
+    base: &Path,
+) -> Vec<OutputPlan> {
+    let mut outputs = Vec::new();
+    let mut claims = Vec::new();
+    for o in specs {
+        let mut problems = Vec::new();
+        for s in sources {
+            let mut cx = Resolve::new(pipeline, &s.id, base, &mut problems, &mut claims);
+            if let Some(settings) = o.value.resolve(&mut cx) {
+                outputs.push(OutputPlan {
+                    source: s.id.clone(),
+                    settings,
+                });
+            }
+        }
+        for p in problems {
+            c.at(o.referenced, p);
+        }
+    }
+    outputs
 }
 
 /// The tracker a spec asks for (ByteTrack when absent), with range checks.
@@ -935,19 +586,4 @@ fn resolve_tracker(c: &mut Collector, spec: Option<&Spanned<TrackerSpec>>) -> Op
             })
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholders_expand_and_unknown_ones_are_named() {
-        assert_eq!(
-            expand("out/{pipeline}-{source}.mp4", "p", "cam").unwrap(),
-            "out/p-cam.mp4"
-        );
-        let e = expand("out/{camera}.mp4", "p", "cam").unwrap_err();
-        assert!(e.contains("{camera}"), "{e}");
-    }
 }

@@ -7,6 +7,9 @@ use serde_saphyr::Spanned;
 pub use crate::flow::WhenFull;
 pub use crate::frame::Resize;
 pub use crate::ingest::Pace;
+/// One output, run for every source: `kind` (one of `output::KINDS`) and that kind's keys
+/// (each kind's `…Spec` in `src/output/`). Relative paths are relative to the pipeline file.
+pub use crate::output::OutputSpec;
 
 /// Default confidence threshold: darknet's and Ultralytics' usual 0.25.
 pub const DEFAULT_CONFIDENCE: f32 = 0.25;
@@ -16,10 +19,6 @@ pub const DEFAULT_NMS_IOU: f32 = 0.45;
 pub const DEFAULT_MAX_DETECTIONS: usize = 300;
 /// Default capacity of every edge between stages.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
-/// Default x264 speed preset of MP4 outputs.
-pub const DEFAULT_X264_PRESET: &str = "ultrafast";
-/// Default H.264 bitrate of MP4 outputs, kbit/s.
-pub const DEFAULT_BITRATE_KBPS: u32 = 2048;
 
 /// A pipeline file.
 #[derive(Debug, Deserialize)]
@@ -41,7 +40,9 @@ pub struct PipelineSpec {
     /// Capacity and full-policy of the queues between stages.
     #[serde(default)]
     pub queues: QueueSpec,
-    /// Where results go (MP4 with boxes drawn, JSON lines). Each runs once per source; at most 8.
+    /// Where results go: each entry is `kind` (`mp4`, `jsonl`, `mqtt`, `rtsp`) and that kind's keys
+    /// (`Mp4Spec`, `JsonlSpec`, `MqttSpec`, `RtspSpec` below). Paths may use `{pipeline}` and
+    /// `{source}`; each entry runs once per source; at most 8.
     #[serde(default)]
     pub outputs: Vec<Spanned<OutputSpec>>,
     /// Tolerances for `vigil regress` against golden metadata.
@@ -298,100 +299,6 @@ impl Default for QueueSpec {
             stall_timeout: None,
         }
     }
-}
-
-/// One output, run for every source. Paths may use `{pipeline}` and `{source}`; relative paths are
-/// relative to the pipeline file.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum OutputSpec {
-    /// H.264 in MP4, optionally with boxes, classes and scores drawn on the frames.
-    Mp4 {
-        /// File to write (its folder is created).
-        path: String,
-        /// Draw the detections on the video. Default true.
-        #[serde(default = "default_true")]
-        overlay: bool,
-        /// x264 speed preset (`ultrafast` … `veryslow`). Default `ultrafast`: on a CPU box the
-        /// detector needs the cores more than the encoder needs the bits.
-        #[serde(default)]
-        preset: Option<String>,
-        /// Target bitrate in kbit/s. Default 2048.
-        #[serde(default)]
-        bitrate_kbps: Option<u32>,
-    },
-    /// One JSON record per processed frame (schema in ARCHITECTURE.md).
-    Jsonl {
-        /// File to write (its folder is created).
-        path: String,
-    },
-    /// MQTT, QoS 1: one record per frame or per track event. Records go through a durable outbox on
-    /// disk, so a broker outage loses nothing (up to the outbox's size) and order is kept.
-    Mqtt {
-        /// Broker as `host:port` (port 1883 when left out). Default `127.0.0.1:1883`.
-        #[serde(default)]
-        broker: Option<String>,
-        /// Topic; may use `{pipeline}` and `{source}`. Default `vigil/{pipeline}/{source}`.
-        #[serde(default)]
-        topic: Option<String>,
-        /// `frames` (the JSONL record of every processed frame) or `events` (`start` when a track
-        /// appears, `end` when it is gone). Default `frames`.
-        #[serde(default)]
-        publish: Option<MqttPublish>,
-        /// MQTT client id. Default `vigil-{pipeline}-{source}`.
-        #[serde(default)]
-        client_id: Option<String>,
-        /// User name, if the broker wants one (use `${VAR}` to keep it out of the file).
-        #[serde(default)]
-        username: Option<String>,
-        /// Password (use `${VAR}`; it is never logged).
-        #[serde(default)]
-        password: Option<String>,
-        /// Folder of the outbox; may use `{pipeline}` and `{source}`. Default
-        /// `outbox/{pipeline}-{source}` beside the pipeline file.
-        #[serde(default)]
-        outbox: Option<String>,
-        /// Largest size of the outbox on disk (e.g. `64MiB`); when full, the oldest records are
-        /// dropped and counted. Default 64MiB.
-        #[serde(default)]
-        outbox_max: Option<super::units::ByteSize>,
-        /// At end of stream or stop, how long to keep delivering what is left (the rest stays in
-        /// the outbox for the next start). Default `10s`.
-        #[serde(default)]
-        drain: Option<super::units::HumanDuration>,
-        /// Events mode: frames a track may be missing before its `end` event. Default 30.
-        #[serde(default)]
-        end_after: Option<u32>,
-    },
-    /// RTSP restream of the annotated video, served by vigil's own RTSP server.
-    Rtsp {
-        /// Address to listen on. Default `127.0.0.1` (this machine only); `0.0.0.0` serves every
-        /// interface.
-        #[serde(default)]
-        bind: Option<String>,
-        /// TCP port; outputs on the same port share one server. Default 8554.
-        #[serde(default)]
-        port: Option<u16>,
-        /// Mount path; may use `{pipeline}` and `{source}`. Default `/{pipeline}/{source}`.
-        #[serde(default)]
-        path: Option<String>,
-        /// Draw the detections on the video. Default true.
-        #[serde(default = "default_true")]
-        overlay: bool,
-        /// Target bitrate in kbit/s. Default 2048.
-        #[serde(default)]
-        bitrate_kbps: Option<u32>,
-    },
-}
-
-/// What an MQTT output publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MqttPublish {
-    /// One record per processed frame.
-    Frames,
-    /// Track `start` and `end` events.
-    Events,
 }
 
 fn default_nms_iou() -> Spanned<f32> {

@@ -5,8 +5,55 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::OutputError;
+use serde::Deserialize;
+
 use super::record::Record;
+use super::{Output, OutputContext, OutputError, Resolve};
+use crate::frame::Frame;
+
+/// `kind: jsonl`: one JSON record per processed frame (schema in ARCHITECTURE.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSpec {
+    /// File to write (its folder is created); may use `{pipeline}` and `{source}`.
+    pub path: String,
+}
+
+/// A JSONL output resolved for one source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonlSettings {
+    pub path: PathBuf,
+}
+
+impl Output for JsonlWriter {
+    type Spec = JsonlSpec;
+    type Settings = JsonlSettings;
+
+    fn resolve(spec: &JsonlSpec, cx: &mut Resolve) -> Option<JsonlSettings> {
+        let path = cx.path(&spec.path, "output path", false)?;
+        Some(JsonlSettings { path })
+    }
+
+    fn describe(settings: &JsonlSettings) -> String {
+        format!("jsonl {}", settings.path.display())
+    }
+
+    fn start(settings: JsonlSettings, cx: &OutputContext) -> Result<Self, OutputError> {
+        Self::create(&settings.path, cx.keep_existing)
+    }
+
+    fn write(&mut self, frame: &Frame, cx: &OutputContext) -> Result<(), OutputError> {
+        self.write_record(&cx.record(frame))
+    }
+
+    fn finish(self, _deadline: Option<std::time::Instant>) -> Result<u64, OutputError> {
+        self.close()
+    }
+
+    fn file(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+}
 
 pub struct JsonlWriter {
     path: PathBuf,
@@ -29,7 +76,7 @@ impl JsonlWriter {
         })
     }
 
-    pub fn write(&mut self, record: &Record) -> Result<(), OutputError> {
+    pub fn write_record(&mut self, record: &Record) -> Result<(), OutputError> {
         let mut line = serde_json::to_string(record).map_err(|e| OutputError::Io {
             path: self.path.display().to_string(),
             message: e.to_string(),
@@ -45,11 +92,8 @@ impl JsonlWriter {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn finish(self) -> Result<u64, OutputError> {
+    /// Flush to disk; returns the lines written.
+    pub fn close(self) -> Result<u64, OutputError> {
         self.file.sync_all().map_err(|e| OutputError::Io {
             path: self.path.display().to_string(),
             message: e.to_string(),

@@ -13,8 +13,115 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use super::OutputError;
+use serde::Deserialize;
+
+use super::{Output, OutputContext, OutputError, Resolve};
 use crate::frame::Frame;
+
+/// H.264 bitrate of video outputs (MP4, RTSP) when the file says nothing, kbit/s.
+pub const DEFAULT_BITRATE_KBPS: u32 = 2048;
+
+/// x264's speed presets, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum X264Preset {
+    /// On a CPU box the detector needs the cores more than the encoder needs the bits.
+    #[default]
+    Ultrafast,
+    /// A little better compression for a little more CPU.
+    Superfast,
+    /// Fast, already well compressed.
+    Veryfast,
+    /// Between `veryfast` and `fast`.
+    Faster,
+    /// Good compression; a core's worth of CPU at 1080p.
+    Fast,
+    /// x264's own default.
+    Medium,
+    /// For archives made offline.
+    Slow,
+    /// Slower still, smaller files.
+    Slower,
+    /// Near the best compression x264 has.
+    Veryslow,
+    /// For tests of x264 itself: no real gain over `veryslow`.
+    Placebo,
+}
+
+impl X264Preset {
+    /// The name x264enc's `speed-preset` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ultrafast => "ultrafast",
+            Self::Superfast => "superfast",
+            Self::Veryfast => "veryfast",
+            Self::Faster => "faster",
+            Self::Fast => "fast",
+            Self::Medium => "medium",
+            Self::Slow => "slow",
+            Self::Slower => "slower",
+            Self::Veryslow => "veryslow",
+            Self::Placebo => "placebo",
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `kind: mp4`: H.264 in MP4, optionally with boxes, classes and scores drawn on the frames.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mp4Spec {
+    /// File to write (its folder is created); may use `{pipeline}` and `{source}`.
+    pub path: String,
+    /// Draw the detections on the video. Default true.
+    #[serde(default = "default_true")]
+    pub overlay: bool,
+    /// x264 speed preset (`ultrafast` … `veryslow`, `placebo`). Default `ultrafast`: on a CPU box
+    /// the detector needs the cores more than the encoder needs the bits.
+    #[serde(default)]
+    pub preset: X264Preset,
+    /// Target bitrate in kbit/s. Default 2048.
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+}
+
+impl Output for Mp4Writer {
+    type Spec = Mp4Spec;
+    type Settings = Mp4Settings;
+
+    fn resolve(spec: &Mp4Spec, cx: &mut Resolve) -> Option<Mp4Settings> {
+        let path = cx.path(&spec.path, "output path", false)?;
+        Some(Mp4Settings {
+            path,
+            overlay: spec.overlay,
+            preset: spec.preset,
+            bitrate_kbps: spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS),
+        })
+    }
+
+    fn describe(settings: &Mp4Settings) -> String {
+        format!("mp4 {}", settings.path.display())
+    }
+
+    fn start(settings: Mp4Settings, cx: &OutputContext) -> Result<Self, OutputError> {
+        Self::new(settings, cx.classes.clone(), cx.keep_existing)
+    }
+
+    fn write(&mut self, frame: &Frame, _cx: &OutputContext) -> Result<(), OutputError> {
+        self.encode(frame)
+    }
+
+    fn finish(self, _deadline: Option<std::time::Instant>) -> Result<u64, OutputError> {
+        self.finalize()
+    }
+
+    fn file(&self) -> Option<&Path> {
+        Some(&self.current)
+    }
+}
 
 /// How long finalizing may take before we give up on the muxer.
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,7 +131,7 @@ const FINALIZE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Mp4Settings {
     pub path: PathBuf,
     pub overlay: bool,
-    pub preset: String,
+    pub preset: X264Preset,
     pub bitrate_kbps: u32,
 }
 
@@ -112,7 +219,7 @@ impl Mp4Writer {
             .build()
             .map_err(|x| e(x.to_string()))?;
         let x264 = make("x264enc")?;
-        x264.set_property_from_str("speed-preset", &self.settings.preset);
+        x264.set_property_from_str("speed-preset", self.settings.preset.as_str());
         x264.set_property("bitrate", self.settings.bitrate_kbps);
         let parse = make("h264parse")?;
         let mux = make("mp4mux")?;
@@ -146,7 +253,8 @@ impl Mp4Writer {
     }
 
     /// Encode one frame (drawing its detections first if overlay is on).
-    pub fn write(&mut self, frame: &Frame) -> Result<(), OutputError> {
+    /// Encode one frame (the encoder starts, or restarts in a new part, at a size change).
+    pub fn encode(&mut self, frame: &Frame) -> Result<(), OutputError> {
         // x264 needs even sizes: odd frames are padded by one repeated column/row (overlay).
         let (w, h) = super::overlay::even_size(frame.image.width, frame.image.height);
         // A camera that comes back at another size continues in a new file (`name-1.mp4`, …):
@@ -199,7 +307,7 @@ impl Mp4Writer {
     }
 
     /// Send EOS and wait until the muxer has written the index. Returns frames written.
-    pub fn finish(mut self) -> Result<u64, OutputError> {
+    pub fn finalize(mut self) -> Result<u64, OutputError> {
         let Some(enc) = self.enc.take() else {
             // No frame ever came: leave no empty, unplayable file behind.
             let _ = std::fs::remove_file(&self.current);
@@ -210,10 +318,6 @@ impl Mp4Writer {
         result.map_err(|m| self.err(m))?;
         tracing::info!(target: "vigil::output", path = %self.current.display(), frames = self.frames, "mp4 finalized");
         Ok(self.frames)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.current
     }
 }
 
@@ -268,7 +372,7 @@ mod tests {
         Mp4Settings {
             path: path.to_path_buf(),
             overlay: false,
-            preset: "ultrafast".into(),
+            preset: X264Preset::Ultrafast,
             bitrate_kbps: 512,
         }
     }

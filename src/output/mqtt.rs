@@ -17,13 +17,176 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::OutputError;
 use super::outbox::{Outbox, Pos};
 use super::record::{Record, SCHEMA};
+use super::{Output, OutputContext, OutputError, OutputStats, Resolve};
 use crate::flow::lock;
+use crate::frame::Frame;
 use crate::retry::{ReconnectPolicy, backoff};
+use crate::units::{ByteSize, HumanDuration};
+
+/// Broker of MQTT outputs when the file names none.
+const DEFAULT_MQTT_BROKER: &str = "127.0.0.1:1883";
+/// Outbox size limit of MQTT outputs when the file says nothing.
+const DEFAULT_OUTBOX_MAX: u64 = 64 << 20;
+const MIN_OUTBOX: u64 = 64 << 10;
+/// How long MQTT outputs keep delivering after end of stream when the file says nothing.
+const DEFAULT_MQTT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `host:port` or `host` (then `default_port`); IPv6 as `[::1]:1883`.
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty address".into());
+    }
+    if s.contains("://") {
+        return Err(format!("`{s}`: write host:port, without a scheme"));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{s}`: `[` without `]`"))?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (s.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("`{s}`: port `{p}` is not a number in 1..=65535"))?,
+    };
+    Ok((host, port))
+}
+
+fn default_end_after() -> u32 {
+    30
+}
+
+/// `kind: mqtt`: MQTT, QoS 1: one record per frame or per track event. Records go through a
+/// durable outbox on disk, so a broker outage loses nothing (up to the outbox's size) and order
+/// is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSpec {
+    /// Broker as `host:port` (port 1883 when left out). Default `127.0.0.1:1883`.
+    #[serde(default)]
+    pub broker: Option<String>,
+    /// Topic; may use `{pipeline}` and `{source}`. Default `vigil/{pipeline}/{source}`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// `frames` (the JSONL record of every processed frame) or `events` (`start` when a track
+    /// appears, `end` when it is gone). Default `frames`.
+    #[serde(default)]
+    pub publish: Publish,
+    /// MQTT client id. Default `vigil-{pipeline}-{source}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name, if the broker wants one (use `${VAR}` to keep it out of the file).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (use `${VAR}`; it is never logged).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Folder of the outbox; may use `{pipeline}` and `{source}`. Default
+    /// `outbox/{pipeline}-{source}` beside the pipeline file.
+    #[serde(default)]
+    pub outbox: Option<String>,
+    /// Largest size of the outbox on disk (e.g. `64MiB`); when full, the oldest records are
+    /// dropped and counted. Default 64MiB.
+    #[serde(default)]
+    pub outbox_max: Option<ByteSize>,
+    /// At end of stream or stop, how long to keep delivering what is left (the rest stays in
+    /// the outbox for the next start). Default `10s`.
+    #[serde(default)]
+    pub drain: Option<HumanDuration>,
+    /// Events mode: frames a track may be missing before its `end` event. Default 30.
+    #[serde(default = "default_end_after")]
+    pub end_after: u32,
+}
+
+impl Output for MqttWriter {
+    type Spec = MqttSpec;
+    type Settings = MqttSettings;
+
+    fn resolve(spec: &MqttSpec, cx: &mut Resolve) -> Option<MqttSettings> {
+        let broker = spec.broker.as_deref().unwrap_or(DEFAULT_MQTT_BROKER);
+        let address =
+            parse_host_port(broker, 1883).map_err(|m| cx.problem(format!("mqtt broker: {m}")));
+        let outbox_max = spec.outbox_max.map_or(DEFAULT_OUTBOX_MAX, |b| b.0);
+        if outbox_max < MIN_OUTBOX {
+            cx.problem(format!(
+                "mqtt outbox_max must be at least 64KiB, got {outbox_max} bytes"
+            ));
+        }
+        if spec.end_after == 0 {
+            cx.problem("mqtt end_after must be at least 1".into());
+        }
+        if let Some(t) = &spec.topic
+            && (t.is_empty() || t.contains(['#', '+']))
+        {
+            cx.problem(format!(
+                "mqtt topic `{t}` must be non-empty and without wildcards (# +)"
+            ));
+        }
+        let topic = cx.expand(spec.topic.as_deref().unwrap_or("vigil/{pipeline}/{source}"));
+        let client_id = cx.expand(
+            spec.client_id
+                .as_deref()
+                .unwrap_or("vigil-{pipeline}-{source}"),
+        );
+        let outbox_at = spec
+            .outbox
+            .as_deref()
+            .unwrap_or("outbox/{pipeline}-{source}");
+        let outbox = cx.path(outbox_at, "mqtt outbox", true);
+        let ((host, port), topic, client_id, outbox) = (address.ok()?, topic?, client_id?, outbox?);
+        Some(MqttSettings {
+            host,
+            port,
+            topic,
+            client_id,
+            username: spec.username.clone(),
+            password: spec.password.clone(),
+            publish: spec.publish,
+            outbox,
+            outbox_max,
+            drain: spec.drain.map_or(DEFAULT_MQTT_DRAIN, |d| d.0),
+            end_after: spec.end_after,
+            keep_alive: Duration::from_secs(15),
+        })
+    }
+
+    fn describe(settings: &MqttSettings) -> String {
+        format!(
+            "mqtt {}:{}/{}",
+            settings.host, settings.port, settings.topic
+        )
+    }
+
+    fn start(settings: MqttSettings, cx: &OutputContext) -> Result<Self, OutputError> {
+        Self::open(settings, &cx.pipeline, &cx.source)
+    }
+
+    fn write(&mut self, frame: &Frame, cx: &OutputContext) -> Result<(), OutputError> {
+        self.queue(&cx.record(frame))
+    }
+
+    fn finish(self, deadline: Option<Instant>) -> Result<u64, OutputError> {
+        self.finish_by(deadline)
+    }
+
+    fn stats(&self) -> Option<OutputStats> {
+        Some(OutputStats::Mqtt(self.shared.stats.clone()))
+    }
+}
 
 /// Counters of an MQTT output (see `output::mqtt`).
 #[derive(Debug, Default)]
@@ -48,9 +211,11 @@ pub struct MqttStats {
 pub const WINDOW: usize = 32;
 
 /// What is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Publish {
     /// One record per processed frame (the JSONL record).
+    #[default]
     Frames,
     /// One record when a track starts and one when it ends.
     Events,
@@ -128,12 +293,8 @@ pub struct MqttWriter {
 
 impl MqttWriter {
     /// Open the outbox (resuming any records a previous run left) and start delivering.
-    pub fn start(
-        settings: MqttSettings,
-        pipeline: &str,
-        source: &str,
-        stats: Arc<MqttStats>,
-    ) -> Result<Self, OutputError> {
+    pub fn open(settings: MqttSettings, pipeline: &str, source: &str) -> Result<Self, OutputError> {
+        let stats = Arc::new(MqttStats::default());
         let outbox =
             Outbox::open(&settings.outbox, settings.outbox_max).map_err(|e| OutputError::Io {
                 path: settings.outbox.display().to_string(),
@@ -196,7 +357,7 @@ impl MqttWriter {
     }
 
     /// Queue a frame's record (frames mode) or its track events (events mode).
-    pub fn write(&mut self, record: &Record) -> Result<(), OutputError> {
+    pub fn queue(&mut self, record: &Record) -> Result<(), OutputError> {
         match self.events.as_mut() {
             None => self.append(record),
             Some(ev) => {
@@ -209,13 +370,9 @@ impl MqttWriter {
         }
     }
 
-    /// End of stream: end open tracks, deliver for up to `drain`, stop. Returns records queued.
-    pub fn finish(self) -> Result<u64, OutputError> {
-        self.finish_by(None)
-    }
-
-    /// [`finish`](Self::finish), delivering for at most `drain` and never past `stop_by` (a stop
-    /// request's deadline): what is left is durable in the outbox, not lost.
+    /// End of stream: end open tracks, deliver for at most `drain` and never past `stop_by` (a
+    /// stop request's deadline), stop; what is left is durable in the outbox, not lost. Returns
+    /// records queued.
     pub fn finish_by(mut self, stop_by: Option<Instant>) -> Result<u64, OutputError> {
         if let Some(mut ev) = self.events.take() {
             for e in ev.finish(&self.pipeline, &self.source) {

@@ -21,9 +21,94 @@ use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
 use gstreamer_video as gst_video;
 
-use super::OutputError;
+use serde::Deserialize;
+
+use super::mp4::DEFAULT_BITRATE_KBPS;
+use super::{Output, OutputContext, OutputError, Resolve};
 use crate::flow::lock;
 use crate::frame::Frame;
+
+fn default_true() -> bool {
+    true
+}
+
+/// `kind: rtsp`: RTSP restream of the annotated video, served by vigil's own RTSP server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtspSpec {
+    /// Address to listen on. Default `127.0.0.1` (this machine only); `0.0.0.0` serves every
+    /// interface.
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// TCP port; outputs on the same port share one server. Default 8554.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Mount path; may use `{pipeline}` and `{source}`. Default `/{pipeline}/{source}`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Draw the detections on the video. Default true.
+    #[serde(default = "default_true")]
+    pub overlay: bool,
+    /// Target bitrate in kbit/s. Default 2048.
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+}
+
+impl Output for RtspWriter {
+    type Spec = RtspSpec;
+    type Settings = RtspSettings;
+
+    fn resolve(spec: &RtspSpec, cx: &mut Resolve) -> Option<RtspSettings> {
+        let bind = spec.bind.clone().unwrap_or_else(|| "127.0.0.1".into());
+        if bind.parse::<std::net::IpAddr>().is_err() {
+            cx.problem(format!(
+                "rtsp bind `{bind}` is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)"
+            ));
+        }
+        let port = spec.port.unwrap_or(8554);
+        if port == 0 {
+            cx.problem("rtsp port must not be 0".into());
+        }
+        let path = cx.expand(spec.path.as_deref().unwrap_or("/{pipeline}/{source}"))?;
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
+        let settings = RtspSettings {
+            bind,
+            port,
+            path,
+            overlay: spec.overlay,
+            bitrate_kbps: spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS),
+        };
+        if cx.claim(settings.url()).is_none() {
+            cx.problem(format!(
+                "{} is served twice (add {{source}} to the path?)",
+                settings.url()
+            ));
+        }
+        Some(settings)
+    }
+
+    fn describe(settings: &RtspSettings) -> String {
+        format!("rtsp {}", settings.url())
+    }
+
+    fn start(settings: RtspSettings, cx: &OutputContext) -> Result<Self, OutputError> {
+        Self::serve(settings, cx.classes.clone())
+    }
+
+    fn write(&mut self, frame: &Frame, _cx: &OutputContext) -> Result<(), OutputError> {
+        self.push(frame)
+    }
+
+    /// Stop serving this mount (its clients are disconnected, by `Drop`); the last mount of a
+    /// server stops it.
+    fn finish(self, _deadline: Option<std::time::Instant>) -> Result<u64, OutputError> {
+        Ok(self.frames)
+    }
+}
 
 /// Settings of one RTSP output, resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +248,8 @@ pub struct RtspWriter {
 }
 
 impl RtspWriter {
-    pub fn start(settings: RtspSettings, classes: Vec<String>) -> Result<Self, OutputError> {
+    /// Mount the restream on its server (started on first use) and serve it.
+    pub fn serve(settings: RtspSettings, classes: Vec<String>) -> Result<Self, OutputError> {
         let err = |m: String| OutputError::Encode {
             path: settings.url(),
             message: m,
@@ -217,7 +303,7 @@ impl RtspWriter {
     }
 
     /// Push `frame` (with the overlay drawn if asked) to whoever is watching.
-    pub fn write(&mut self, frame: &Frame) -> Result<(), OutputError> {
+    pub fn push(&mut self, frame: &Frame) -> Result<(), OutputError> {
         self.frames += 1;
         let mut g = lock(&self.watchers);
         // x264 needs even sizes: odd frames are padded by one repeated column/row (overlay).
@@ -248,11 +334,6 @@ impl RtspWriter {
         // A watcher that went away makes push fail (flushing): it is removed by `unprepared`.
         g.srcs.retain(|s| s.push_buffer(buffer.clone()).is_ok());
         Ok(())
-    }
-
-    /// Stop serving this mount (clients of it are disconnected); the last mount of a server stops it.
-    pub fn finish(self) -> Result<u64, OutputError> {
-        Ok(self.frames)
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 pub use crate::flow::{StageState, StageStats, lock};
 use crate::ingest::supervisor::StateCell;
-use crate::output::mqtt::MqttStats;
 use crate::runtime::edge::EdgeStats;
 
 /// Latency histogram with 1 ms buckets up to 10 s (and one overflow bucket): fixed memory however
@@ -116,11 +115,7 @@ impl SourceMetrics {
     }
 }
 
-/// Counters of one output.
-#[derive(Debug)]
-pub enum OutputStats {
-    Mqtt(Arc<MqttStats>),
-}
+pub use crate::output::OutputStats;
 
 /// Everything live about one running pipeline.
 #[derive(Debug, Default)]

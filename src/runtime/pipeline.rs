@@ -23,10 +23,11 @@ use crate::config::Plan;
 use crate::config::plan::OutputPlan;
 use crate::detect::Detector;
 use crate::frame::{Frame, Msg, StreamId};
+use crate::output::OutputContext;
 use crate::runtime::edge::{EdgeCloser, EdgeRx, EdgeStats, EdgeTx, WhenFull, edge, edge_counted};
 use crate::runtime::metrics::{PipelineMetrics, SourceMetrics, StageStats, lock};
 use crate::runtime::stages::{
-    self, DetectWiring, OutputContext, PostWiring, Prepared, PreprocessSettings,
+    self, DetectWiring, OutputRun, PostWiring, Prepared, PreprocessSettings,
 };
 use crate::runtime::supervise::{Outcome, Role, Slot, Stages, Supervisor, Watch, guarded};
 
@@ -145,7 +146,7 @@ fn build_graph(plan: &Plan, metrics: &PipelineMetrics) -> Graph {
         post_txs.insert(StreamId::from(s.id.as_str()), post_tx);
         let mut outputs = Vec::new();
         for o in plan.outputs.iter().filter(|o| o.source == s.id) {
-            let name = format!("output {}", o.kind.describe());
+            let name = format!("output {}", o.settings.describe());
             let (tx, rx) = edge::<Frame>(&format!("track→{name}"), cap, WhenFull::Block);
             metrics.add_edge(format!("track→{name}"), stats_of(&tx));
             closers.push(tx.closer());
@@ -383,17 +384,19 @@ impl SourceThreads<'_> {
             closers: vec![rx.closer()],
         };
         let slot = Slot::new(name, Role::Output, stats.clone(), Some(watch));
-        let ctx = OutputContext {
-            classes: self.plan.model.classes.clone(),
-            pipeline: self.plan.name.clone(),
-            source: plan.source.clone(),
-            deterministic: self.opts.deterministic,
-            keep_existing: self.opts.keep_existing,
+        let run = OutputRun {
+            cx: OutputContext {
+                classes: self.plan.model.classes.clone(),
+                pipeline: self.plan.name.clone(),
+                source: plan.source.clone(),
+                deterministic: self.opts.deterministic,
+                keep_existing: self.opts.keep_existing,
+            },
             metrics: self.metrics.clone(),
             drain_deadline: self.drain_deadline.clone(),
         };
         stages.spawn(format!("out-{}", plan.source), slot, move || {
-            stages::output_stage(&rx, plan.kind, &ctx, &stats).map(Outcome::Wrote)
+            stages::output_stage(&rx, plan.settings, &run, &stats).map(Outcome::Wrote)
         });
     }
 }

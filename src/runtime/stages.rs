@@ -6,19 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::plan::OutputKind;
 use crate::detect::{Detector, PostParams};
 use crate::frame::Resize;
 use crate::frame::{Frame, Msg, StreamId};
-use crate::output::jsonl::JsonlWriter;
-use crate::output::mp4::{Mp4Settings, Mp4Writer};
-use crate::output::mqtt::MqttStats;
-use crate::output::mqtt::MqttWriter;
-use crate::output::record::Record;
-use crate::output::rtsp::RtspWriter;
+use crate::output::{OutputContext, OutputSettings};
 use crate::preprocess::{self, ModelInput};
 use crate::runtime::edge::{EdgeRx, EdgeTx};
-use crate::runtime::metrics::{OutputStats, PipelineMetrics, StageStats};
+use crate::runtime::metrics::{PipelineMetrics, StageStats, lock};
 
 /// A frame and its network input (`None` when `detector.every` skips it).
 pub type Prepared = (Frame, Option<ModelInput>);
@@ -205,100 +199,12 @@ pub fn post_stage(w: PostWiring) -> Result<(), String> {
     Ok(())
 }
 
-/// What every output of a source needs besides its own settings.
-pub struct OutputContext {
-    pub classes: Vec<String>,
-    pub pipeline: String,
-    pub source: String,
-    pub deterministic: bool,
-    pub keep_existing: bool,
+/// What the runtime gives an output thread besides the output's own context.
+pub struct OutputRun {
+    pub cx: OutputContext,
     pub metrics: Arc<PipelineMetrics>,
     /// When a stop request must be done draining (outputs that wait on a peer stop there).
     pub drain_deadline: Arc<Mutex<Option<Instant>>>,
-}
-
-enum Writer {
-    Mp4(Mp4Writer),
-    Jsonl(JsonlWriter),
-    Mqtt(MqttWriter),
-    Rtsp(RtspWriter),
-}
-
-impl Writer {
-    fn open(kind: OutputKind, ctx: &OutputContext) -> Result<Self, String> {
-        let desc = kind.describe();
-        match kind {
-            OutputKind::Mp4 {
-                path,
-                overlay,
-                preset,
-                bitrate_kbps,
-            } => Mp4Writer::new(
-                Mp4Settings {
-                    path,
-                    overlay,
-                    preset,
-                    bitrate_kbps,
-                },
-                ctx.classes.clone(),
-                ctx.keep_existing,
-            )
-            .map(Writer::Mp4),
-            OutputKind::Jsonl { path } => {
-                JsonlWriter::create(&path, ctx.keep_existing).map(Writer::Jsonl)
-            }
-            OutputKind::Mqtt(settings) => {
-                let st = Arc::new(MqttStats::default());
-                ctx.metrics.add_output(desc, OutputStats::Mqtt(st.clone()));
-                MqttWriter::start(settings, &ctx.pipeline, &ctx.source, st).map(Writer::Mqtt)
-            }
-            OutputKind::Rtsp(settings) => {
-                RtspWriter::start(settings, ctx.classes.clone()).map(Writer::Rtsp)
-            }
-        }
-        .map_err(|e| e.to_string())
-    }
-
-    /// The file written now, for outputs that write one.
-    fn file(&self) -> Option<&std::path::Path> {
-        match self {
-            Writer::Mp4(m) => Some(m.path()),
-            Writer::Jsonl(j) => Some(j.path()),
-            Writer::Mqtt(_) | Writer::Rtsp(_) => None,
-        }
-    }
-
-    /// The name `VIGIL_FAULT` uses for this output kind.
-    fn fault_name(&self) -> &'static str {
-        match self {
-            Writer::Mp4(_) => "mp4",
-            Writer::Jsonl(_) => "jsonl",
-            Writer::Mqtt(_) => "mqtt",
-            Writer::Rtsp(_) => "rtsp",
-        }
-    }
-
-    fn write(&mut self, frame: &Frame, ctx: &OutputContext) -> Result<(), String> {
-        crate::fault::check(self.fault_name(), frame.seq)?;
-        let record = || Record::of(frame, &ctx.pipeline, &ctx.classes, !ctx.deterministic);
-        match self {
-            Writer::Mp4(m) => m.write(frame),
-            Writer::Jsonl(j) => j.write(&record()),
-            Writer::Mqtt(q) => q.write(&record()),
-            Writer::Rtsp(r) => r.write(frame),
-        }
-        .map_err(|e| e.to_string())
-    }
-
-    fn finish(self, ctx: &OutputContext) -> Result<u64, String> {
-        match self {
-            Writer::Mp4(m) => m.finish(),
-            Writer::Jsonl(j) => j.finish(),
-            Writer::Mqtt(q) => q.finish_by(*crate::runtime::metrics::lock(&ctx.drain_deadline)),
-            Writer::Rtsp(r) => r.finish(),
-        }
-        .map_err(|e| e.to_string())
-    }
 }
 
 /// One output: open it, write every frame until the stream ends, finalize. On the first error the
@@ -306,30 +212,39 @@ impl Writer {
 /// edge closes, so the track stage leaves it out from then on.
 pub fn output_stage(
     rx: &EdgeRx<Frame>,
-    kind: OutputKind,
-    ctx: &OutputContext,
+    settings: OutputSettings,
+    run: &OutputRun,
     stats: &StageStats,
 ) -> Result<u64, String> {
-    let desc = kind.describe();
-    let mut writer = Writer::open(kind, ctx)?;
+    let desc = settings.describe();
+    let mut output = settings.start(&run.cx).map_err(|e| e.to_string())?;
+    if let Some(s) = output.stats() {
+        run.metrics.add_output(desc.clone(), s);
+    }
     let mut failed = None;
     let mut shown_file = None;
     while let Ok(Msg::Item(frame)) = rx.recv() {
-        if writer.file() != shown_file.as_deref() {
-            shown_file = writer.file().map(std::path::Path::to_path_buf);
+        if output.file() != shown_file.as_deref() {
+            shown_file = output.file().map(std::path::Path::to_path_buf);
             if let Some(f) = &shown_file {
                 stats.set_file(f.display().to_string());
             }
         }
         let t = Instant::now();
         // A panic in a writer is its failure like an error: the file is still finalized.
-        if let Err(e) = crate::runtime::supervise::guarded(|| writer.write(&frame, ctx)) {
+        let wrote = crate::runtime::supervise::guarded(|| {
+            crate::fault::check(output.kind(), frame.seq)?;
+            output.write(&frame, &run.cx).map_err(|e| e.to_string())
+        });
+        if let Err(e) = wrote {
             failed = Some(e);
             break;
         }
         stats.record(t.elapsed());
     }
-    let finished = writer.finish(ctx);
+    let finished = output
+        .finish(*lock(&run.drain_deadline))
+        .map_err(|e| e.to_string());
     if let Some(e) = failed {
         return Err(match finished {
             Ok(n) => format!("{e} ({n} frames written before it)"),

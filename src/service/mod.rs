@@ -434,8 +434,8 @@ fn continue_seq_of_jsonl(plan: &mut Plan) {
             .outputs
             .iter()
             .filter(|o| o.source == s.id)
-            .filter_map(|o| match &o.kind {
-                crate::config::plan::OutputKind::Jsonl { path } => last_seq(path),
+            .filter_map(|o| match &o.settings {
+                crate::output::OutputSettings::Jsonl(j) => last_seq(&j.path),
                 _ => None,
             })
             .max();

@@ -691,6 +691,7 @@ fn systemd_unit_verifies_and_is_hardened() {
 /// process (a reloaded pipeline that moved ports leaked the old one).
 #[test]
 fn rtsp_server_closes_its_port_when_its_last_output_finishes() {
+    use vigil::output::Output;
     use vigil::output::rtsp::{RtspSettings, RtspWriter};
     gstreamer::init().unwrap();
     let port = free_port();
@@ -701,18 +702,18 @@ fn rtsp_server_closes_its_port_when_its_last_output_finishes() {
         overlay: false,
         bitrate_kbps: 256,
     };
-    let a = RtspWriter::start(settings("/a"), vec![]).unwrap();
-    let b = RtspWriter::start(settings("/b"), vec![]).unwrap();
+    let a = RtspWriter::serve(settings("/a"), vec![]).unwrap();
+    let b = RtspWriter::serve(settings("/b"), vec![]).unwrap();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
-    a.finish().unwrap();
+    a.finish(None).unwrap();
     // still serving /b
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
-    b.finish().unwrap();
+    b.finish(None).unwrap();
     wait_for("the port to close", Duration::from_secs(5), || {
         TcpStream::connect(("127.0.0.1", port)).is_err()
     });
     // and it can be served again
-    let c = RtspWriter::start(settings("/c"), vec![]).unwrap();
+    let c = RtspWriter::serve(settings("/c"), vec![]).unwrap();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
-    c.finish().unwrap();
+    c.finish(None).unwrap();
 }
