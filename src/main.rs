@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use vigil::config;
 use vigil::config::spec::Resize;
@@ -15,7 +15,8 @@ use vigil::detect::nms::NmsParams;
 use vigil::detect::{self, PostParams};
 use vigil::frame::Frame;
 use vigil::output::record::Record;
-use vigil::runtime::{self, RunOptions};
+use vigil::runtime::metrics::PipelineMetrics;
+use vigil::runtime::{self, RunOptions, RunReport};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,9 @@ use vigil::runtime::{self, RunOptions};
     about = "Real-time video analytics: detect, track, record"
 )]
 struct Cli {
+    /// Only errors on stderr: logs at error level, no progress bar, no run summary.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -171,6 +175,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL (e.g. `vigil completions bash >
+    /// /etc/bash_completion.d/vigil`, `vigil completions zsh > ~/.zfunc/_vigil`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print vigil's man page (roff), or write one page per subcommand into a folder.
+    Man {
+        /// Write `vigil.1`, `vigil-run.1`, … into this folder instead of printing `vigil.1`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn parse_resize(s: &str) -> Result<Resize, String> {
@@ -190,15 +206,18 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = if cli.quiet {
+        tracing_subscriber::EnvFilter::new("error")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_writer(|| progress::Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match dispatch(cli.command) {
+    match dispatch(cli.command, cli.quiet) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -208,13 +227,13 @@ fn main() -> ExitCode {
 }
 
 #[allow(clippy::too_many_lines, reason = "one arm per subcommand")]
-fn dispatch(cmd: Command) -> Result<ExitCode> {
+fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
     match cmd {
         Command::Run {
             pipeline,
             deterministic,
             drain_timeout,
-        } => run(&pipeline, deterministic, drain_timeout),
+        } => run(&pipeline, deterministic, drain_timeout, quiet),
         Command::Check {
             files,
             config_dir,
@@ -329,7 +348,28 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             &device,
             json,
         ),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
     }
+}
+
+/// `vigil man`: the man page on stdout, or with `dir` one page per (sub)command written there.
+fn man(dir: Option<&Path>) -> Result<ExitCode> {
+    let cmd = Cli::command();
+    match dir {
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout().lock())
+            .context("writing the man page")?,
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+            clap_mangen::generate_to(cmd, dir).with_context(|| dir.display().to_string())?;
+            println!("wrote man pages to {}", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Check each file, printing `ok` or its problems; returns the valid plans and whether all were.
@@ -354,7 +394,12 @@ fn check(files: &[PathBuf], print_plan: bool) -> (Vec<config::Plan>, bool) {
     (plans, ok)
 }
 
-fn run(path: &Path, deterministic: bool, drain_timeout: std::time::Duration) -> Result<ExitCode> {
+fn run(
+    path: &Path,
+    deterministic: bool,
+    drain_timeout: std::time::Duration,
+    quiet: bool,
+) -> Result<ExitCode> {
     let plan = match config::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -370,22 +415,37 @@ fn run(path: &Path, deterministic: bool, drain_timeout: std::time::Duration) -> 
     let device = detect::device(&plan.device)?;
     let detector = detect::load(&plan.model, &device)?;
     tracing::info!(pipeline = %plan.name, model = %plan.model.name, sources = plan.sources.len(), "running");
-    let report = runtime::run(
-        &plan,
-        detector,
-        &stop,
-        &RunOptions {
-            deterministic,
-            drain_timeout,
-            ..Default::default()
-        },
-    );
+    let opts = RunOptions {
+        deterministic,
+        drain_timeout,
+        ..Default::default()
+    };
+    let metrics = Arc::new(PipelineMetrics::for_plan(&plan));
+    let go = || runtime::pipeline::run_observed(&plan, detector, &stop, &opts, &metrics);
+    // a progress bar only for a person watching: never in logs, pipes, tests or systemd
+    let report = if !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        progress::watch(&plan, &metrics, go)
+    } else {
+        go()
+    };
+    if !quiet {
+        print_summary(&plan.name, &report);
+    }
+    if report.errors.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(ExitCode::from(1))
+}
 
+/// What `vigil run` did, on stderr: frames and rate, then per stage, source, edge and output.
+fn print_summary(name: &str, report: &RunReport) {
     let frames: u64 = report.frames_in.iter().map(|(_, n)| n).sum();
     let secs = report.wall.as_secs_f64();
     eprintln!(
-        "{}: {frames} frames in {secs:.1} s ({:.1} fps){}",
-        plan.name,
+        "{name}: {frames} frames in {secs:.1} s ({:.1} fps){}",
         frames as f64 / secs.max(1e-9),
         if report.stopped {
             ", stopped by signal"
@@ -412,13 +472,6 @@ fn run(path: &Path, deterministic: bool, drain_timeout: std::time::Duration) -> 
     for (out, n) in &report.outputs {
         eprintln!("  wrote {out}: {n} frames");
     }
-    if report.errors.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    for e in &report.errors {
-        eprintln!("error: {e}");
-    }
-    Ok(ExitCode::from(1))
 }
 
 #[allow(
@@ -680,4 +733,150 @@ fn detect_images(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The progress bar of `vigil run` when stderr is a terminal: frames through the pipeline, read
+/// from its live metrics, out of the frames its sources will give when that is knowable.
+mod progress {
+    use std::io::{self, Write};
+    use std::sync::atomic::Ordering;
+    use std::sync::{Mutex, PoisonError, mpsc};
+    use std::time::Duration;
+
+    use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+    use vigil::config::Plan;
+    use vigil::runtime::metrics::PipelineMetrics;
+
+    /// How often the bar reads the metrics.
+    const POLL: Duration = Duration::from_millis(100);
+    /// How long the discoverer may take to read one file's duration and frame rate.
+    const DISCOVER_TIMEOUT: u64 = 5;
+
+    /// The bar on screen, if any: log lines are written around it (see [`Stderr`]).
+    static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+    fn active() -> Option<ProgressBar> {
+        ACTIVE
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_active(bar: Option<ProgressBar>) {
+        *ACTIVE.lock().unwrap_or_else(PoisonError::into_inner) = bar;
+    }
+
+    /// stderr for the log: while a bar is drawn, a log line hides it, is written, and the bar
+    /// comes back below it.
+    pub struct Stderr;
+
+    impl Write for Stderr {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match active() {
+                Some(bar) => bar.suspend(|| io::stderr().write_all(buf))?,
+                None => io::stderr().write_all(buf)?,
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            io::stderr().flush()
+        }
+    }
+
+    /// Run `work` (the pipeline) with a bar on stderr fed from `metrics` until it returns.
+    pub fn watch<T>(plan: &Plan, metrics: &PipelineMetrics, work: impl FnOnce() -> T) -> T {
+        let bar = new_bar(total_frames(plan), &plan.name);
+        set_active(Some(bar.clone()));
+        let out = std::thread::scope(|s| {
+            // dropped when `work` returns or unwinds: the poller ends either way
+            let (_running, ended) = mpsc::channel::<()>();
+            let polled = bar.clone();
+            s.spawn(move || {
+                while ended.recv_timeout(POLL) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    polled.set_position(frames_done(metrics));
+                }
+            });
+            work()
+        });
+        set_active(None);
+        bar.finish_and_clear();
+        out
+    }
+
+    /// Frames through the pipeline (to the outputs), plus those a live edge dropped.
+    fn frames_done(metrics: &PipelineMetrics) -> u64 {
+        metrics
+            .sources
+            .iter()
+            .map(|s| {
+                s.processed.frames.load(Ordering::Relaxed)
+                    + s.first_edge.dropped.load(Ordering::Relaxed)
+            })
+            .sum()
+    }
+
+    /// A bar with ETA when `total` is known, else a spinner with frames and rate.
+    fn new_bar(total: Option<u64>, name: &str) -> ProgressBar {
+        let (bar, template) = match total {
+            Some(n) => (
+                ProgressBar::new(n),
+                "{prefix} {spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} frames, {fps}, ETA {eta}",
+            ),
+            None => (
+                ProgressBar::no_length(),
+                "{prefix} {spinner} {elapsed_precise} {pos} frames, {fps}",
+            ),
+        };
+        let style = ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "fps",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} fps", state.per_sec());
+                },
+            )
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(name.to_owned());
+        bar.enable_steady_tick(POLL);
+        bar
+    }
+
+    /// Frames the run will take from all its sources, if each one's count is knowable.
+    fn total_frames(plan: &Plan) -> Option<u64> {
+        let timeout = gstreamer::ClockTime::from_seconds(DISCOVER_TIMEOUT);
+        let discoverer = gstreamer_pbutils::Discoverer::new(timeout).ok();
+        plan.sources
+            .iter()
+            .map(|s| {
+                // a file's duration × frame rate, capped by `max_frames`; a live source's
+                // `max_frames`, if it has one
+                let whole = discoverer
+                    .as_ref()
+                    .filter(|_| !s.live)
+                    .and_then(|d| file_frames(d, &s.uri));
+                source_frames(whole, s.max_frames)
+            })
+            .sum()
+    }
+
+    /// Frames of one source: what it holds, capped by its `max_frames`; either if only one is known.
+    fn source_frames(whole: Option<u64>, max_frames: Option<u64>) -> Option<u64> {
+        match (whole, max_frames) {
+            (Some(n), Some(max)) => Some(n.min(max)),
+            (n, max) => n.or(max),
+        }
+    }
+
+    /// Frames in the file at `uri`: its duration × frame rate, as GStreamer's discoverer reads them.
+    fn file_frames(discoverer: &gstreamer_pbutils::Discoverer, uri: &str) -> Option<u64> {
+        let info = discoverer.discover_uri(uri).ok()?;
+        let ns = u128::from(info.duration()?.nseconds());
+        let rate = info.video_streams().first()?.framerate();
+        let num = u128::try_from(rate.numer()).ok().filter(|&n| n > 0)?;
+        let den = u128::try_from(rate.denom()).ok().filter(|&d| d > 0)?;
+        let per = den * 1_000_000_000;
+        u64::try_from((ns * num + per / 2) / per).ok()
+    }
 }

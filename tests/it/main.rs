@@ -8,6 +8,7 @@
 )]
 
 mod bad_input;
+mod cli;
 mod common;
 mod config_corpus;
 mod config_docs;
