@@ -73,7 +73,7 @@ fn decode(src: &SourceSettings, n: u64) -> (u64, f64, Option<Frame>) {
 /// Run the benchmark for the first source of `plan`.
 #[allow(
     clippy::too_many_lines,
-    reason = "the benchmark's phases in the order they run; to split in issue 15"
+    reason = "the benchmark's phases in the order they run"
 )]
 pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
     let src = plan.sources.first().ok_or("the pipeline has no source")?;
@@ -102,7 +102,7 @@ pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
     // (a) Candle forward pass (+ head decode), same input as the pipeline
     let detector = detect::load(
         &plan.model,
-        &detect::device(&plan.device).map_err(|e| e.to_string())?,
+        &detect::device(plan.device).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let input = crate::preprocess::prepare(&frame.image, plan.model.input, plan.resize)
@@ -185,7 +185,7 @@ pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
     ];
     let detector = detect::load(
         &p.model,
-        &detect::device(&p.device).map_err(|e| e.to_string())?,
+        &detect::device(p.device).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let run = crate::runtime::run(

@@ -107,7 +107,7 @@ enum Command {
         resize: Option<Resize>,
         /// cpu, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: detect::DeviceChoice,
         /// One JSON record per image (the metadata schema) instead of a table.
         #[arg(long)]
         json: bool,
@@ -345,7 +345,7 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             confidence,
             iou,
             resize,
-            &device,
+            device,
             json,
         ),
         Command::Completions { shell } => {
@@ -412,7 +412,7 @@ fn run(
         .context("GStreamer")?;
     let stop = Arc::new(AtomicBool::new(false));
     vigil::service::stop_on_signals(&stop).context("signal handler")?;
-    let device = detect::device(&plan.device)?;
+    let device = detect::device(plan.device)?;
     let detector = detect::load(&plan.model, &device)?;
     tracing::info!(pipeline = %plan.name, model = %plan.model.name, sources = plan.sources.len(), "running");
     let opts = RunOptions {
@@ -476,7 +476,7 @@ fn print_summary(name: &str, report: &RunReport) {
 
 #[allow(
     clippy::too_many_lines,
-    reason = "the `vigil regress` command flow; moves into regress/ in the architecture pass (issue 15)"
+    reason = "the `vigil regress` command flow, step by step"
 )]
 fn regress(path: &Path, golden: &Path, update: bool, report_dir: &Path) -> Result<ExitCode> {
     let mut plan = match config::load(path) {
@@ -511,7 +511,7 @@ fn regress(path: &Path, golden: &Path, update: bool, report_dir: &Path) -> Resul
     vigil::ingest::init()
         .map_err(anyhow::Error::msg)
         .context("GStreamer")?;
-    let detector = detect::load(&plan.model, &detect::device(&plan.device)?)?;
+    let detector = detect::load(&plan.model, &detect::device(plan.device)?)?;
     let stop = AtomicBool::new(false);
     let run = runtime::run(
         &plan,
@@ -641,7 +641,7 @@ struct ModelChoice<'a> {
 
 #[allow(
     clippy::too_many_lines,
-    reason = "the `vigil detect` command flow; moves beside detect in the architecture pass (issue 15)"
+    reason = "the `vigil detect` command flow, step by step"
 )]
 fn detect_images(
     images: &[PathBuf],
@@ -649,7 +649,7 @@ fn detect_images(
     confidence: f32,
     iou: f32,
     resize: Option<Resize>,
-    device: &str,
+    device: detect::DeviceChoice,
     json: bool,
 ) -> Result<ExitCode> {
     if !(0.0..=1.0).contains(&confidence) || !(0.0..=1.0).contains(&iou) {

@@ -7,18 +7,16 @@ use serde_saphyr::{Location, Spanned};
 
 use super::spec::{self, OutputSpec, Pace, PipelineSpec, Resize, TrackerSpec};
 use super::{ConfigError, Problem};
-use crate::detect::PostParams;
 use crate::detect::manifest::ModelInfo;
 use crate::detect::nms::NmsParams;
+use crate::detect::{DeviceChoice, PostParams};
 use crate::flow::WhenFull;
 use crate::ingest::{self, DEFAULT_RTSP_LATENCY, SourceSettings};
 use crate::output::{OutputSettings, Resolve};
 use crate::paths::{escapes_folder, relative_to};
+use crate::retry::ReconnectPolicy;
 use crate::track::TrackerKind;
 use crate::track::bytetrack::ByteTrackParams;
-use crate::track::iou::IouParams;
-use crate::track::ocsort::OcSortParams;
-use crate::track::sort::SortParams;
 
 /// A pipeline ready to run.
 #[derive(Debug, Clone)]
@@ -29,7 +27,7 @@ pub struct Plan {
     pub name_at: (u64, u64),
     pub sources: Vec<SourceSettings>,
     pub model: ModelInfo,
-    pub device: String,
+    pub device: DeviceChoice,
     pub resize: Resize,
     pub post: PostParams,
     pub batch: usize,
@@ -207,20 +205,14 @@ fn in_unit(c: &mut Collector, v: &Spanned<f32>, what: &str) -> f32 {
 }
 
 /// Validate a parsed pipeline file into a [`Plan`], collecting every problem.
-#[allow(
-    clippy::too_many_lines,
-    reason = "validation of every section in one place; the architecture pass (issue 15) moves each part into its component"
-)]
 pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     let mut c = Collector {
         file,
         problems: Vec::new(),
     };
-    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base
+    let base = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
     };
     let name = spec.name.value.clone();
     if name.trim().is_empty() {
@@ -231,8 +223,6 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             format!("name `{name}` {why} (it is `{{pipeline}}` in output paths)"),
         );
     }
-
-    // Sources
     if spec.sources.value.is_empty() {
         c.at(
             spec.sources.referenced,
@@ -242,134 +232,160 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     check_size(&mut c, &spec);
     let mut sources: Vec<SourceSettings> = Vec::new();
     for s in &spec.sources.value {
-        let id = s.id.value.clone();
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            c.at(
-                s.id.referenced,
-                format!("source id `{id}` must be non-empty letters, digits, `-`, `_` or `.`"),
-            );
-        } else if let Some(why) = escapes_folder(&id) {
-            c.at(
-                s.id.referenced,
-                format!("source id `{id}` {why} (it is `{{source}}` in output paths)"),
-            );
-        }
-        if sources.iter().any(|p| p.id == id) {
-            c.at(s.id.referenced, format!("duplicate source id `{id}`"));
-        }
-        let raw = s.uri.value.as_str();
-        let uri = if let Some(path) = raw.strip_prefix("file:").filter(|p| !p.starts_with("//")) {
-            let abs = relative_to(&base, path);
-            match std::path::absolute(&abs) {
-                Ok(a) if a.is_file() => match gstreamer::glib::filename_to_uri(&a, None) {
-                    Ok(u) => u.to_string(),
-                    Err(e) => {
-                        c.at(
-                            s.uri.referenced,
-                            format!("source `{id}`: {}: {e}", a.display()),
-                        );
-                        String::new()
-                    }
-                },
-                _ => {
-                    c.at(
-                        s.uri.referenced,
-                        format!("source `{id}`: no such file {}", abs.display()),
-                    );
-                    String::new()
-                }
-            }
-        } else if raw.starts_with("test:") || raw.contains("://") {
-            raw.to_string()
-        } else {
-            c.at(
-                s.uri.referenced,
-                format!("source `{id}`: `{raw}` is not a URI (use file:PATH, file:///…, rtsp://…)"),
-            );
-            String::new()
-        };
-        let live = !(uri.starts_with("file:")) || s.pace == Pace::Realtime;
-        let when_full = spec.queues.when_full.unwrap_or(if live {
-            WhenFull::DropOldest
-        } else {
-            WhenFull::Block
-        });
-        let stall = match &s.stall {
-            Some(d) if d.value.0.is_zero() => {
-                c.at(d.referenced, "stall must be longer than 0s".into());
-                None
-            }
-            Some(d) => Some(d.value.0),
-            // a file that gives no frame for long has hung its decoder: end it, named
-            None => Some(if live {
-                ingest::DEFAULT_STALL
-            } else {
-                ingest::DEFAULT_FILE_STALL
-            }),
-        };
-        sources.push(SourceSettings {
-            id,
-            uri,
-            pace: s.pace,
-            live,
-            when_full,
-            stall,
-            max_frames: s.max_frames,
-            reconnect: {
-                let d = crate::ingest::supervisor::ReconnectPolicy::default();
-                let r = s.reconnect.as_ref();
-                crate::ingest::supervisor::ReconnectPolicy {
-                    initial: r.and_then(|r| r.initial).map_or(d.initial, |x| x.0),
-                    max: r.and_then(|r| r.max).map_or(d.max, |x| x.0),
-                    retries: r.and_then(|r| r.retries),
-                }
-            },
-            rtsp_tcp: s.transport != Some(spec::Transport::Udp),
-            rtsp_latency: s.latency.map_or(DEFAULT_RTSP_LATENCY, |l| l.0),
-            seq_start: 0,
-        });
+        let source = resolve_source(&mut c, &base, s, spec.queues.when_full, &sources);
+        sources.push(source);
     }
+    let detector = resolve_detector(&mut c, &spec, &base);
+    let (queue_capacity, stall_timeout) = resolve_queues(&mut c, &spec.queues);
+    let tracker = resolve_tracker(&mut c, spec.tracker.as_ref());
+    let outputs = resolve_outputs(&mut c, &spec.outputs, &sources, &name, &base);
+    match detector.model {
+        Some(model) if c.problems.is_empty() => Ok(Plan {
+            file: file.to_path_buf(),
+            name,
+            name_at: (spec.name.referenced.line(), spec.name.referenced.column()),
+            sources,
+            resize: spec.detector.resize.unwrap_or(model.resize),
+            model,
+            device: detector.device,
+            post: detector.post,
+            batch: detector.batch,
+            every: detector.every,
+            source_detect: detector.per_source,
+            tracker,
+            regress: super::Tolerances::from_spec(spec.regress.as_ref()),
+            queue_capacity,
+            stall_timeout,
+            outputs,
+        }),
+        _ => Err(ConfigError {
+            problems: c.problems,
+        }),
+    }
+}
 
-    // Detector
-    let d = &spec.detector;
-    let model_path = relative_to(&base, &d.model.value);
-    let model = match ModelInfo::load(&model_path) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            c.at(d.model.referenced, format!("detector.model: {e}"));
+/// One source: its id checked (unique, usable in paths), its URI made openable, and the
+/// defaults of a live source or a file settled.
+fn resolve_source(
+    c: &mut Collector,
+    base: &Path,
+    s: &spec::SourceSpec,
+    when_full: Option<WhenFull>,
+    earlier: &[SourceSettings],
+) -> SourceSettings {
+    let id = s.id.value.clone();
+    let allowed = |ch: char| ch.is_ascii_alphanumeric() || "-_.".contains(ch);
+    if id.is_empty() || !id.chars().all(allowed) {
+        c.at(
+            s.id.referenced,
+            format!("source id `{id}` must be non-empty letters, digits, `-`, `_` or `.`"),
+        );
+    } else if let Some(why) = escapes_folder(&id) {
+        c.at(
+            s.id.referenced,
+            format!("source id `{id}` {why} (it is `{{source}}` in output paths)"),
+        );
+    }
+    if earlier.iter().any(|p| p.id == id) {
+        c.at(s.id.referenced, format!("duplicate source id `{id}`"));
+    }
+    let uri = resolve_uri(c, base, s, &id);
+    let live = !(uri.starts_with("file:")) || s.pace == Pace::Realtime;
+    let when_full = when_full.unwrap_or(if live {
+        WhenFull::DropOldest
+    } else {
+        WhenFull::Block
+    });
+    let stall = match &s.stall {
+        Some(d) if d.value.0.is_zero() => {
+            c.at(d.referenced, "stall must be longer than 0s".into());
             None
         }
+        Some(d) => Some(d.value.0),
+        // a file that gives no frame for long has hung its decoder: end it, named
+        None if live => Some(ingest::DEFAULT_STALL),
+        None => Some(ingest::DEFAULT_FILE_STALL),
     };
-    let device = d
-        .device
-        .as_ref()
-        .map_or_else(|| "cpu".to_string(), |s| s.value.clone());
-    if let Some(dev) = &d.device {
-        let ok = dev.value == "cpu"
-            || dev.value == "auto"
-            || dev
-                .value
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
-        if !ok {
+    let d = ReconnectPolicy::default();
+    let r = s.reconnect.as_ref();
+    SourceSettings {
+        id,
+        uri,
+        pace: s.pace,
+        live,
+        when_full,
+        stall,
+        max_frames: s.max_frames,
+        reconnect: ReconnectPolicy {
+            initial: r.and_then(|r| r.initial).map_or(d.initial, |x| x.0),
+            max: r.and_then(|r| r.max).map_or(d.max, |x| x.0),
+            retries: r.and_then(|r| r.retries),
+        },
+        rtsp_tcp: s.transport != Some(spec::Transport::Udp),
+        rtsp_latency: s.latency.map_or(DEFAULT_RTSP_LATENCY, |l| l.0),
+        seq_start: 0,
+    }
+}
+
+/// A URI GStreamer can open: `file:` paths made absolute (and the file must exist); empty after
+/// a problem.
+fn resolve_uri(c: &mut Collector, base: &Path, s: &spec::SourceSpec, id: &str) -> String {
+    let raw = s.uri.value.as_str();
+    let Some(path) = raw.strip_prefix("file:").filter(|p| !p.starts_with("//")) else {
+        if raw.starts_with("test:") || raw.contains("://") {
+            return raw.to_string();
+        }
+        c.at(
+            s.uri.referenced,
+            format!("source `{id}`: `{raw}` is not a URI (use file:PATH, file:///…, rtsp://…)"),
+        );
+        return String::new();
+    };
+    let abs = relative_to(base, path);
+    let opened = match std::path::absolute(&abs) {
+        Ok(a) if a.is_file() => gstreamer::glib::filename_to_uri(&a, None)
+            .map(|u| u.to_string())
+            .map_err(|e| format!("source `{id}`: {}: {e}", a.display())),
+        _ => Err(format!("source `{id}`: no such file {}", abs.display())),
+    };
+    opened.unwrap_or_else(|m| {
+        c.at(s.uri.referenced, m);
+        String::new()
+    })
+}
+
+/// The detector section resolved.
+struct DetectorPlan {
+    /// `None` after a problem with the manifest.
+    model: Option<ModelInfo>,
+    device: DeviceChoice,
+    post: PostParams,
+    batch: usize,
+    every: u32,
+    per_source: Vec<SourceDetect>,
+}
+
+/// The model manifest read, the device parsed, thresholds and filters checked; each source's
+/// overrides applied.
+fn resolve_detector(c: &mut Collector, spec: &PipelineSpec, base: &Path) -> DetectorPlan {
+    let d = &spec.detector;
+    let model = ModelInfo::load(&relative_to(base, &d.model.value))
+        .map_err(|e| c.at(d.model.referenced, format!("detector.model: {e}")))
+        .ok();
+    let device = d.device.as_ref().map_or(DeviceChoice::Cpu, |dev| {
+        dev.value.parse().unwrap_or_else(|e| {
             c.at(
                 dev.referenced,
-                format!(
-                    "detector.device `{}`: expected cpu, cuda:N or auto",
-                    dev.value
-                ),
+                format!("detector.device `{}`: {e}", dev.value),
             );
-        }
-    }
+            DeviceChoice::Cpu
+        })
+    });
     let confidence = d.confidence.as_ref().map_or(spec::DEFAULT_CONFIDENCE, |v| {
-        in_unit(&mut c, v, "detector.confidence")
+        in_unit(c, v, "detector.confidence")
     });
     let classes = match (&d.classes, &model) {
-        (Some(names), Some(m)) => Some(class_mask(&mut c, names, m, "detector.classes")),
+        (Some(names), Some(m)) => Some(class_mask(c, names, m, "detector.classes")),
         _ => None,
     };
     let batch = d.batch.as_ref().map_or(1, |b| {
@@ -384,52 +400,73 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
     let every = d
         .every
         .as_ref()
-        .map_or(1, |e| every_of(&mut c, e, "detector.every"));
-    let iou = in_unit(&mut c, &spec.nms.iou, "nms.iou");
+        .map_or(1, |e| every_of(c, e, "detector.every"));
     let nms = NmsParams {
-        iou,
+        iou: in_unit(c, &spec.nms.iou, "nms.iou"),
         class_aware: spec.nms.class_aware,
         max_detections: spec.nms.max_detections,
     };
-    let source_detect: Vec<SourceDetect> = spec
+    let post = PostParams {
+        confidence,
+        classes,
+        nms,
+    };
+    let per_source = spec
         .sources
         .value
         .iter()
-        .map(|src| {
-            let o = src.detector.as_ref();
-            let confidence = o
-                .and_then(|o| o.confidence.as_ref())
-                .map_or(confidence, |v| {
-                    in_unit(&mut c, v, "sources.detector.confidence")
-                });
-            let classes = match (o.and_then(|o| o.classes.as_ref()), &model) {
-                (Some(names), Some(m)) => {
-                    Some(class_mask(&mut c, names, m, "sources.detector.classes"))
-                }
-                _ => classes.clone(),
-            };
-            let every = o
-                .and_then(|o| o.every.as_ref())
-                .map_or(every, |e| every_of(&mut c, e, "sources.detector.every"));
-            SourceDetect {
-                post: PostParams {
-                    confidence,
-                    classes,
-                    nms,
-                },
-                every,
-            }
-        })
+        .map(|src| source_detect(c, src.detector.as_ref(), &post, every, model.as_ref()))
         .collect();
-    let cap = spec.queues.capacity.value;
+    DetectorPlan {
+        model,
+        device,
+        post,
+        batch,
+        every,
+        per_source,
+    }
+}
+
+/// A source's detector settings: the pipeline's, with the source's overrides.
+fn source_detect(
+    c: &mut Collector,
+    o: Option<&spec::SourceDetectorSpec>,
+    pipeline: &PostParams,
+    every: u32,
+    model: Option<&ModelInfo>,
+) -> SourceDetect {
+    let confidence = o
+        .and_then(|o| o.confidence.as_ref())
+        .map_or(pipeline.confidence, |v| {
+            in_unit(c, v, "sources.detector.confidence")
+        });
+    let classes = match (o.and_then(|o| o.classes.as_ref()), model) {
+        (Some(names), Some(m)) => Some(class_mask(c, names, m, "sources.detector.classes")),
+        _ => pipeline.classes.clone(),
+    };
+    let every = o
+        .and_then(|o| o.every.as_ref())
+        .map_or(every, |e| every_of(c, e, "sources.detector.every"));
+    SourceDetect {
+        post: PostParams {
+            confidence,
+            classes,
+            nms: pipeline.nms,
+        },
+        every,
+    }
+}
+
+/// Queue capacity and stall timeout, range-checked.
+fn resolve_queues(c: &mut Collector, q: &spec::QueueSpec) -> (usize, std::time::Duration) {
+    let cap = q.capacity.value;
     if cap == 0 || cap > 4096 {
         c.at(
-            spec.queues.capacity.referenced,
+            q.capacity.referenced,
             format!("queues.capacity must be 1..=4096, got {cap}"),
         );
     }
-
-    let stall_timeout = match &spec.queues.stall_timeout {
+    let stall_timeout = match &q.stall_timeout {
         Some(d) if d.value.0.is_zero() => {
             c.at(
                 d.referenced,
@@ -440,41 +477,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         Some(d) => d.value.0,
         None => DEFAULT_STALL_TIMEOUT,
     };
-    let tracker = resolve_tracker(&mut c, spec.tracker.as_ref());
-
-    let outputs = resolve_outputs(&mut c, &spec.outputs, &sources, &name, &base);
-
-    match model {
-        Some(model) if c.problems.is_empty() => Ok(Plan {
-            file: file.to_path_buf(),
-            name,
-            name_at: (spec.name.referenced.line(), spec.name.referenced.column()),
-            sources,
-            resize: d.resize.unwrap_or(model.resize),
-            model,
-            device,
-            post: PostParams {
-                confidence,
-                classes,
-                nms: NmsParams {
-                    iou,
-                    class_aware: spec.nms.class_aware,
-                    max_detections: spec.nms.max_detections,
-                },
-            },
-            batch,
-            every,
-            source_detect,
-            tracker,
-            regress: super::Tolerances::from_spec(spec.regress.as_ref()),
-            queue_capacity: cap.clamp(1, 4096),
-            stall_timeout,
-            outputs,
-        }),
-        _ => Err(ConfigError {
-            problems: c.problems,
-        }),
-    }
+    (cap.clamp(1, 4096), stall_timeout)
 }
 
 /// Every output entry resolved for every source (`outputs` run per source). A problem that is the
@@ -511,79 +514,10 @@ fn resolve_tracker(c: &mut Collector, spec: Option<&Spanned<TrackerSpec>>) -> Op
     let Some(spec) = spec else {
         return Some(TrackerKind::ByteTrack(ByteTrackParams::default()));
     };
-    let loc = spec.referenced;
-    let mut unit = |name: &str, v: Option<f64>, default: f64| {
-        let v = v.unwrap_or(default);
-        if !(0.0..=1.0).contains(&v) {
-            c.at(
-                loc,
-                format!("tracker.{name} must be between 0 and 1, got {v}"),
-            );
-        }
-        v
-    };
-    Some(match &spec.value {
-        TrackerSpec::None => return None,
-        TrackerSpec::Iou { iou, max_age } => {
-            let d = IouParams::default();
-            TrackerKind::Iou(IouParams {
-                iou: unit("iou", *iou, d.iou),
-                max_age: max_age.unwrap_or(d.max_age),
-            })
-        }
-        TrackerSpec::Sort {
-            max_age,
-            min_hits,
-            iou,
-        } => {
-            let d = SortParams::default();
-            TrackerKind::Sort(SortParams {
-                iou: unit("iou", *iou, d.iou),
-                max_age: max_age.unwrap_or(d.max_age),
-                min_hits: min_hits.unwrap_or(d.min_hits),
-            })
-        }
-        TrackerSpec::Bytetrack {
-            high,
-            low,
-            match_thresh,
-            max_age,
-        } => {
-            let d = ByteTrackParams::default();
-            let p = ByteTrackParams {
-                high: unit("high", *high, d.high),
-                low: unit("low", *low, d.low),
-                match_thresh: unit("match_thresh", *match_thresh, d.match_thresh),
-                max_age: max_age.unwrap_or(d.max_age),
-            };
-            if p.low >= p.high {
-                c.at(
-                    loc,
-                    format!(
-                        "tracker.low ({}) must be below tracker.high ({})",
-                        p.low, p.high
-                    ),
-                );
-            }
-            TrackerKind::ByteTrack(p)
-        }
-        TrackerSpec::Ocsort {
-            det_thresh,
-            max_age,
-            min_hits,
-            iou,
-            delta_t,
-            inertia,
-        } => {
-            let d = OcSortParams::default();
-            TrackerKind::OcSort(OcSortParams {
-                det_thresh: unit("det_thresh", *det_thresh, d.det_thresh),
-                iou: unit("iou", *iou, d.iou),
-                inertia: unit("inertia", *inertia, d.inertia),
-                max_age: max_age.unwrap_or(d.max_age),
-                min_hits: min_hits.unwrap_or(d.min_hits),
-                delta_t: delta_t.unwrap_or(d.delta_t).max(1),
-            })
-        }
-    })
+    let mut problems = Vec::new();
+    let kind = spec.value.resolve(&mut problems);
+    for p in problems {
+        c.at(spec.referenced, p);
+    }
+    kind
 }

@@ -10,6 +10,7 @@ pub use crate::ingest::Pace;
 /// One output, run for every source: `kind` (one of `output::KINDS`) and that kind's keys
 /// (each kind's `…Spec` in `src/output/`). Relative paths are relative to the pipeline file.
 pub use crate::output::OutputSpec;
+pub use crate::track::TrackerSpec;
 
 /// Default confidence threshold: darknet's and Ultralytics' usual 0.25.
 pub const DEFAULT_CONFIDENCE: f32 = 0.25;
@@ -34,7 +35,8 @@ pub struct PipelineSpec {
     /// Non-maximum suppression of overlapping boxes.
     #[serde(default)]
     pub nms: NmsSpec,
-    /// Multi-object tracker, one per source (IDs in metadata and overlay). Default: ByteTrack.
+    /// Multi-object tracker, one per source (IDs in metadata and overlay): `kind` (`none`, `iou`,
+    /// `sort`, `bytetrack`, `ocsort`) and that kind's keys (`IouSpec` … below). Default: ByteTrack.
     #[serde(default)]
     pub tracker: Option<Spanned<TrackerSpec>>,
     /// Capacity and full-policy of the queues between stages.
@@ -203,71 +205,6 @@ impl Default for NmsSpec {
             max_detections: DEFAULT_MAX_DETECTIONS,
         }
     }
-}
-
-/// A multi-object tracker and its settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum TrackerSpec {
-    /// No tracking: detections carry no `track_id`.
-    None,
-    /// Greedy IoU matching, no motion model.
-    Iou {
-        /// Minimum IoU to continue a track. Default 0.5.
-        #[serde(default)]
-        iou: Option<f64>,
-        /// Frames a track survives unmatched. Default 5.
-        #[serde(default)]
-        max_age: Option<u64>,
-    },
-    /// SORT: Kalman filter + Hungarian matching on IoU.
-    Sort {
-        /// Frames a track survives unmatched. Default 1.
-        #[serde(default)]
-        max_age: Option<u64>,
-        /// Consecutive matches before a track is reported. Default 3.
-        #[serde(default)]
-        min_hits: Option<u64>,
-        /// Minimum IoU for a match. Default 0.3.
-        #[serde(default)]
-        iou: Option<f64>,
-    },
-    /// ByteTrack: two-stage association with high- and low-score detections.
-    Bytetrack {
-        /// Score above which a detection is "high" (first stage). New tracks need high + 0.1. Default 0.5.
-        #[serde(default)]
-        high: Option<f64>,
-        /// Score above which a detection joins the second stage. Default 0.1.
-        #[serde(default)]
-        low: Option<f64>,
-        /// First-stage match threshold on the cost 1 − IoU·score. Default 0.8.
-        #[serde(default)]
-        match_thresh: Option<f64>,
-        /// Frames a lost track is kept to be re-found. Default 30.
-        #[serde(default)]
-        max_age: Option<u64>,
-    },
-    /// OC-SORT: SORT with observation-centric momentum, re-update and recovery (robust to occlusion).
-    Ocsort {
-        /// Detections above this score are associated and start tracks. Default 0.5.
-        #[serde(default)]
-        det_thresh: Option<f64>,
-        /// Frames a track survives unmatched. Default 30.
-        #[serde(default)]
-        max_age: Option<u64>,
-        /// Consecutive matches before a track is reported. Default 3.
-        #[serde(default)]
-        min_hits: Option<u64>,
-        /// Minimum IoU for a match. Default 0.3.
-        #[serde(default)]
-        iou: Option<f64>,
-        /// Frames between the observations that give a track's direction. Default 3.
-        #[serde(default)]
-        delta_t: Option<u64>,
-        /// Weight of the direction-consistency term. Default 0.2.
-        #[serde(default)]
-        inertia: Option<f64>,
-    },
 }
 
 /// Queues between stages.

@@ -6,13 +6,7 @@ use serde::Deserialize;
 
 use crate::frame::Resize;
 
-/// The architecture family, which picks the model definition and head decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    /// A darknet `.cfg` + `.weights` pair, run by the cfg interpreter (the YOLOv1–v4 line).
-    Darknet,
-}
+pub use super::Family;
 
 /// What a manifest file says.
 #[derive(Debug, Deserialize)]
@@ -112,21 +106,7 @@ impl ModelInfo {
             return Err(err(format!("weights.sha256 `{sha}` is not 64 hex digits")));
         }
         let cfg = dir.join(&spec.cfg);
-        let input = match spec.family {
-            Family::Darknet => {
-                let parsed =
-                    super::darknet::cfg::Cfg::load(&cfg).map_err(|e| err(e.to_string()))?;
-                let net = parsed
-                    .sections
-                    .first()
-                    .ok_or_else(|| err(format!("{} has no [net] section", cfg.display())))?;
-                super::darknet::net::check_sections(&parsed).map_err(|e| err(e.to_string()))?;
-                let f = parsed.file.as_str();
-                let w: u32 = net.require(f, "width").map_err(|e| err(e.to_string()))?;
-                let h: u32 = net.require(f, "height").map_err(|e| err(e.to_string()))?;
-                (w, h)
-            }
-        };
+        let input = spec.family.input_size(&cfg).map_err(err)?;
         Ok(Self {
             manifest: path.to_path_buf(),
             name: spec.name,

@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use crate::frame::Detection;
 use crate::frame::ModelInput;
 use head::Candidate;
-use manifest::{Family, ModelInfo};
+use manifest::ModelInfo;
 use nms::NmsParams;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,29 +43,62 @@ pub enum DetectError {
     InputSize { got: (u32, u32), want: (u32, u32) },
 }
 
-/// Pick the Candle device for `spec` (`cpu`, `cuda:N`, `auto`).
-pub fn device(spec: &str) -> Result<Device, DetectError> {
-    let err = |m: &str| DetectError::Device(spec.to_string(), m.to_string());
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => {
-                if !candle_core::utils::cuda_is_available() {
-                    return Err(err(
-                        "this vigil was built without CUDA (cargo feature `cuda`)",
-                    ));
-                }
-                Device::new_cuda(n).map_err(|e| err(&e.to_string()))
+/// Where inference runs, as a pipeline file or `--device` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    /// The GPU with this index.
+    Cuda(usize),
+    /// The first GPU if there is one, else the CPU.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "auto" => Ok(Self::Auto),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| "expected cpu, cuda:N or auto".to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// The Candle device for `choice`.
+pub fn device(choice: DeviceChoice) -> Result<Device, DetectError> {
+    let err = |m: &str| DetectError::Device(choice.to_string(), m.to_string());
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        DeviceChoice::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(err(
+                    "this vigil was built without CUDA (cargo feature `cuda`)",
+                ));
             }
-            _ => Err(err("expected `cpu`, `cuda:N` or `auto`")),
-        },
+            Device::new_cuda(n).map_err(|e| err(&e.to_string()))
+        }
     }
 }
 
 /// A model that finds objects.
 pub trait Detector: Send {
-    fn info(&self) -> &ModelInfo;
     /// Run a batch; one list of candidates (model pixels, before NMS, score ≥ `threshold`) per input.
     fn infer(
         &self,
@@ -100,8 +133,67 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
 
 /// Load the model a manifest describes onto `device`.
 pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
-    match info.family {
-        Family::Darknet => Ok(Box::new(load_darknet(info, device)?)),
+    info.family.load(info, device)
+}
+
+/// One architecture family: how a manifest's network file is checked (at `vigil check`, without
+/// reading weights) and how the model loads. A family is one module implementing this plus one
+/// line in the [`families!`] registration.
+pub trait ModelFamily {
+    /// Check the network description `network` and read its input size `(width, height)`.
+    fn input_size(network: &Path) -> Result<(u32, u32), String>;
+    /// Load the model onto `device`.
+    fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError>;
+}
+
+/// The registered families: `"name" => Variant(Type)`, one line each; generates [`Family`] (the
+/// manifest's `family:` key) and its dispatch.
+macro_rules! families {
+    ($($name:literal => $variant:ident($ty:ty)),* $(,)?) => {
+        /// The architecture family a manifest names (`family:`), which picks the model
+        /// definition and head decoder.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+        pub enum Family {
+            $(#[serde(rename = $name)] $variant,)*
+        }
+
+        impl Family {
+            pub fn input_size(self, network: &Path) -> Result<(u32, u32), String> {
+                match self {
+                    $(Self::$variant => <$ty as ModelFamily>::input_size(network),)*
+                }
+            }
+
+            pub fn load(self, info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+                match self {
+                    $(Self::$variant => <$ty as ModelFamily>::load(info, device),)*
+                }
+            }
+        }
+    };
+}
+
+families! {
+    "darknet" => Darknet(DarknetDetector),
+}
+
+/// The YOLOv1–v4 line: a darknet `.cfg` + `.weights` pair, run by the cfg interpreter.
+impl ModelFamily for DarknetDetector {
+    fn input_size(cfg: &Path) -> Result<(u32, u32), String> {
+        let parsed = darknet::cfg::Cfg::load(cfg).map_err(|e| e.to_string())?;
+        let net = parsed
+            .sections
+            .first()
+            .ok_or_else(|| format!("{} has no [net] section", cfg.display()))?;
+        darknet::net::check_sections(&parsed).map_err(|e| e.to_string())?;
+        let f = parsed.file.as_str();
+        let w: u32 = net.require(f, "width").map_err(|e| e.to_string())?;
+        let h: u32 = net.require(f, "height").map_err(|e| e.to_string())?;
+        Ok((w, h))
+    }
+
+    fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+        Ok(Box::new(load_darknet(info, device)?))
     }
 }
 
@@ -186,10 +278,6 @@ impl DarknetDetector {
 }
 
 impl Detector for DarknetDetector {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
     fn infer(
         &self,
         inputs: &[&ModelInput],

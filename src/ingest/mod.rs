@@ -397,20 +397,15 @@ fn build(src: &SourceSettings) -> Result<Built, String> {
     })
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "the pull loop's exits (stop, bus error, no video, stall, EOS, truncation) read best side by side; to split in issue 15"
-)]
+/// Build the source's GStreamer pipeline, start it, and pull frames until it ends, fails, stalls
+/// or is stopped.
 fn pull_all(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
-    let Run {
-        src,
-        live,
-        stream,
-        out,
-        stop,
-        stats,
-    } = run;
+    let src = run.src;
     let safe_uri = redact_uri(&src.uri);
+    let stream_err = |message: String| IngestError::Stream {
+        source_id: src.id.clone(),
+        message,
+    };
     let Built {
         pipeline,
         sink,
@@ -419,10 +414,6 @@ fn pull_all(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
         source_id: src.id.clone(),
         message,
     })?;
-    let stream_err = |message: String| IngestError::Stream {
-        source_id: src.id.clone(),
-        message,
-    };
     let bus = pipeline
         .bus()
         .ok_or_else(|| stream_err("pipeline has no bus".into()))?;
@@ -439,78 +430,137 @@ fn pull_all(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
     if let Some(t) = &truncated {
         tracing::warn!(target: "vigil::ingest", source = %src.id, "{t}; decoding what is there");
     }
-    let mut last_frame = Instant::now();
-    // only videotestsrc numbers its frames in offsets (a demuxer may put bytes there)
-    let mut gaps = OffsetGaps {
-        counted: src.uri.starts_with("test:"),
-        last: None,
+    let mut puller = Puller {
+        run,
+        safe_uri,
+        bus,
+        pads,
+        truncated,
+        last_frame: Instant::now(),
+        // only videotestsrc numbers its frames in offsets (a demuxer may put bytes there)
+        gaps: OffsetGaps {
+            counted: src.uri.starts_with("test:"),
+            last: None,
+        },
     };
     loop {
-        if stop.load(Ordering::Relaxed) {
-            tracing::info!(target: "vigil::ingest", source = %src.id, "stop requested");
+        if puller.should_end(report)? {
             return Ok(());
         }
-        if let Some(m) = first_error(&bus) {
-            return Err(stream_err(format!("{safe_uri}: {m}")));
+        match sink.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) {
+            Some(sample) if puller.hand_on(&sample, report)? => return Ok(()),
+            Some(_) => {}
+            None if sink.is_eos() => return puller.at_end(report),
+            None => {}
         }
-        if pads.as_ref().is_some_and(|p| p.no_video()) && report.frames == 0 {
-            return Err(stream_err(format!(
-                "{safe_uri}: no video stream in it (only other streams, e.g. audio)"
+    }
+}
+
+/// The pull loop of one started source pipeline: what it needs to tell a clean end from a
+/// failure, a stall, or frames lost before us.
+struct Puller<'a> {
+    run: &'a Run<'a>,
+    safe_uri: String,
+    bus: gst::Bus,
+    pads: Option<Arc<Pads>>,
+    /// Why the file is cut short, if it is.
+    truncated: Option<String>,
+    last_frame: Instant,
+    gaps: OffsetGaps,
+}
+
+impl Puller<'_> {
+    fn error(&self, message: String) -> IngestError {
+        IngestError::Stream {
+            source_id: self.run.src.id.clone(),
+            message,
+        }
+    }
+
+    /// Before each poll: `Ok(true)` when stopped, `Err` on a bus error, a file with no video, or
+    /// a stall.
+    fn should_end(&self, report: &IngestReport) -> Result<bool, IngestError> {
+        let (src, uri) = (self.run.src, &self.safe_uri);
+        if self.run.stop.load(Ordering::Relaxed) {
+            tracing::info!(target: "vigil::ingest", source = %src.id, "stop requested");
+            return Ok(true);
+        }
+        if let Some(m) = first_error(&self.bus) {
+            return Err(self.error(format!("{uri}: {m}")));
+        }
+        if self.pads.as_ref().is_some_and(|p| p.no_video()) && report.frames == 0 {
+            return Err(self.error(format!(
+                "{uri}: no video stream in it (only other streams, e.g. audio)"
             )));
         }
-        if let Some(limit) = src.stall.filter(|l| last_frame.elapsed() > *l) {
-            return Err(stream_err(format!(
-                "{safe_uri}: no frame for {} (stall watchdog): the source has stalled",
+        if let Some(limit) = src.stall.filter(|l| self.last_frame.elapsed() > *l) {
+            return Err(self.error(format!(
+                "{uri}: no frame for {} (stall watchdog): the source has stalled",
                 humantime::format_duration(limit)
             )));
         }
-        match sink.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) {
-            Some(sample) => {
-                if live.state.get() != supervisor::SourceState::Running {
-                    live.state.set(supervisor::SourceState::Running);
-                }
-                crate::fault::check("ingest", report.frames).map_err(stream_err)?;
-                let started = Instant::now();
-                let lost = gaps.lost_before(&sample);
-                if lost > 0 {
-                    // lost before the first edge (the appsink's own queue): still the source's drops
-                    out.lost_before(lost);
-                    tracing::debug!(target: "vigil::ingest", source = %src.id, lost, "frames dropped before ingest");
-                }
-                let frame =
-                    to_frame(&sample, stream, src.seq_start + report.frames).map_err(stream_err)?;
-                report.frames += 1;
-                stats.record(started.elapsed());
-                tracing::trace!(target: "vigil::ingest", source = %src.id, seq = frame.seq, "frame");
-                if out.send(Msg::Item(frame)).is_err() {
-                    return Err(stream_err("the pipeline downstream has stopped".into()));
-                }
-                // time spent waiting for room downstream is not the source stalling
-                last_frame = Instant::now();
-                if src.max_frames.is_some_and(|m| report.frames >= m) {
-                    tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "max_frames reached");
-                    return Ok(());
-                }
-            }
-            None if sink.is_eos() => {
-                if let Some(m) = first_error(&bus) {
-                    return Err(stream_err(format!("{safe_uri}: {m}")));
-                }
-                if report.frames == 0 {
-                    return Err(stream_err(format!(
-                        "{safe_uri}: ended without a single video frame"
-                    )));
-                }
-                if let Some(t) = truncated {
-                    return Err(stream_err(format!(
-                        "{safe_uri}: {t} ({} frames decoded up to the cut)",
-                        report.frames
-                    )));
-                }
-                return Ok(());
-            }
-            None => {}
+        Ok(false)
+    }
+
+    /// Turn a sample into a frame and send it on; `Ok(true)` when `max_frames` is reached.
+    fn hand_on(
+        &mut self,
+        sample: &gst::Sample,
+        report: &mut IngestReport,
+    ) -> Result<bool, IngestError> {
+        let Run {
+            src,
+            live,
+            stream,
+            out,
+            stats,
+            ..
+        } = self.run;
+        if live.state.get() != supervisor::SourceState::Running {
+            live.state.set(supervisor::SourceState::Running);
         }
+        crate::fault::check("ingest", report.frames).map_err(|m| self.error(m))?;
+        let started = Instant::now();
+        let lost = self.gaps.lost_before(sample);
+        if lost > 0 {
+            // lost before the first edge (the appsink's own queue): still the source's drops
+            out.lost_before(lost);
+            tracing::debug!(target: "vigil::ingest", source = %src.id, lost, "frames dropped before ingest");
+        }
+        let frame =
+            to_frame(sample, stream, src.seq_start + report.frames).map_err(|m| self.error(m))?;
+        report.frames += 1;
+        stats.record(started.elapsed());
+        tracing::trace!(target: "vigil::ingest", source = %src.id, seq = frame.seq, "frame");
+        if out.send(Msg::Item(frame)).is_err() {
+            return Err(self.error("the pipeline downstream has stopped".into()));
+        }
+        // time spent waiting for room downstream is not the source stalling
+        self.last_frame = Instant::now();
+        let done = src.max_frames.is_some_and(|m| report.frames >= m);
+        if done {
+            tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "max_frames reached");
+        }
+        Ok(done)
+    }
+
+    /// End of stream: clean, or an error that came with it, or a file that had no frame or was
+    /// cut short.
+    fn at_end(&self, report: &IngestReport) -> Result<(), IngestError> {
+        let uri = &self.safe_uri;
+        if let Some(m) = first_error(&self.bus) {
+            return Err(self.error(format!("{uri}: {m}")));
+        }
+        if report.frames == 0 {
+            return Err(self.error(format!("{uri}: ended without a single video frame")));
+        }
+        if let Some(t) = &self.truncated {
+            return Err(self.error(format!(
+                "{uri}: {t} ({} frames decoded up to the cut)",
+                report.frames
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -25,6 +25,17 @@ pub enum SourceState {
 }
 
 impl SourceState {
+    /// Its name in `/pipelines` and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Running => "running",
+            Self::Backoff => "backoff",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+
     pub fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Connecting,

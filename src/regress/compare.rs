@@ -84,7 +84,7 @@ fn mot_rows(records: &[Record]) -> Vec<MotRow> {
 /// Compare `new` with `golden` (records of one source) under `tol`.
 #[allow(
     clippy::too_many_lines,
-    reason = "per-frame matching and its drift statistics in one pass; to split in issue 15"
+    reason = "per-frame matching and its drift statistics in one pass"
 )]
 pub fn compare(source: &str, golden: &[Record], new: &[Record], tol: &Tolerances) -> SourceDiff {
     let mut d = SourceDiff {

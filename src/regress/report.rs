@@ -169,7 +169,7 @@ fn register_font() -> Result<(), ReportError> {
 /// Write `dir/report.md`, `dir/<source>-chart.png` and `dir/<source>-frame-<seq>.png`.
 #[allow(
     clippy::too_many_lines,
-    reason = "the report's sections in reading order; to split in issue 15"
+    reason = "the report's sections in reading order"
 )]
 pub fn write(
     dir: &Path,

@@ -173,6 +173,20 @@ fn build_graph(plan: &Plan, metrics: &PipelineMetrics) -> Graph {
     }
 }
 
+/// The inner stages' names in `VIGIL_FAULT` (outputs go by their `kind`).
+const FAULT_STAGES: [&str; 4] = ["ingest", "preprocess", "detect", "track"];
+
+/// A `VIGIL_FAULT` that names no stage would silently inject nothing.
+fn warn_of_unknown_fault_target() {
+    if let Some(t) = crate::fault::target()
+        && !FAULT_STAGES.contains(&t)
+        && !crate::output::KINDS.contains(&t)
+    {
+        tracing::warn!(target: "vigil::fault", "VIGIL_FAULT names no stage `{t}` (stages: {}, {})",
+            FAULT_STAGES.join(", "), crate::output::KINDS.join(", "));
+    }
+}
+
 /// [`run`], with live counters in `metrics` (made by [`PipelineMetrics::for_plan`] of this plan)
 /// for whoever watches the run.
 pub fn run_observed(
@@ -183,6 +197,7 @@ pub fn run_observed(
     metrics: &Arc<PipelineMetrics>,
 ) -> RunReport {
     let started = Instant::now();
+    warn_of_unknown_fault_target();
     let plan = Arc::new(plan.clone());
     let graph = build_graph(&plan, metrics);
     let source_stops: Vec<Arc<AtomicBool>> = plan.sources.iter().map(|_| Arc::default()).collect();

@@ -204,7 +204,7 @@ pub fn status(service: &Service) -> Vec<PipelineStatus> {
                 .iter()
                 .map(|s| SourceStatus {
                     id: s.id.clone(),
-                    state: format!("{:?}", s.state.get()).to_lowercase(),
+                    state: s.state.get().as_str().to_string(),
                     frames_in: s.ingest.frames.load(Ordering::Relaxed),
                     frames_processed: s.processed.frames.load(Ordering::Relaxed),
                     frames_dropped: s.first_edge.dropped.load(Ordering::Relaxed),

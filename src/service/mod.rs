@@ -475,7 +475,7 @@ fn start(file: PathBuf, sha: String, plan: Plan, drain_timeout: Duration) -> Ent
     let handle = std::thread::Builder::new()
         .name(format!("pipeline-{}", plan.name))
         .spawn(move || -> Result<RunReport, String> {
-            let device = crate::detect::device(&p.device).map_err(|e| e.to_string())?;
+            let device = crate::detect::device(p.device).map_err(|e| e.to_string())?;
             let detector = crate::detect::load(&p.model, &device).map_err(|e| e.to_string())?;
             Ok(crate::runtime::pipeline::run_observed(
                 &p,

@@ -47,7 +47,7 @@ struct Snapshot {
 impl Collector for Snapshot {
     #[allow(
         clippy::too_many_lines,
-        reason = "one metric family after another; to become table-driven in the architecture pass (issue 15)"
+        reason = "one metric family after another, in exposition order"
     )]
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         counter(

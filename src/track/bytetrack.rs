@@ -10,7 +10,51 @@
 
 use super::assign::min_cost;
 use super::kalman::XyahKalman;
-use super::{TrackOutput, Tracker, TrackerInput, iou};
+use super::{TrackOutput, Tracker, TrackerAlgorithm, TrackerInput, iou, unit};
+
+/// `kind: bytetrack`: ByteTrack, two-stage association with high- and low-score detections.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByteTrackSpec {
+    /// Score above which a detection is "high" (first stage). New tracks need high + 0.1. Default 0.5.
+    #[serde(default)]
+    pub high: Option<f64>,
+    /// Score above which a detection joins the second stage. Default 0.1.
+    #[serde(default)]
+    pub low: Option<f64>,
+    /// First-stage match threshold on the cost 1 − IoU·score. Default 0.8.
+    #[serde(default)]
+    pub match_thresh: Option<f64>,
+    /// Frames a lost track is kept to be re-found. Default 30.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+}
+
+impl TrackerAlgorithm for ByteTrack {
+    type Spec = ByteTrackSpec;
+    type Params = ByteTrackParams;
+
+    fn resolve(spec: &ByteTrackSpec, problems: &mut Vec<String>) -> ByteTrackParams {
+        let d = ByteTrackParams::default();
+        let p = ByteTrackParams {
+            high: unit(problems, "high", spec.high, d.high),
+            low: unit(problems, "low", spec.low, d.low),
+            match_thresh: unit(problems, "match_thresh", spec.match_thresh, d.match_thresh),
+            max_age: spec.max_age.unwrap_or(d.max_age),
+        };
+        if p.low >= p.high {
+            problems.push(format!(
+                "tracker.low ({}) must be below tracker.high ({})",
+                p.low, p.high
+            ));
+        }
+        p
+    }
+
+    fn create(params: ByteTrackParams) -> Self {
+        Self::new(params)
+    }
+}
 
 /// ByteTrack's settings.
 #[derive(Debug, Clone, PartialEq)]

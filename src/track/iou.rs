@@ -3,7 +3,36 @@
 //! first, if the IoU reaches `iou`; unmatched detections start tracks; a track unmatched for more
 //! than `max_age` frames ends. No motion model: cheap and good when the detector runs every frame.
 
-use super::{TrackOutput, Tracker, TrackerInput, iou};
+use super::{TrackOutput, Tracker, TrackerAlgorithm, TrackerInput, iou, unit};
+
+/// `kind: iou`: greedy IoU matching, no motion model.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IouSpec {
+    /// Minimum IoU to continue a track. Default 0.5.
+    #[serde(default)]
+    pub iou: Option<f64>,
+    /// Frames a track survives unmatched. Default 5.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+}
+
+impl TrackerAlgorithm for IouTracker {
+    type Spec = IouSpec;
+    type Params = IouParams;
+
+    fn resolve(spec: &IouSpec, problems: &mut Vec<String>) -> IouParams {
+        let d = IouParams::default();
+        IouParams {
+            iou: unit(problems, "iou", spec.iou, d.iou),
+            max_age: spec.max_age.unwrap_or(d.max_age),
+        }
+    }
+
+    fn create(params: IouParams) -> Self {
+        Self::new(params)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct IouParams {

@@ -55,15 +55,6 @@ pub fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     if union <= 0.0 { 0.0 } else { inter / union }
 }
 
-/// Which tracker, with its settings.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TrackerKind {
-    Iou(iou::IouParams),
-    Sort(sort::SortParams),
-    ByteTrack(bytetrack::ByteTrackParams),
-    OcSort(ocsort::OcSortParams),
-}
-
 /// Give `detections` the IDs of the tracks they updated this frame.
 pub fn assign_ids(tracker: &mut dyn Tracker, detections: &mut [crate::frame::Detection]) {
     let inputs: Vec<TrackerInput> = detections
@@ -103,12 +94,74 @@ pub fn predicted_detections(tracker: &dyn Tracker, fraction: f64) -> Vec<crate::
         .collect()
 }
 
-/// Build a fresh tracker (one per stream).
-pub fn build(kind: &TrackerKind) -> Box<dyn Tracker> {
-    match kind {
-        TrackerKind::Iou(p) => Box::new(iou::IouTracker::new(p.clone())),
-        TrackerKind::Sort(p) => Box::new(sort::Sort::new(p.clone())),
-        TrackerKind::ByteTrack(p) => Box::new(bytetrack::ByteTrack::new(p.clone())),
-        TrackerKind::OcSort(p) => Box::new(ocsort::OcSort::new(p.clone())),
+/// One tracker kind: its pipeline-file keys, how they resolve, and a fresh tracker from them. A
+/// kind is one module implementing this plus one line in the [`trackers!`] registration.
+pub trait TrackerAlgorithm: Tracker + Sized + 'static {
+    /// The keys a person writes under `tracker:`, besides `kind`.
+    type Spec: serde::de::DeserializeOwned + std::fmt::Debug + Clone;
+    /// The resolved settings.
+    type Params: Clone + std::fmt::Debug + PartialEq + Send + Sync;
+    /// Defaults filled in and ranges checked; problems go to `problems`.
+    fn resolve(spec: &Self::Spec, problems: &mut Vec<String>) -> Self::Params;
+    /// A fresh tracker (one per stream).
+    fn create(params: Self::Params) -> Self;
+}
+
+/// `v` (or `default`) checked to lie in `[0, 1]`.
+pub fn unit(problems: &mut Vec<String>, name: &str, v: Option<f64>, default: f64) -> f64 {
+    let v = v.unwrap_or(default);
+    if !(0.0..=1.0).contains(&v) {
+        problems.push(format!("tracker.{name} must be between 0 and 1, got {v}"));
     }
+    v
+}
+
+/// The registered trackers: `"kind" => Variant(Type)`, one line each. Generates [`TrackerSpec`]
+/// (the pipeline file's `tracker:`, with `kind: none` for no tracking), [`TrackerKind`] (resolved)
+/// and [`build`].
+macro_rules! trackers {
+    ($($kind:literal => $variant:ident($ty:ty)),* $(,)?) => {
+        /// A multi-object tracker and its settings: `kind` and that kind's keys (`kind: none`: no
+        /// tracking, detections carry no `track_id`).
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(tag = "kind")]
+        pub enum TrackerSpec {
+            #[serde(rename = "none")]
+            None,
+            $(#[serde(rename = $kind)] $variant(<$ty as TrackerAlgorithm>::Spec),)*
+        }
+
+        /// Which tracker, with its settings.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum TrackerKind {
+            $($variant(<$ty as TrackerAlgorithm>::Params),)*
+        }
+
+        /// The `kind` names, `none` first.
+        pub const KINDS: &[&str] = &["none", $($kind),*];
+
+        impl TrackerSpec {
+            /// `None` for `kind: none`.
+            pub fn resolve(&self, problems: &mut Vec<String>) -> Option<TrackerKind> {
+                match self {
+                    Self::None => None,
+                    $(Self::$variant(s) => Some(TrackerKind::$variant(<$ty as TrackerAlgorithm>::resolve(s, problems))),)*
+                }
+            }
+        }
+
+        /// Build a fresh tracker (one per stream).
+        pub fn build(kind: &TrackerKind) -> Box<dyn Tracker> {
+            match kind {
+                $(TrackerKind::$variant(p) => Box::new(<$ty as TrackerAlgorithm>::create(p.clone())),)*
+            }
+        }
+    };
+}
+
+trackers! {
+    "iou" => Iou(iou::IouTracker),
+    "sort" => Sort(sort::Sort),
+    "bytetrack" => ByteTrack(bytetrack::ByteTrack),
+    "ocsort" => OcSort(ocsort::OcSort),
 }

@@ -15,7 +15,53 @@ use std::collections::BTreeMap;
 use super::assign::min_cost;
 use super::kalman::{SortKalman, xyxy_to_xysr};
 use super::sort::{split_candidates, unique_overlaps};
-use super::{TrackOutput, Tracker, TrackerInput, iou};
+use super::{TrackOutput, Tracker, TrackerAlgorithm, TrackerInput, iou, unit};
+
+/// `kind: ocsort`: OC-SORT, SORT with observation-centric momentum, re-update and recovery
+/// (robust to occlusion).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcSortSpec {
+    /// Detections above this score are associated and start tracks. Default 0.5.
+    #[serde(default)]
+    pub det_thresh: Option<f64>,
+    /// Frames a track survives unmatched. Default 30.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+    /// Consecutive matches before a track is reported. Default 3.
+    #[serde(default)]
+    pub min_hits: Option<u64>,
+    /// Minimum IoU for a match. Default 0.3.
+    #[serde(default)]
+    pub iou: Option<f64>,
+    /// Frames between the observations that give a track's direction. Default 3.
+    #[serde(default)]
+    pub delta_t: Option<u64>,
+    /// Weight of the direction-consistency term. Default 0.2.
+    #[serde(default)]
+    pub inertia: Option<f64>,
+}
+
+impl TrackerAlgorithm for OcSort {
+    type Spec = OcSortSpec;
+    type Params = OcSortParams;
+
+    fn resolve(spec: &OcSortSpec, problems: &mut Vec<String>) -> OcSortParams {
+        let d = OcSortParams::default();
+        OcSortParams {
+            det_thresh: unit(problems, "det_thresh", spec.det_thresh, d.det_thresh),
+            iou: unit(problems, "iou", spec.iou, d.iou),
+            inertia: unit(problems, "inertia", spec.inertia, d.inertia),
+            max_age: spec.max_age.unwrap_or(d.max_age),
+            min_hits: spec.min_hits.unwrap_or(d.min_hits),
+            delta_t: spec.delta_t.unwrap_or(d.delta_t).max(1),
+        }
+    }
+
+    fn create(params: OcSortParams) -> Self {
+        Self::new(params)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OcSortParams {

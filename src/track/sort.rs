@@ -6,7 +6,40 @@
 
 use super::assign::min_cost;
 use super::kalman::{SortKalman, xyxy_to_xysr};
-use super::{TrackOutput, Tracker, TrackerInput, iou};
+use super::{TrackOutput, Tracker, TrackerAlgorithm, TrackerInput, iou, unit};
+
+/// `kind: sort`: SORT, a Kalman filter and Hungarian matching on IoU.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SortSpec {
+    /// Frames a track survives unmatched. Default 1.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+    /// Consecutive matches before a track is reported. Default 3.
+    #[serde(default)]
+    pub min_hits: Option<u64>,
+    /// Minimum IoU for a match. Default 0.3.
+    #[serde(default)]
+    pub iou: Option<f64>,
+}
+
+impl TrackerAlgorithm for Sort {
+    type Spec = SortSpec;
+    type Params = SortParams;
+
+    fn resolve(spec: &SortSpec, problems: &mut Vec<String>) -> SortParams {
+        let d = SortParams::default();
+        SortParams {
+            iou: unit(problems, "iou", spec.iou, d.iou),
+            max_age: spec.max_age.unwrap_or(d.max_age),
+            min_hits: spec.min_hits.unwrap_or(d.min_hits),
+        }
+    }
+
+    fn create(params: SortParams) -> Self {
+        Self::new(params)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SortParams {

@@ -1,5 +1,5 @@
 //! docs/pipeline.md is generated from the `///` docs of the pipeline-file structs (src/config/spec.rs,
-//! and the types the components own: each output kind's `…Spec`, `Pace`, `Resize`), and this test
+//! and the types the components own: each tracker's and output kind's `…Spec`, `Pace`, `Resize`), and this test
 //! fails when the two drift apart.
 //! Regenerate with `VIGIL_BLESS=1 cargo test --release --test it config_docs`.
 
@@ -34,6 +34,10 @@ const SCHEMA: &[(&str, Option<&[&str]>)] = &[
     ("src/config/spec.rs", None),
     ("src/ingest/mod.rs", Some(&["Pace"])),
     ("src/frame.rs", Some(&["Resize"])),
+    ("src/track/iou.rs", Some(&["IouSpec"])),
+    ("src/track/sort.rs", Some(&["SortSpec"])),
+    ("src/track/bytetrack.rs", Some(&["ByteTrackSpec"])),
+    ("src/track/ocsort.rs", Some(&["OcSortSpec"])),
     ("src/output/mp4.rs", Some(&["Mp4Spec", "X264Preset"])),
     ("src/output/jsonl.rs", Some(&["JsonlSpec"])),
     ("src/output/mqtt.rs", Some(&["MqttSpec", "Publish"])),

@@ -421,7 +421,7 @@ impl DarknetNet {
     /// belong to the cfg (checked by [`load`](Self::load)).
     #[allow(
         clippy::too_many_lines,
-        reason = "one arm per darknet section; weight synthesis moves out in the architecture pass (issue 15)"
+        reason = "one arm per darknet section, layer and output shape side by side; shares its loader with the ONNX path of issue 16 once that lands"
     )]
     pub fn from_cfg(
         cfg: &Cfg,
