@@ -76,11 +76,11 @@ fn configured() -> Option<&'static Fault> {
             let v = std::env::var(ENV).ok()?;
             match v.parse() {
                 Ok(f) => {
-                    tracing::warn!(target: "vigil::fault", "fault injection on: {v}");
+                    tracing::warn!("fault injection on: {v}");
                     Some(f)
                 }
                 Err(e) => {
-                    tracing::error!(target: "vigil::fault", "{e}");
+                    tracing::error!("{e}");
                     None
                 }
             }

@@ -85,7 +85,8 @@ impl Xyxy {
     pub fn area(&self) -> f32 {
         self.width() * self.height()
     }
-    /// Intersection over union; 0 when either box is empty.
+    /// Intersection over union; 0 when either box is empty. In f32, as darknet's NMS computes it
+    /// (tracking and metrics use [`iou`], in f64, as their references do).
     pub fn iou(&self, other: &Xyxy) -> f32 {
         let iw = (self.x2.min(other.x2) - self.x1.max(other.x1)).max(0.0);
         let ih = (self.y2.min(other.y2) - self.y1.max(other.y1)).max(0.0);
@@ -102,6 +103,16 @@ impl Xyxy {
             y2: self.y2.clamp(0.0, height),
         }
     }
+}
+
+/// IoU of two `[x1, y1, x2, y2]` boxes in f64 (no +1 pixel convention); 0 when the union is
+/// empty. Trackers and MOT metrics use this, as their Python references do.
+pub fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union <= 0.0 { 0.0 } else { inter / union }
 }
 
 /// A box in the model's input pixels (after letterbox/stretch).

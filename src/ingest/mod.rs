@@ -164,7 +164,7 @@ pub fn run(
     // A failure is passed on in the report (the caller reports it); only the clean end is logged here.
     match result {
         Ok(()) => {
-            tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "end of stream")
+            tracing::info!(source = %src.id, frames = report.frames, "end of stream")
         }
         Err(e) => report.error = Some(e),
     }
@@ -230,7 +230,7 @@ fn supervise(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
         };
         if src.reconnect.retries.is_some_and(|r| failures > r) {
             live.state.set(SourceState::Failed);
-            tracing::error!(target: "vigil::ingest", source = %src.id, attempts = failures, "giving up: {why}");
+            tracing::error!(source = %src.id, attempts = failures, "giving up: {why}");
             return Err(IngestError::Stream {
                 source_id: src.id.clone(),
                 message: format!("failed after {} attempts without a frame: {why}", failures),
@@ -238,7 +238,7 @@ fn supervise(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
         }
         let wait = backoff(&src.reconnect, failures, salt);
         live.state.set(SourceState::Backoff);
-        tracing::warn!(target: "vigil::ingest", source = %src.id, attempt = failures, wait_ms = wait.as_millis() as u64, "{why}; reconnecting");
+        tracing::warn!(source = %src.id, attempt = failures, wait_ms = wait.as_millis() as u64, "{why}; reconnecting");
         if !sleep_unless_stopped(wait, stop) {
             live.state.set(SourceState::Stopped);
             return Ok(());
@@ -378,15 +378,19 @@ fn build(src: &SourceSettings) -> Result<Built, String> {
             .or_else(|| Some(pad.query_caps(None)))
             .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
             .unwrap_or(false);
-        let Some(convert) = convert_weak.upgrade() else { return };
-        let Some(sinkpad) = convert.static_pad("sink") else { return };
+        let Some(convert) = convert_weak.upgrade() else {
+            return;
+        };
+        let Some(sinkpad) = convert.static_pad("sink") else {
+            return;
+        };
         if !is_video || sinkpad.is_linked() {
             return;
         }
         match pad.link(&sinkpad) {
             Ok(_) => linked.video_linked.store(true, Ordering::Release),
             Err(e) => {
-                tracing::warn!(target: "vigil::ingest", source = %id, "cannot link decoded video: {e:?}")
+                tracing::warn!(source = %id, "cannot link decoded video: {e:?}")
             }
         }
     });
@@ -417,7 +421,7 @@ fn pull_all(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
     let bus = pipeline
         .bus()
         .ok_or_else(|| stream_err("pipeline has no bus".into()))?;
-    tracing::info!(target: "vigil::ingest", source = %src.id, uri = %safe_uri, "starting");
+    tracing::info!(source = %src.id, uri = %safe_uri, "starting");
     let _guard = StopOnDrop(pipeline.clone());
     pipeline.set_state(gst::State::Playing).map_err(|_| {
         let why = first_error(&bus).unwrap_or_else(|| "cannot start playing".into());
@@ -428,7 +432,7 @@ fn pull_all(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
         .ok()
         .and_then(|(path, _)| container::truncation(&path));
     if let Some(t) = &truncated {
-        tracing::warn!(target: "vigil::ingest", source = %src.id, "{t}; decoding what is there");
+        tracing::warn!(source = %src.id, "{t}; decoding what is there");
     }
     let mut puller = Puller {
         run,
@@ -482,7 +486,7 @@ impl Puller<'_> {
     fn should_end(&self, report: &IngestReport) -> Result<bool, IngestError> {
         let (src, uri) = (self.run.src, &self.safe_uri);
         if self.run.stop.load(Ordering::Relaxed) {
-            tracing::info!(target: "vigil::ingest", source = %src.id, "stop requested");
+            tracing::info!(source = %src.id, "stop requested");
             return Ok(true);
         }
         if let Some(m) = first_error(&self.bus) {
@@ -525,13 +529,13 @@ impl Puller<'_> {
         if lost > 0 {
             // lost before the first edge (the appsink's own queue): still the source's drops
             out.lost_before(lost);
-            tracing::debug!(target: "vigil::ingest", source = %src.id, lost, "frames dropped before ingest");
+            tracing::debug!(source = %src.id, lost, "frames dropped before ingest");
         }
         let frame =
             to_frame(sample, stream, src.seq_start + report.frames).map_err(|m| self.error(m))?;
         report.frames += 1;
         stats.record(started.elapsed());
-        tracing::trace!(target: "vigil::ingest", source = %src.id, seq = frame.seq, "frame");
+        tracing::trace!(source = %src.id, seq = frame.seq, "frame");
         if out.send(Msg::Item(frame)).is_err() {
             return Err(self.error("the pipeline downstream has stopped".into()));
         }
@@ -539,7 +543,7 @@ impl Puller<'_> {
         self.last_frame = Instant::now();
         let done = src.max_frames.is_some_and(|m| report.frames >= m);
         if done {
-            tracing::info!(target: "vigil::ingest", source = %src.id, frames = report.frames, "max_frames reached");
+            tracing::info!(source = %src.id, frames = report.frames, "max_frames reached");
         }
         Ok(done)
     }
@@ -605,12 +609,12 @@ fn first_error(bus: &gst::Bus) -> Option<String> {
         match msg.view() {
             gst::MessageView::Error(e) => {
                 if let Some(d) = e.debug() {
-                    tracing::debug!(target: "vigil::ingest", "GStreamer error detail: {d}");
+                    tracing::debug!("GStreamer error detail: {d}");
                 }
                 return Some(e.error().to_string());
             }
             gst::MessageView::Warning(w) => {
-                tracing::warn!(target: "vigil::ingest", "GStreamer warning: {}", w.error());
+                tracing::warn!("GStreamer warning: {}", w.error());
             }
             _ => {}
         }

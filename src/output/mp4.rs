@@ -241,7 +241,7 @@ impl Mp4Writer {
         pipeline.set_state(gst::State::Playing).map_err(|_| {
             e(bus_error(&pipeline).unwrap_or_else(|| "cannot start the encoder".into()))
         })?;
-        tracing::info!(target: "vigil::output", path = %self.current.display(), width, height, "mp4 encoder started");
+        tracing::info!(path = %self.current.display(), width, height, "mp4 encoder started");
         Ok(Encoder {
             pipeline,
             src,
@@ -265,7 +265,7 @@ impl Mp4Writer {
             let _ = enc.pipeline.set_state(gst::State::Null);
             self.part += 1;
             self.current = part_path(&self.settings.path, self.part);
-            tracing::warn!(target: "vigil::output", finished = %done.display(), next = %self.current.display(), width = w, height = h, "frame size changed: new MP4");
+            tracing::warn!(finished = %done.display(), next = %self.current.display(), width = w, height = h, "frame size changed: new MP4");
         }
         if self.enc.is_none() {
             self.enc = Some(self.start(w, h, frame.fps)?);
@@ -316,7 +316,7 @@ impl Mp4Writer {
         let result = finalize(&enc);
         let _ = enc.pipeline.set_state(gst::State::Null);
         result.map_err(|m| self.err(m))?;
-        tracing::info!(target: "vigil::output", path = %self.current.display(), frames = self.frames, "mp4 finalized");
+        tracing::info!(path = %self.current.display(), frames = self.frames, "mp4 finalized");
         Ok(self.frames)
     }
 }

@@ -301,7 +301,7 @@ impl MqttWriter {
                 message: e.message,
             })?;
         if outbox.backlog() > 0 {
-            tracing::info!(target: "vigil::mqtt", topic = %settings.topic, backlog = outbox.backlog(), "resuming delivery of records left in the outbox");
+            tracing::info!(topic = %settings.topic, backlog = outbox.backlog(), "resuming delivery of records left in the outbox");
         }
         let shared = Arc::new(Shared {
             outbox: Mutex::new(outbox),
@@ -347,7 +347,7 @@ impl MqttWriter {
         drop(ob);
         if dropped > 0 {
             // once per dropped segment (a few per outbox size), not per record
-            tracing::warn!(target: "vigil::mqtt", topic = %self.settings.topic, dropped, dropped_total = total,
+            tracing::warn!(topic = %self.settings.topic, dropped, dropped_total = total,
                 outbox = %self.settings.outbox.display(), outbox_max = self.settings.outbox_max,
                 "outbox full: oldest undelivered records dropped");
         }
@@ -388,14 +388,14 @@ impl MqttWriter {
         let mut ob = lock(&self.shared.outbox);
         ob.sync().map_err(|e| self.err(e.message))?;
         let st = &self.shared.stats;
-        tracing::info!(target: "vigil::mqtt", topic = %self.settings.topic,
+        tracing::info!(topic = %self.settings.topic,
             queued = st.queued.load(Ordering::Relaxed),
             delivered = st.delivered.load(Ordering::Relaxed),
             redelivered = st.redelivered.load(Ordering::Relaxed),
             dropped = ob.dropped(),
             "mqtt output finished");
         if ob.backlog() > 0 {
-            tracing::warn!(target: "vigil::mqtt", topic = %self.settings.topic, left = ob.backlog(), outbox = %self.settings.outbox.display(), "broker did not take everything in time; the rest stays in the outbox for the next start");
+            tracing::warn!(topic = %self.settings.topic, left = ob.backlog(), outbox = %self.settings.outbox.display(), "broker did not take everything in time; the rest stays in the outbox for the next start");
         }
         Ok(self.records)
     }
@@ -429,9 +429,9 @@ fn deliver(shared: &Shared, s: &MqttSettings) {
                 shared.stats.connected.store(false, Ordering::Relaxed);
                 if was_connected {
                     failures = 0;
-                    tracing::warn!(target: "vigil::mqtt", broker = %format!("{}:{}", s.host, s.port), "connection lost: {why}; records wait in the outbox");
+                    tracing::warn!(broker = %format!("{}:{}", s.host, s.port), "connection lost: {why}; records wait in the outbox");
                 } else if failures == 0 {
-                    tracing::warn!(target: "vigil::mqtt", broker = %format!("{}:{}", s.host, s.port), "cannot connect: {why}; records wait in the outbox");
+                    tracing::warn!(broker = %format!("{}:{}", s.host, s.port), "cannot connect: {why}; records wait in the outbox");
                 }
                 failures += 1;
                 let until = Instant::now() + backoff(&policy, failures, salt);
@@ -500,7 +500,7 @@ fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
                         next = after;
                     }
                 }
-                Err(e) => tracing::error!(target: "vigil::mqtt", "{e}"),
+                Err(e) => tracing::error!("{e}"),
             }
         }
         if sent.is_empty() && shared.done() {
@@ -534,7 +534,7 @@ fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
                 }
                 connected = true;
                 shared.stats.connected.store(true, Ordering::Relaxed);
-                tracing::info!(target: "vigil::mqtt", broker = %format!("{}:{}", s.host, s.port), topic = %s.topic, backlog = lock(&shared.outbox).backlog(), "connected");
+                tracing::info!(broker = %format!("{}:{}", s.host, s.port), topic = %s.topic, backlog = lock(&shared.outbox).backlog(), "connected");
             }
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                 if let Some(f) = sent.iter_mut().find(|f| f.pkid.is_none()) {
@@ -559,7 +559,7 @@ fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
                 if let Some(p) = upto {
                     let mut ob = lock(&shared.outbox);
                     if let Err(e) = ob.commit(p, n) {
-                        tracing::error!(target: "vigil::mqtt", "{e}");
+                        tracing::error!("{e}");
                     }
                     shared.sync_stats(&ob);
                     shared.stats.delivered.fetch_add(n, Ordering::Relaxed);

@@ -194,11 +194,11 @@ fn server_for(bind: &str, port: u16) -> Result<Arc<Server>, String> {
         .name(format!("rtsp-{port}"))
         .spawn(move || {
             if let Err(e) = loop_ctx.with_thread_default(|| ml.run()) {
-                tracing::error!(target: "vigil::rtsp", "RTSP main loop: {e}");
+                tracing::error!("RTSP main loop: {e}");
             }
         })
         .map_err(|e| format!("cannot start the RTSP server thread: {e}"))?;
-    tracing::info!(target: "vigil::rtsp", address = %format!("{bind}:{port}"), "RTSP server listening");
+    tracing::info!(address = %format!("{bind}:{port}"), "RTSP server listening");
     let s = Arc::new(Server {
         server,
         udp_pool,
@@ -228,7 +228,7 @@ fn release(bind: &str, port: u16) {
     };
     if let Some(s) = last {
         s.shut_down();
-        tracing::info!(target: "vigil::rtsp", address = %format!("{bind}:{port}"), "RTSP server stopped");
+        tracing::info!(address = %format!("{bind}:{port}"), "RTSP server stopped");
     }
 }
 
@@ -292,7 +292,7 @@ impl RtspWriter {
             return Err(err("the RTSP server has no mount points".into()));
         };
         mounts.add_factory(&settings.path, factory);
-        tracing::info!(target: "vigil::rtsp", url = %settings.url(), "restreaming");
+        tracing::info!(url = %settings.url(), "restreaming");
         Ok(Self {
             settings,
             server,

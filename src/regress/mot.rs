@@ -108,17 +108,8 @@ pub struct MotMetrics {
 
 /// IoU distance in f64, as py-motmetrics computes it (`x2 = x + w`, no +1).
 fn iou_distance(a: &Xyxy, b: &Xyxy) -> f64 {
-    let (ax1, ay1, ax2, ay2) = (a.x1 as f64, a.y1 as f64, a.x2 as f64, a.y2 as f64);
-    let (bx1, by1, bx2, by2) = (b.x1 as f64, b.y1 as f64, b.x2 as f64, b.y2 as f64);
-    let iw = (ax2.min(bx2) - ax1.max(bx1)).max(0.0);
-    let ih = (ay2.min(by2) - ay1.max(by1)).max(0.0);
-    let inter = iw * ih;
-    let union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter;
-    if inter <= 0.0 || union <= 0.0 {
-        1.0
-    } else {
-        1.0 - inter / union
-    }
+    let f = |x: &Xyxy| [x.x1, x.y1, x.x2, x.y2].map(f64::from);
+    1.0 - crate::frame::iou(&f(a), &f(b))
 }
 
 /// Score `pred` against `gt` with IoU distance threshold `max_distance` (0.5 = IoU ≥ 0.5).

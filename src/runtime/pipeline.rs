@@ -182,8 +182,11 @@ fn warn_of_unknown_fault_target() {
         && !FAULT_STAGES.contains(&t)
         && !crate::output::KINDS.contains(&t)
     {
-        tracing::warn!(target: "vigil::fault", "VIGIL_FAULT names no stage `{t}` (stages: {}, {})",
-            FAULT_STAGES.join(", "), crate::output::KINDS.join(", "));
+        tracing::warn!(
+            "VIGIL_FAULT names no stage `{t}` (stages: {}, {})",
+            FAULT_STAGES.join(", "),
+            crate::output::KINDS.join(", ")
+        );
     }
 }
 

@@ -132,7 +132,7 @@ fn detect_batch(
             w.stats.record(per_frame);
             w.metrics.detector.record(per_frame);
         }
-        tracing::trace!(target: "vigil::detect", source = %frame.stream, seq = frame.seq, n = frame.detections.len(), "detected");
+        tracing::trace!(source = %frame.stream, seq = frame.seq, n = frame.detections.len(), "detected");
         // A stream whose track stage has failed is gone; the others go on.
         if let Some(tx) = w.post.get(&frame.stream) {
             let _ = tx.send(Msg::Item(frame));
@@ -187,11 +187,11 @@ pub fn post_stage(w: PostWiring) -> Result<(), String> {
         }
         w.stats.record(t.elapsed());
         w.source.latency.record(frame.ingested.elapsed());
-        tracing::trace!(target: "vigil::track", source = %frame.stream, seq = frame.seq, "tracked");
+        tracing::trace!(source = %frame.stream, seq = frame.seq, "tracked");
         outputs.retain(|(name, o)| {
             let alive = o.send(Msg::Item(frame.clone())).is_ok();
             if !alive {
-                tracing::debug!(target: "vigil::runtime", output = %name, "output has stopped: no more frames to it");
+                tracing::debug!(output = %name, "output has stopped: no more frames to it");
             }
             alive
         });
@@ -252,6 +252,6 @@ pub fn output_stage(
         });
     }
     let n = finished?;
-    tracing::debug!(target: "vigil::output", output = %desc, frames = n, "finished");
+    tracing::debug!(output = %desc, frames = n, "finished");
     Ok(n)
 }

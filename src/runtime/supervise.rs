@@ -258,7 +258,7 @@ impl Supervisor<'_> {
                     None => slot.stats.set_state(StageState::Finished),
                 }
                 if let Some(err) = &r.error {
-                    tracing::error!(target: "vigil::runtime", "{err}");
+                    tracing::error!("{err}");
                     out.errors.push(err.to_string());
                 }
                 out.ingest.push((e.slot, r));
@@ -270,7 +270,7 @@ impl Supervisor<'_> {
             }
             Err(err) => {
                 let msg = format!("{} failed: {err}", slot.name);
-                tracing::error!(target: "vigil::runtime", "{msg}");
+                tracing::error!("{msg}");
                 slot.stats.fail(msg.clone());
                 out.errors.push(msg);
                 if slot.role == Role::Inner {
@@ -295,7 +295,7 @@ impl Supervisor<'_> {
             humantime::format_duration(self.drain_timeout),
             late.join(", ")
         );
-        tracing::error!(target: "vigil::runtime", "{msg}");
+        tracing::error!("{msg}");
         out.errors.push(msg);
         for c in &self.every_edge {
             c.close();
@@ -307,7 +307,7 @@ impl Supervisor<'_> {
             s.ended = true;
             s.abandoned = true;
             let msg = format!("{} did not finish: left behind", s.name);
-            tracing::error!(target: "vigil::runtime", "{msg}");
+            tracing::error!("{msg}");
             s.stats.fail(msg.clone());
             out.errors.push(msg);
         }
@@ -335,7 +335,7 @@ impl Supervisor<'_> {
                 humantime::format_duration(timeout),
                 w.input.depth()
             );
-            tracing::error!(target: "vigil::runtime", "{msg}");
+            tracing::error!("{msg}");
             s.stats.set_state(StageState::Stalled);
             s.stats.set_error(msg.clone());
             out.errors.push(msg);

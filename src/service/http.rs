@@ -46,14 +46,14 @@ pub fn start(service: Arc<Service>, addr: SocketAddr) -> Result<HttpServer, Serv
                     Ok(Some(req)) => handle(&service, req),
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(target: "vigil::http", "{e}");
+                        tracing::warn!("{e}");
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }
             }
         })
         .map_err(|e| ServeError::Http(addr, e.to_string()))?;
-    tracing::info!(target: "vigil::http", address = %addr, "HTTP endpoints: /healthz /readyz /metrics /pipelines");
+    tracing::info!(address = %addr, "HTTP endpoints: /healthz /readyz /metrics /pipelines");
     Ok(HttpServer {
         stop,
         thread: Some(thread),
@@ -109,7 +109,7 @@ fn handle(service: &Service, req: tiny_http::Request) {
         resp = resp.with_header(h);
     }
     if let Err(e) = req.respond(resp) {
-        tracing::debug!(target: "vigil::http", "respond: {e}");
+        tracing::debug!("respond: {e}");
     }
 }
 

@@ -163,7 +163,7 @@ impl Service {
             .collect();
         for f in gone {
             if let Some(e) = lock(&self.entries).remove(&f) {
-                tracing::info!(target: "vigil::serve", file = %f.display(), "pipeline file removed: stopping its pipeline");
+                tracing::info!(file = %f.display(), "pipeline file removed: stopping its pipeline");
                 stop_and_join(e);
                 self.generation.fetch_add(1, Ordering::Relaxed);
             }
@@ -188,7 +188,7 @@ impl Service {
                     let old = lock(&self.entries).get_mut(&file).map(|e| {
                         e.stop.store(true, Ordering::Relaxed);
                         if e.state != PipelineState::Rejected {
-                            tracing::info!(target: "vigil::serve", file = %file.display(), pipeline = %e.name, "pipeline file changed: restarting its pipeline");
+                            tracing::info!(file = %file.display(), pipeline = %e.name, "pipeline file changed: restarting its pipeline");
                             self.reloads.fetch_add(1, Ordering::Relaxed);
                         }
                         (e.starts, e.name.clone(), e.handle.take())
@@ -197,16 +197,16 @@ impl Service {
                     if let Some((_, name, Some(h))) = old {
                         match h.join() {
                             Ok(Ok(r)) if r.errors.is_empty() => {
-                                tracing::info!(target: "vigil::serve", pipeline = %name, "previous pipeline drained")
+                                tracing::info!(pipeline = %name, "previous pipeline drained")
                             }
                             Ok(Ok(r)) => {
-                                tracing::warn!(target: "vigil::serve", pipeline = %name, "previous pipeline ended with errors: {}", r.errors.join("; "))
+                                tracing::warn!(pipeline = %name, "previous pipeline ended with errors: {}", r.errors.join("; "))
                             }
                             Ok(Err(e)) => {
-                                tracing::warn!(target: "vigil::serve", pipeline = %name, "previous pipeline: {e}")
+                                tracing::warn!(pipeline = %name, "previous pipeline: {e}")
                             }
                             Err(_) => {
-                                tracing::error!(target: "vigil::serve", pipeline = %name, "previous pipeline thread panicked")
+                                tracing::error!(pipeline = %name, "previous pipeline thread panicked")
                             }
                         }
                     }
@@ -239,7 +239,7 @@ impl Service {
             e.rejected_sha256 = None;
             e.blocked_at = None;
             if e.reload_error.take().is_some() {
-                tracing::info!(target: "vigil::serve", file = %file.display(), "pipeline file is back to its running config: reload error cleared");
+                tracing::info!(file = %file.display(), "pipeline file is back to its running config: reload error cleared");
             }
             return true;
         }
@@ -280,7 +280,7 @@ impl Service {
         let keeps = entries
             .get(file)
             .is_some_and(|e| e.state != PipelineState::Rejected);
-        tracing::error!(target: "vigil::serve", file = %file.display(), "pipeline file rejected{}:\n{text}",
+        tracing::error!(file = %file.display(), "pipeline file rejected{}:\n{text}",
             if keeps { "; the running pipeline keeps its previous config" } else { "" });
         let e = entries.entry(file.to_path_buf()).or_insert_with(|| Entry {
             file: file.to_path_buf(),
@@ -471,7 +471,7 @@ fn start(file: PathBuf, sha: String, plan: Plan, drain_timeout: Duration) -> Ent
     let metrics = Arc::new(PipelineMetrics::for_plan(&plan));
     let stop = Arc::new(AtomicBool::new(false));
     let (p, m, s) = (plan.clone(), metrics.clone(), stop.clone());
-    tracing::info!(target: "vigil::serve", file = %file.display(), pipeline = %plan.name, sources = plan.sources.len(), "starting pipeline");
+    tracing::info!(file = %file.display(), pipeline = %plan.name, sources = plan.sources.len(), "starting pipeline");
     let handle = std::thread::Builder::new()
         .name(format!("pipeline-{}", plan.name))
         .spawn(move || -> Result<RunReport, String> {
@@ -528,9 +528,9 @@ fn settle(e: &mut Entry, h: JoinHandle<Result<RunReport, String>>) {
     };
     match &error {
         Some(err) => {
-            tracing::error!(target: "vigil::serve", pipeline = %e.name, "pipeline failed: {err}")
+            tracing::error!(pipeline = %e.name, "pipeline failed: {err}")
         }
-        None => tracing::info!(target: "vigil::serve", pipeline = %e.name, "pipeline finished"),
+        None => tracing::info!(pipeline = %e.name, "pipeline finished"),
     }
     e.state = state;
     e.error = error;
@@ -575,7 +575,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("{n} pipeline files")),
     ]);
-    tracing::info!(target: "vigil::serve", dir = %opts.config_dir.display(), http = %opts.http, pipelines = n, "serving");
+    tracing::info!(dir = %opts.config_dir.display(), http = %opts.http, pipelines = n, "serving");
 
     let watchdog = sd_notify::watchdog_enabled();
     let mut last_feed = Instant::now();
@@ -588,11 +588,11 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         if reload || last_poll.elapsed() >= opts.poll {
             last_poll = Instant::now();
             if reload {
-                tracing::info!(target: "vigil::serve", "SIGHUP: reloading pipeline files");
+                tracing::info!("SIGHUP: reloading pipeline files");
                 notify(&[sd_notify::NotifyState::Reloading]);
             }
             if let Err(e) = service.reconcile() {
-                tracing::error!(target: "vigil::serve", "reload: {e}");
+                tracing::error!("reload: {e}");
             }
             if reload {
                 notify(&[sd_notify::NotifyState::Ready]);
@@ -607,12 +607,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                 last_feed = Instant::now();
                 stuck_logged = false;
             } else if !stuck_logged {
-                tracing::error!(target: "vigil::serve", pipelines = ?stuck, "pipelines make no progress: no longer feeding the watchdog");
+                tracing::error!(pipelines = ?stuck, "pipelines make no progress: no longer feeding the watchdog");
                 stuck_logged = true;
             }
         }
     }
-    tracing::info!(target: "vigil::serve", "stopping: draining every pipeline");
+    tracing::info!("stopping: draining every pipeline");
     notify(&[sd_notify::NotifyState::Stopping]);
     let undrained = service.shutdown();
     http.stop();
@@ -625,6 +625,6 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
 fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(target: "vigil::serve", "sd_notify: {e}");
+        tracing::warn!("sd_notify: {e}");
     }
 }

@@ -46,14 +46,7 @@ pub trait Tracker: Send {
     fn extrapolate(&self, fraction: f64) -> Vec<TrackOutput>;
 }
 
-/// IoU of two `[x1, y1, x2, y2]` boxes (no +1 pixel convention); 0 when the union is empty.
-pub fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
-}
+pub use crate::frame::iou;
 
 /// Give `detections` the IDs of the tracks they updated this frame.
 pub fn assign_ids(tracker: &mut dyn Tracker, detections: &mut [crate::frame::Detection]) {

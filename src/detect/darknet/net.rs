@@ -755,7 +755,7 @@ impl DarknetNet {
                     return Err(sec.error(file, format!("unknown layer [{other}]")).into());
                 }
             };
-            tracing::debug!(target: "vigil::detect", index, kind = %sec.kind, ?out, "darknet layer");
+            tracing::debug!(index, kind = %sec.kind, ?out, "darknet layer");
             layers.push(layer);
             shapes.push(out);
             prev = out;
@@ -798,8 +798,9 @@ impl DarknetNet {
         let mut outs: Vec<Tensor> = Vec::with_capacity(self.layers.len());
         let mut heads = Vec::with_capacity(self.heads.len());
         let mut cur = x.clone();
-        // Per-layer timing for profiling: RUST_LOG=vigil::detect::layers=trace
-        let profile = tracing::enabled!(target: "vigil::detect::layers", tracing::Level::TRACE);
+        // Per-layer timing for profiling: RUST_LOG=vigil::detect::darknet::net::layers=trace
+        let profile =
+            tracing::enabled!(target: concat!(module_path!(), "::layers"), tracing::Level::TRACE);
         for (index, layer) in self.layers.iter().enumerate() {
             let started = profile.then(std::time::Instant::now);
             cur = match layer {
@@ -859,7 +860,7 @@ impl DarknetNet {
                 }
             };
             if let Some(t) = started {
-                tracing::trace!(target: "vigil::detect::layers", index, kind = layer.kind(), shape = ?cur.dims(), us = t.elapsed().as_micros() as u64, "layer");
+                tracing::trace!(target: concat!(module_path!(), "::layers"), index, kind = layer.kind(), shape = ?cur.dims(), us = t.elapsed().as_micros() as u64, "layer");
             }
             outs.push(cur.clone());
         }
