@@ -164,6 +164,7 @@ pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
     let mut p = plan.clone();
     p.sources.truncate(1);
     p.source_detect.truncate(1);
+    p.source_analytics.truncate(1);
     p.sources[0].max_frames = Some(s.frames);
     p.sources[0].when_full = WhenFull::Block;
     p.outputs = vec![

@@ -49,6 +49,10 @@ pub struct Frame {
     pub detected: bool,
     /// Recent path of each track reported in this frame (for the overlay), oldest point first.
     pub trails: Vec<Trail>,
+    /// What the analytics made of this frame (zones, lines, counts); empty without zones/lines.
+    pub events: Vec<crate::event::Event>,
+    /// The zones and lines with their live counts, for the overlay (`None` without analytics).
+    pub regions: Option<Arc<crate::event::RegionsView>>,
 }
 
 /// Where a track has been: bottom-centre points of its last boxes, in frame pixels.

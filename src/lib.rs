@@ -1,8 +1,10 @@
 //! vigil: a real-time video analytics daemon. See `ARCHITECTURE.md` for the module map.
 
+pub mod analytics;
 pub mod bench;
 pub mod config;
 pub mod detect;
+pub mod event;
 pub mod fault;
 pub mod flow;
 pub mod frame;

@@ -1,6 +1,7 @@
 //! The `vigil` command line. Exit codes: 0 success, 1 failure (bad config, a source or output
 //! failed), 2 bad usage.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -160,6 +161,32 @@ enum Command {
         #[arg(long, default_value = "scripts/bench/opencv_dnn.py")]
         opencv_script: PathBuf,
     },
+    /// Replay recorded tracks (or detections, through the pipeline's tracker) from a MOT15 file
+    /// through one source's zones and lines, without video; prints the events as JSON lines.
+    Analyze {
+        /// MOT15 tracks (`frame,id,x,y,w,h,…`): the ids are the track ids.
+        #[arg(
+            long,
+            required_unless_present = "detections",
+            conflicts_with = "detections"
+        )]
+        tracks: Option<PathBuf>,
+        /// MOT15 detections (ids ignored): they go through the pipeline's tracker.
+        #[arg(long)]
+        detections: Option<PathBuf>,
+        /// The pipeline file whose zones, lines and `analytics` settings apply.
+        #[arg(long)]
+        config: PathBuf,
+        /// The source whose zones and lines apply. Default: the first.
+        #[arg(long)]
+        source: Option<String>,
+        /// Frame size as WxH (normalized coordinates scale to it).
+        #[arg(long, value_parser = parse_size)]
+        size: (usize, usize),
+        /// Frame rate of the recording: stream time is (frame − 1) / fps.
+        #[arg(long, default_value_t = 25.0)]
+        fps: f64,
+    },
     /// Score a tracker's output against ground truth (MOT15 CSV files): MOTA, MOTP, IDF1, …
     TrackEval {
         /// Ground truth (`frame,id,x,y,w,h,…`).
@@ -303,6 +330,21 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             update,
             report,
         } => regress(&pipeline, &golden, update, &report),
+        Command::Analyze {
+            tracks,
+            detections,
+            config,
+            source,
+            size,
+            fps,
+        } => analyze(
+            tracks.or(detections.clone()).as_deref(),
+            detections.is_none(),
+            &config,
+            source.as_deref(),
+            size,
+            fps,
+        ),
         Command::TrackEval {
             gt,
             pred,
@@ -696,6 +738,8 @@ fn detect_images(
             image: Arc::new(image),
             detections: detect::postprocess(cands, &post, &input),
             trails: Vec::new(),
+            events: Vec::new(),
+            regions: None,
             detected: true,
         };
         let record = Record::of(&frame, "detect", &info.classes, false);
@@ -879,4 +923,53 @@ mod progress {
         let per = den * 1_000_000_000;
         u64::try_from((ns * num + per / 2) / per).ok()
     }
+}
+
+/// `vigil analyze`: the events of a MOT file replayed through a source's zones and lines.
+fn analyze(
+    mot: Option<&Path>,
+    tracks: bool,
+    config: &Path,
+    source: Option<&str>,
+    size: (usize, usize),
+    fps: f64,
+) -> Result<ExitCode> {
+    let size = (u32::try_from(size.0)?, u32::try_from(size.1)?);
+    let Some(mot) = mot else {
+        bail!("give --tracks or --detections");
+    };
+    if !(fps.is_finite() && fps > 0.0) {
+        bail!("--fps must be above 0");
+    }
+    let plan = config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let index = match source {
+        None => 0,
+        Some(id) => plan
+            .sources
+            .iter()
+            .position(|s| s.id == id)
+            .with_context(|| format!("{} has no source `{id}`", config.display()))?,
+    };
+    let rows = vigil::regress::mot::load(mot)?;
+    let replay = vigil::regress::replay::Replay {
+        plan: &plan,
+        source: index,
+        size,
+        fps,
+        tracks,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for e in vigil::regress::replay::events(&replay, &rows) {
+        let line = serde_json::to_string(&e)?;
+        // a reader that stops early (`| head`) is not an error
+        match writeln!(out, "{line}") {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            r => r?,
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::spec::{self, OutputSpec, Pace, PipelineSpec, Resize, TrackerSpec};
 use super::{ConfigError, Problem};
+use crate::analytics::AnalyticsSettings;
 use crate::detect::manifest::ModelInfo;
 use crate::detect::nms::NmsParams;
 use crate::detect::{DeviceChoice, PostParams};
@@ -35,6 +36,8 @@ pub struct Plan {
     pub every: u32,
     /// Detector settings per source (the pipeline's, with the source's overrides), as `sources`.
     pub source_detect: Vec<SourceDetect>,
+    /// Zones and lines per source, as `sources` (empty settings: none).
+    pub source_analytics: Vec<AnalyticsSettings>,
     /// `None`: no tracking.
     pub tracker: Option<TrackerKind>,
     /// `vigil regress` tolerances.
@@ -236,6 +239,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
         sources.push(source);
     }
     let detector = resolve_detector(&mut c, &spec, &base);
+    let source_analytics = resolve_analytics(&mut c, &spec, detector.model.as_ref());
     let (queue_capacity, stall_timeout) = resolve_queues(&mut c, &spec.queues);
     let tracker = resolve_tracker(&mut c, spec.tracker.as_ref());
     let outputs = resolve_outputs(&mut c, &spec.outputs, &sources, &name, &base);
@@ -252,6 +256,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             batch: detector.batch,
             every: detector.every,
             source_detect: detector.per_source,
+            source_analytics,
             tracker,
             regress: super::Tolerances::from_spec(spec.regress.as_ref()),
             queue_capacity,
@@ -455,6 +460,35 @@ fn source_detect(
         },
         every,
     }
+}
+
+/// Each source's zones and lines (class names need the model: without one they wait).
+fn resolve_analytics(
+    c: &mut Collector,
+    spec: &PipelineSpec,
+    model: Option<&ModelInfo>,
+) -> Vec<AnalyticsSettings> {
+    let Some(model) = model else {
+        return vec![AnalyticsSettings::default(); spec.sources.value.len()];
+    };
+    spec.sources
+        .value
+        .iter()
+        .map(|s| {
+            let mut problems = Vec::new();
+            let a = crate::analytics::spec::resolve(
+                &s.zones,
+                &s.lines,
+                spec.analytics.as_ref(),
+                &model.classes,
+                &mut problems,
+            );
+            for p in problems {
+                c.at(s.id.referenced, format!("source `{}`: {p}", s.id.value));
+            }
+            a
+        })
+        .collect()
 }
 
 /// Queue capacity and stall timeout, range-checked.

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use crate::analytics::{AnalyticsSpec, LineSpec, ZoneSpec};
 pub use crate::flow::WhenFull;
 pub use crate::frame::Resize;
 pub use crate::ingest::Pace;
@@ -42,11 +43,14 @@ pub struct PipelineSpec {
     /// Capacity and full-policy of the queues between stages.
     #[serde(default)]
     pub queues: QueueSpec,
-    /// Where results go: each entry is `kind` (`mp4`, `jsonl`, `mqtt`, `rtsp`) and that kind's keys
-    /// (`Mp4Spec`, `JsonlSpec`, `MqttSpec`, `RtspSpec` below). Paths may use `{pipeline}` and
+    /// Where results go: each entry is `kind` (`mp4`, `jsonl`, `mqtt`, `rtsp`, `events`) and that
+    /// kind's keys (`Mp4Spec`, `JsonlSpec`, `MqttSpec`, `RtspSpec`, `EventsSpec` below). Paths may use `{pipeline}` and
     /// `{source}`; each entry runs once per source; at most 8.
     #[serde(default)]
     pub outputs: Vec<Spanned<OutputSpec>>,
+    /// How tracks become zone and line events (`AnalyticsSpec` below), for every source.
+    #[serde(default)]
+    pub analytics: Option<AnalyticsSpec>,
     /// Tolerances for `vigil regress` against golden metadata.
     #[serde(default)]
     pub regress: Option<RegressSpec>,
@@ -109,6 +113,12 @@ pub struct SourceSpec {
     /// Detector settings for this source only, overriding the pipeline's `detector` ones.
     #[serde(default)]
     pub detector: Option<SourceDetectorSpec>,
+    /// Zones of this source's frame (`ZoneSpec` below): enter, exit, dwell and occupancy events.
+    #[serde(default)]
+    pub zones: Vec<ZoneSpec>,
+    /// Counting lines of this source's frame (`LineSpec` below): crossings by direction.
+    #[serde(default)]
+    pub lines: Vec<LineSpec>,
 }
 
 /// RTSP transport.

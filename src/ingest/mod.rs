@@ -657,6 +657,8 @@ fn to_frame(sample: &gst::Sample, stream: &StreamId, seq: u64) -> Result<Frame, 
         }),
         detections: Vec::new(),
         trails: Vec::new(),
+        events: Vec::new(),
+        regions: None,
         detected: false,
     })
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::record::Record;
 use super::{Output, OutputContext, OutputError, Resolve};
 use crate::frame::Frame;
 
@@ -76,7 +75,8 @@ impl JsonlWriter {
         })
     }
 
-    pub fn write_record(&mut self, record: &Record) -> Result<(), OutputError> {
+    /// One value as one whole line.
+    pub fn write_record<T: serde::Serialize>(&mut self, record: &T) -> Result<(), OutputError> {
         let mut line = serde_json::to_string(record).map_err(|e| OutputError::Io {
             path: self.path.display().to_string(),
             message: e.to_string(),

@@ -5,6 +5,7 @@
 //! source, and the writer) plus one line in the [`outputs!`] registration below; config, the
 //! runtime and the docs take the kinds from there.
 
+pub mod events;
 pub mod jsonl;
 pub mod mp4;
 pub mod mqtt;
@@ -278,4 +279,5 @@ outputs! {
     "jsonl" => Jsonl(jsonl::JsonlWriter),
     "mqtt" => Mqtt(mqtt::MqttWriter),
     "rtsp" => Rtsp(rtsp::RtspWriter),
+    "events" => Events(events::EventsWriter),
 }

@@ -737,6 +737,7 @@ mod tests {
                     track_id: Some(id),
                 })
                 .collect(),
+            events: Vec::new(),
         }
     }
 

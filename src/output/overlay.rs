@@ -1,8 +1,9 @@
 //! Draw detections on a BGR frame with OpenCV: a box per object, `class score` (and `#track`) above it.
 
-use opencv::core::{Mat, Point, Rect, Scalar, Vec3b};
+use opencv::core::{Mat, Point, Rect, Scalar, Vec3b, Vector};
 use opencv::imgproc;
 
+use crate::event::RegionsView;
 use crate::frame::{Detection, Frame, Trail};
 
 /// A distinct, stable colour per class (or per track when tracked), BGR.
@@ -35,8 +36,97 @@ pub fn frame_pixels(frame: &Frame, classes: &[String], overlay: bool) -> opencv:
             &frame.trails,
             classes,
         )?;
+        if let Some(regions) = &frame.regions {
+            draw_regions(&mut pixels, frame.image.width, frame.image.height, regions)?;
+        }
     }
     Ok(pixels)
+}
+
+/// The zone and line colour: yellow, unlike any class colour at full saturation.
+const REGION: (f64, f64, f64) = (0.0, 215.0, 255.0);
+
+/// Zones (outline, name and occupancy) and lines (name and counts per direction).
+pub fn draw_regions(
+    bgr: &mut [u8],
+    width: u32,
+    height: u32,
+    regions: &RegionsView,
+) -> opencv::Result<()> {
+    let mut mat = Mat::new_rows_cols_with_bytes_mut::<Vec3b>(height as i32, width as i32, bgr)?;
+    let thickness = ((width.max(height) as f32 / 500.0).round() as i32).max(1);
+    let colour = Scalar::new(REGION.0, REGION.1, REGION.2, 0.0);
+    let to_points = |p: &[(f32, f32)]| -> Vector<Point> {
+        p.iter()
+            .map(|(x, y)| Point::new(*x as i32, *y as i32))
+            .collect()
+    };
+    let shapes = regions.zones.iter().map(|z| {
+        (
+            to_points(&z.points),
+            true,
+            format!("{}: {}", z.name, z.occupancy),
+        )
+    });
+    let lines = regions.lines.iter().map(|l| {
+        let [(a, na), (b, nb)] = &l.counts;
+        let label = format!("{}: {na} {a}, {nb} {b}", l.name);
+        (to_points(&l.points), false, label)
+    });
+    for (pts, closed, label) in shapes.chain(lines) {
+        let polys: Vector<Vector<Point>> = std::iter::once(pts.clone()).collect();
+        let t = if closed { thickness } else { thickness + 1 };
+        imgproc::polylines(&mut mat, &polys, closed, colour, t, imgproc::LINE_AA, 0)?;
+        if let Ok(first) = pts.get(0) {
+            boxed_text(
+                &mut mat,
+                (width as i32, height as i32),
+                &label,
+                first,
+                f64::from(thickness) * 0.45,
+                colour,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `text` on a dark box next to `at`, kept inside the picture.
+fn boxed_text(
+    mat: &mut impl opencv::core::ToInputOutputArray,
+    size: (i32, i32),
+    text: &str,
+    at: Point,
+    scale: f64,
+    colour: Scalar,
+) -> opencv::Result<()> {
+    let mut base = 0;
+    let (cols, rows) = size;
+    let size = imgproc::get_text_size(text, imgproc::FONT_HERSHEY_SIMPLEX, scale, 1, &mut base)?;
+    let (w, h) = (size.width + 6, size.height + base + 4);
+    let x = (at.x + 3).clamp(0, (cols - w).max(0));
+    let y = (at.y + 3).clamp(0, (rows - h).max(0));
+    let bg = Scalar::new(20.0, 20.0, 20.0, 0.0);
+    imgproc::rectangle(
+        mat,
+        Rect::new(x, y, w, h),
+        bg,
+        imgproc::FILLED,
+        imgproc::LINE_8,
+        0,
+    )?;
+    let origin = Point::new(x + 3, y + 2 + size.height);
+    imgproc::put_text(
+        mat,
+        text,
+        origin,
+        imgproc::FONT_HERSHEY_SIMPLEX,
+        scale,
+        colour,
+        1,
+        imgproc::LINE_AA,
+        false,
+    )
 }
 
 /// A picture ready for an H.264 encoder: overlay drawn if asked, then padded to even width and

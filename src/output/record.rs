@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::{EVENT_SCHEMA, Event};
 use crate::frame::Frame;
 
 /// Version of the record layout; bump on any incompatible change.
@@ -22,6 +23,76 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f32>,
     pub detections: Vec<RecordDetection>,
+    /// Zone and line events of this frame (left out when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// One event as outputs write it (the `events` output, MQTT): the analytics' [`Event`] with the
+/// pipeline, source and class name, and the wall-clock time unless deterministic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// [`EVENT_SCHEMA`].
+    pub event_schema: u32,
+    pub pipeline: String,
+    pub source: String,
+    #[serde(flatten)]
+    pub event: Event,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// RFC 3339 wall-clock time of the frame (left out in deterministic mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+impl EventRecord {
+    /// The records of `frame`'s events.
+    pub fn of(frame: &Frame, pipeline: &str, classes: &[String], with_clock: bool) -> Vec<Self> {
+        frame
+            .events
+            .iter()
+            .map(|e| {
+                Self::new(e.clone(), pipeline, &frame.stream, classes).with_time(
+                    with_clock
+                        .then(|| humantime::format_rfc3339_millis(frame.captured_at).to_string()),
+                )
+            })
+            .collect()
+    }
+
+    /// `event` of `source`, class ids in its counts named from `classes`; no wall-clock time.
+    pub fn new(mut event: Event, pipeline: &str, source: &str, classes: &[String]) -> Self {
+        let name = |key: &str| -> String {
+            let (head, id) = key.rsplit_once('/').map_or(("", key), |(h, i)| (h, i));
+            let class = id
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| classes.get(i).cloned())
+                .unwrap_or_else(|| id.to_string());
+            if head.is_empty() {
+                class
+            } else {
+                format!("{head}/{class}")
+            }
+        };
+        event.counts = event.counts.iter().map(|(k, n)| (name(k), *n)).collect();
+        event.occupancy = event.occupancy.iter().map(|(k, n)| (name(k), *n)).collect();
+        Self {
+            event_schema: EVENT_SCHEMA,
+            pipeline: pipeline.to_string(),
+            source: source.to_string(),
+            class: event
+                .class_id
+                .and_then(|c| classes.get(c as usize).cloned()),
+            at: None,
+            event,
+        }
+    }
+
+    fn with_time(mut self, at: Option<String>) -> Self {
+        self.at = at;
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +135,7 @@ impl Record {
                     }
                 })
                 .collect(),
+            events: frame.events.clone(),
         }
     }
 }

@@ -235,6 +235,7 @@ mod tests {
                     track_id: t,
                 })
                 .collect(),
+            events: Vec::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod mot;
+pub mod replay;
 pub mod report;
 
 pub use compare::{SourceDiff, Tolerances, compare};

@@ -383,6 +383,7 @@ impl SourceThreads<'_> {
             outputs,
             tracker: self.plan.tracker.clone(),
             every: self.plan.source_detect[self.index].every,
+            analytics: self.plan.source_analytics[self.index].clone(),
             stats,
             source: self.source().clone(),
         };

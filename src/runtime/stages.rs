@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::analytics::{Analytics, AnalyticsSettings};
 use crate::detect::{Detector, PostParams};
+use crate::event::RegionsView;
 use crate::frame::Resize;
 use crate::frame::{Frame, Msg, StreamId};
 use crate::output::{OutputContext, OutputSettings};
@@ -148,24 +150,92 @@ pub struct PostWiring {
     pub outputs: Vec<(String, EdgeTx<Frame>)>,
     pub tracker: Option<crate::track::TrackerKind>,
     pub every: u32,
+    /// Zones and lines of this stream (empty: no analytics).
+    pub analytics: AnalyticsSettings,
     pub stats: Arc<StageStats>,
     pub source: Arc<crate::runtime::metrics::SourceMetrics>,
 }
 
-/// Tracking and fan-out of one stream: IDs and trails onto the frame, then a copy to every output.
-/// An output that has failed is left out from then on; the others go on.
+/// Stream time of a frame, seconds: its PTS, else its number at its frame rate, else 0.
+fn stream_time_s(frame: &Frame) -> f64 {
+    match (frame.pts_ns, frame.fps) {
+        (Some(pts), _) => pts as f64 / 1e9,
+        (None, (n, d)) if n > 0 && d > 0 => frame.seq as f64 * f64::from(d) / f64::from(n),
+        _ => 0.0,
+    }
+}
+
+/// Where the track stage's frames go: every output still taking them. With analytics one frame
+/// is held back, so the events of the end of the stream (last counts, tracks lost in zones) ride
+/// on the last frame.
+struct FanOut {
+    outputs: Vec<(String, EdgeTx<Frame>)>,
+    held: Option<Frame>,
+    analytics: Option<Analytics>,
+    /// What the overlay shows, rebuilt when an event or the frame size changes it.
+    view: Option<(u32, u32, Arc<RegionsView>)>,
+}
+
+impl FanOut {
+    fn send(&mut self, mut frame: Frame) {
+        if let Some(a) = self.analytics.as_mut() {
+            let size = (frame.image.width, frame.image.height);
+            frame.events = a.update(frame.seq, stream_time_s(&frame), size, &frame.detections);
+            let stale = self
+                .view
+                .as_ref()
+                .is_none_or(|(w, h, _)| (*w, *h) != size || !frame.events.is_empty());
+            if stale {
+                self.view = Some((size.0, size.1, Arc::new(a.view(size))));
+            }
+            frame.regions = self.view.as_ref().map(|(_, _, v)| v.clone());
+            match self.held.replace(frame) {
+                Some(previous) => frame = previous,
+                None => return,
+            }
+        }
+        self.send_now(&frame);
+    }
+
+    fn send_now(&mut self, frame: &Frame) {
+        self.outputs.retain(|(name, o)| {
+            let alive = o.send(Msg::Item(frame.clone())).is_ok();
+            if !alive {
+                tracing::debug!(output = %name, "output has stopped: no more frames to it");
+            }
+            alive
+        });
+    }
+
+    fn end(&mut self, stream: &StreamId) {
+        if let (Some(mut last), Some(a)) = (self.held.take(), self.analytics.as_mut()) {
+            let end = a.finish(last.seq, stream_time_s(&last));
+            last.events.extend(end);
+            self.send_now(&last);
+        }
+        for (_, o) in &self.outputs {
+            let _ = o.send(Msg::Eos(stream.clone()));
+        }
+    }
+}
+
+/// Tracking, analytics and fan-out of one stream: IDs, trails and events onto the frame, then a
+/// copy to every output. An output that has failed is left out from then on; the others go on.
 pub fn post_stage(w: PostWiring) -> Result<(), String> {
     let mut tracker = w.tracker.as_ref().map(crate::track::build);
     let mut trails = crate::track::trails::Trails::default();
     let mut since_detection = 0u64;
-    let mut outputs = w.outputs;
+    let mut fan = FanOut {
+        outputs: w.outputs,
+        held: None,
+        analytics: (!w.analytics.is_empty()).then(|| Analytics::new(w.analytics)),
+        view: None,
+    };
     while let Ok(msg) = w.rx.recv() {
         let mut frame = match msg {
             Msg::Item(f) => f,
             Msg::Eos(s) => {
-                for (_, o) in &outputs {
-                    let _ = o.send(Msg::Eos(s.clone()));
-                }
+                fan.end(&s);
                 break;
             }
         };
@@ -188,13 +258,7 @@ pub fn post_stage(w: PostWiring) -> Result<(), String> {
         w.stats.record(t.elapsed());
         w.source.latency.record(frame.ingested.elapsed());
         tracing::trace!(source = %frame.stream, seq = frame.seq, "tracked");
-        outputs.retain(|(name, o)| {
-            let alive = o.send(Msg::Item(frame.clone())).is_ok();
-            if !alive {
-                tracing::debug!(output = %name, "output has stopped: no more frames to it");
-            }
-            alive
-        });
+        fan.send(frame);
     }
     Ok(())
 }

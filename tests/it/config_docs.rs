@@ -42,6 +42,11 @@ const SCHEMA: &[(&str, Option<&[&str]>)] = &[
     ("src/output/jsonl.rs", Some(&["JsonlSpec"])),
     ("src/output/mqtt.rs", Some(&["MqttSpec", "Publish"])),
     ("src/output/rtsp.rs", Some(&["RtspSpec"])),
+    ("src/output/events.rs", Some(&["EventsSpec"])),
+    (
+        "src/analytics/spec.rs",
+        Some(&["ZoneSpec", "LineSpec", "AnalyticsSpec", "Coords", "Anchor"]),
+    ),
 ];
 
 fn reference() -> String {

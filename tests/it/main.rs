@@ -7,6 +7,7 @@
     reason = "a test is one scenario read top to bottom"
 )]
 
+mod analytics;
 mod bad_input;
 mod cli;
 mod common;
