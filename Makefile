@@ -44,3 +44,12 @@ lint: deps
 clean:
 	rm -rf out
 	$(CARGO) clean
+
+# Test oracles for issue 16 (ONNX detectors): builds .venv-onnx (Debian's CPU torch, PyPI's
+# onnxruntime, Ultralytics, yolox; never part of vigil) and regenerates tests/golden/onnx/,
+# including the large ONNX files that are not committed (tests/golden/onnx/big/).
+.PHONY: onnx-references
+onnx-references: assets
+	scripts/reference/onnx-venv
+	.venv-onnx/bin/python scripts/reference/export-onnx.py
+	.venv-onnx/bin/python scripts/reference/onnx-yolov3-tiny.py
