@@ -55,6 +55,17 @@ pub struct Frame {
     pub regions: Option<Arc<crate::event::RegionsView>>,
 }
 
+impl Frame {
+    /// Stream time, seconds: the PTS, else the frame's number at the stream's frame rate, else 0.
+    pub fn stream_time_s(&self) -> f64 {
+        match (self.pts_ns, self.fps) {
+            (Some(pts), _) => pts as f64 / 1e9,
+            (None, (n, d)) if n > 0 && d > 0 => self.seq as f64 * f64::from(d) / f64::from(n),
+            _ => 0.0,
+        }
+    }
+}
+
 /// Where a track has been: bottom-centre points of its last boxes, in frame pixels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trail {

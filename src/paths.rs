@@ -19,6 +19,17 @@ pub fn relative_to(base: &Path, p: &str) -> PathBuf {
 
 /// Substitute `{pipeline}`/`{source}`; `Err` names an unknown placeholder.
 pub fn expand(template: &str, pipeline: &str, source: &str) -> Result<String, String> {
+    expand_keeping(template, pipeline, source, &[])
+}
+
+/// [`expand`], leaving the placeholders named in `keep` for later (an MQTT topic's `{kind}`,
+/// filled per record).
+pub fn expand_keeping(
+    template: &str,
+    pipeline: &str,
+    source: &str,
+    keep: &[&str],
+) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(i) = rest.find('{') {
@@ -30,11 +41,13 @@ pub fn expand(template: &str, pipeline: &str, source: &str) -> Result<String, St
         match &after[..j] {
             "pipeline" => out.push_str(pipeline),
             "source" => out.push_str(source),
+            kept if keep.contains(&kept) => out.push_str(&format!("{{{kept}}}")),
             other => {
                 return Err(format!(
                     "unknown placeholder `{{{other}}}` in `{template}`; known: {}",
                     PLACEHOLDERS
                         .iter()
+                        .chain(keep)
                         .map(|p| format!("{{{p}}}"))
                         .collect::<Vec<_>>()
                         .join(", ")

@@ -151,6 +151,13 @@ impl<'a> Resolve<'a> {
             .ok()
     }
 
+    /// [`expand`](Self::expand), leaving the placeholders in `keep` as they are.
+    pub fn expand_keeping(&mut self, template: &str, keep: &[&str]) -> Option<String> {
+        crate::paths::expand_keeping(template, self.pipeline, self.source, keep)
+            .map_err(|m| self.problem(m))
+            .ok()
+    }
+
     /// Claim `key` (a path, a URL) for this output; `None` when an earlier output has it.
     pub fn claim(&mut self, key: String) -> Option<String> {
         if self.claims.contains(&key) {
@@ -204,6 +211,10 @@ macro_rules! outputs {
         }
 
         /// A running output.
+        #[allow(
+            clippy::large_enum_variant,
+            reason = "one per output thread, moved once; boxing buys nothing"
+        )]
         pub enum AnyOutput {
             $($variant($ty),)*
         }

@@ -10,7 +10,7 @@
 //! connection broke (counted as `redelivered`). At end of stream the output waits up to `drain` for
 //! the outbox to empty; what is left stays on disk and goes out after the next start.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,8 +20,9 @@ use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS, RecvTimeoutErro
 use serde::{Deserialize, Serialize};
 
 use super::outbox::{Outbox, Pos};
-use super::record::{Record, SCHEMA};
+use super::record::EventRecord;
 use super::{Output, OutputContext, OutputError, OutputStats, Resolve};
+use crate::event::TrackLifecycle;
 use crate::flow::lock;
 use crate::frame::Frame;
 use crate::retry::{ReconnectPolicy, backoff};
@@ -79,11 +80,14 @@ pub struct MqttSpec {
     /// Broker as `host:port` (port 1883 when left out). Default `127.0.0.1:1883`.
     #[serde(default)]
     pub broker: Option<String>,
-    /// Topic; may use `{pipeline}` and `{source}`. Default `vigil/{pipeline}/{source}`.
+    /// Topic; may use `{pipeline}`, `{source}` and, for events, `{kind}` (`enter`, `cross`, …).
+    /// Default `vigil/{pipeline}/{source}` for frames, `vigil/{pipeline}/{source}/{kind}` for
+    /// events.
     #[serde(default)]
     pub topic: Option<String>,
-    /// `frames` (the JSONL record of every processed frame) or `events` (`start` when a track
-    /// appears, `end` when it is gone). Default `frames`.
+    /// `frames` (the JSONL record of every processed frame) or `events` (event records: `start`
+    /// when a track appears, `end` when it is gone, and the source's zone and line events).
+    /// Default `frames`.
     #[serde(default)]
     pub publish: Publish,
     /// MQTT client id. Default `vigil-{pipeline}-{source}`.
@@ -136,7 +140,11 @@ impl Output for MqttWriter {
                 "mqtt topic `{t}` must be non-empty and without wildcards (# +)"
             ));
         }
-        let topic = cx.expand(spec.topic.as_deref().unwrap_or("vigil/{pipeline}/{source}"));
+        let default_topic = match spec.publish {
+            Publish::Frames => "vigil/{pipeline}/{source}",
+            Publish::Events => "vigil/{pipeline}/{source}/{kind}",
+        };
+        let topic = cx.expand_keeping(spec.topic.as_deref().unwrap_or(default_topic), &["kind"]);
         let client_id = cx.expand(
             spec.client_id
                 .as_deref()
@@ -172,11 +180,20 @@ impl Output for MqttWriter {
     }
 
     fn start(settings: MqttSettings, cx: &OutputContext) -> Result<Self, OutputError> {
-        Self::open(settings, &cx.pipeline, &cx.source)
+        Self::open(settings, cx)
     }
 
     fn write(&mut self, frame: &Frame, cx: &OutputContext) -> Result<(), OutputError> {
-        self.queue(&cx.record(frame))
+        let Some(lifecycle) = self.lifecycle.as_mut() else {
+            return self.append(&cx.record(frame));
+        };
+        let mut events = lifecycle.update(frame.seq, frame.stream_time_s(), &frame.detections);
+        events.extend(frame.events.iter().cloned());
+        let with_clock = !cx.deterministic;
+        for r in EventRecord::of_events(events, frame, &cx.pipeline, &cx.classes, with_clock) {
+            self.append(&r)?;
+        }
+        Ok(())
     }
 
     fn finish(self, deadline: Option<Instant>) -> Result<u64, OutputError> {
@@ -284,16 +301,16 @@ pub struct MqttWriter {
     settings: MqttSettings,
     shared: Arc<Shared>,
     deliverer: Option<std::thread::JoinHandle<()>>,
-    events: Option<Events>,
-    pipeline: String,
-    source: String,
+    /// Events mode: the tracks' start and end.
+    lifecycle: Option<TrackLifecycle>,
+    cx: OutputContext,
     /// Records written to the outbox.
     pub records: u64,
 }
 
 impl MqttWriter {
     /// Open the outbox (resuming any records a previous run left) and start delivering.
-    pub fn open(settings: MqttSettings, pipeline: &str, source: &str) -> Result<Self, OutputError> {
+    pub fn open(settings: MqttSettings, cx: &OutputContext) -> Result<Self, OutputError> {
         let stats = Arc::new(MqttStats::default());
         let outbox =
             Outbox::open(&settings.outbox, settings.outbox_max).map_err(|e| OutputError::Io {
@@ -320,12 +337,12 @@ impl MqttWriter {
                 message: format!("cannot start the MQTT thread: {e}"),
             })?;
         Ok(Self {
-            events: (settings.publish == Publish::Events).then(|| Events::new(settings.end_after)),
+            lifecycle: (settings.publish == Publish::Events)
+                .then(|| TrackLifecycle::new(settings.end_after)),
             settings,
             shared,
             deliverer: Some(deliverer),
-            pipeline: pipeline.to_string(),
-            source: source.to_string(),
+            cx: cx.clone(),
             records: 0,
         })
     }
@@ -356,27 +373,19 @@ impl MqttWriter {
         Ok(())
     }
 
-    /// Queue a frame's record (frames mode) or its track events (events mode).
-    pub fn queue(&mut self, record: &Record) -> Result<(), OutputError> {
-        match self.events.as_mut() {
-            None => self.append(record),
-            Some(ev) => {
-                let out = ev.update(record);
-                for e in &out {
-                    self.append(e)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// End of stream: end open tracks, deliver for at most `drain` and never past `stop_by` (a
     /// stop request's deadline), stop; what is left is durable in the outbox, not lost. Returns
     /// records queued.
     pub fn finish_by(mut self, stop_by: Option<Instant>) -> Result<u64, OutputError> {
-        if let Some(mut ev) = self.events.take() {
-            for e in ev.finish(&self.pipeline, &self.source) {
-                self.append(&e)?;
+        if let Some(mut lifecycle) = self.lifecycle.take() {
+            let cx = &self.cx;
+            let records: Vec<EventRecord> = lifecycle
+                .finish()
+                .into_iter()
+                .map(|e| EventRecord::new(e, &cx.pipeline, &cx.source, &cx.classes))
+                .collect();
+            for r in records {
+                self.append(&r)?;
             }
         }
         let own = Instant::now() + self.settings.drain;
@@ -487,8 +496,8 @@ fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
             match batch {
                 Ok(batch) => {
                     for (payload, after) in batch {
-                        if let Err(e) =
-                            client.try_publish(&s.topic, QoS::AtLeastOnce, false, payload)
+                        let topic = topic_for(&s.topic, &payload);
+                        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload)
                         {
                             return fail(format!("publish: {e}"), connected, &sent);
                         }
@@ -574,205 +583,33 @@ fn session(shared: &Shared, s: &MqttSettings) -> Result<(), (String, bool)> {
     }
 }
 
-/// A track event (events mode).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EventRecord {
-    pub schema: u32,
-    /// `start` or `end`.
-    pub event: &'static str,
-    pub pipeline: String,
-    pub source: String,
-    pub track_id: u64,
-    pub class: String,
-    pub class_id: u32,
-    /// Best score seen so far.
-    pub score: f32,
-    /// Last box `[x1, y1, x2, y2]` in frame pixels.
-    #[serde(rename = "box")]
-    pub bbox: [f32; 4],
-    pub first_seq: u64,
-    pub last_seq: u64,
-    /// Frames the track was seen in.
-    pub frames: u64,
-    /// Frame at which the event was emitted.
-    pub seq: u64,
-    pub pts_ns: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub captured_at: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-struct OpenTrack {
-    class: String,
-    class_id: u32,
-    score: f32,
-    bbox: [f32; 4],
-    first_seq: u64,
-    last_seq: u64,
-    frames: u64,
-}
-
-/// Turns per-frame tracked detections into start/end events.
-#[derive(Debug)]
-pub struct Events {
-    open: BTreeMap<u64, OpenTrack>,
-    end_after: u64,
-    last_seq: u64,
-    last_pts: Option<u64>,
-}
-
-impl Events {
-    pub fn new(end_after: u32) -> Self {
-        Self {
-            open: BTreeMap::new(),
-            end_after: u64::from(end_after.max(1)),
-            last_seq: 0,
-            last_pts: None,
-        }
+/// The topic of one record: the template with `{kind}` filled from the record's `kind` field
+/// (frame records have none: `frame`).
+fn topic_for(template: &str, payload: &[u8]) -> String {
+    if !template.contains("{kind}") {
+        return template.to_string();
     }
-
-    fn event(
-        kind: &'static str,
-        id: u64,
-        t: &OpenTrack,
-        (pipeline, source): (&str, &str),
-        (seq, pts_ns, captured_at): (u64, Option<u64>, Option<String>),
-    ) -> EventRecord {
-        EventRecord {
-            schema: SCHEMA,
-            event: kind,
-            pipeline: pipeline.to_string(),
-            source: source.to_string(),
-            track_id: id,
-            class: t.class.clone(),
-            class_id: t.class_id,
-            score: t.score,
-            bbox: t.bbox,
-            first_seq: t.first_seq,
-            last_seq: t.last_seq,
-            frames: t.frames,
-            seq,
-            pts_ns,
-            captured_at,
-        }
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: Option<String>,
     }
-
-    /// Events of one frame: starts of new tracks, ends of tracks gone for `end_after` frames.
-    pub fn update(&mut self, record: &Record) -> Vec<EventRecord> {
-        let (pipeline, source) = (record.pipeline.as_str(), record.source.as_str());
-        let seq = record.seq;
-        let at = (seq, record.pts_ns, record.captured_at.clone());
-        self.last_seq = seq;
-        self.last_pts = record.pts_ns;
-        let mut out = Vec::new();
-        for d in &record.detections {
-            let Some(id) = d.track_id else { continue };
-            match self.open.get_mut(&id) {
-                Some(t) => {
-                    t.last_seq = seq;
-                    t.frames += 1;
-                    t.bbox = d.bbox;
-                    t.score = t.score.max(d.score);
-                }
-                None => {
-                    let t = OpenTrack {
-                        class: d.class.clone(),
-                        class_id: d.class_id,
-                        score: d.score,
-                        bbox: d.bbox,
-                        first_seq: seq,
-                        last_seq: seq,
-                        frames: 1,
-                    };
-                    out.push(Self::event("start", id, &t, (pipeline, source), at.clone()));
-                    self.open.insert(id, t);
-                }
-            }
-        }
-        let gone: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, t)| seq.saturating_sub(t.last_seq) >= self.end_after)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in gone {
-            if let Some(t) = self.open.remove(&id) {
-                out.push(Self::event("end", id, &t, (pipeline, source), at.clone()));
-            }
-        }
-        out
-    }
-
-    /// End of stream: every open track ends.
-    pub fn finish(&mut self, pipeline: &str, source: &str) -> Vec<EventRecord> {
-        let at = (self.last_seq, self.last_pts, None);
-        std::mem::take(&mut self.open)
-            .into_iter()
-            .map(|(id, t)| Self::event("end", id, &t, (pipeline, source), at.clone()))
-            .collect()
-    }
+    let kind = serde_json::from_slice::<Kind>(payload)
+        .ok()
+        .and_then(|k| k.kind)
+        .unwrap_or_else(|| "frame".into());
+    template.replace("{kind}", &kind)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::output::record::RecordDetection;
-
-    fn rec(seq: u64, ids: &[u64]) -> Record {
-        Record {
-            schema: SCHEMA,
-            pipeline: "p".into(),
-            source: "cam".into(),
-            seq,
-            pts_ns: Some(seq * 100),
-            captured_at: None,
-            latency_ms: None,
-            detections: ids
-                .iter()
-                .map(|&id| RecordDetection {
-                    class: "person".into(),
-                    class_id: 0,
-                    score: 0.5 + seq as f32 / 100.0,
-                    bbox: [0.0, 0.0, 10.0, 10.0 + seq as f32],
-                    track_id: Some(id),
-                })
-                .collect(),
-            events: Vec::new(),
-        }
-    }
-
     #[test]
-    fn tracks_start_once_and_end_after_absence() {
-        let mut ev = Events::new(3);
-        let mut all = Vec::new();
-        let script: [&[u64]; 8] = [&[1], &[1, 2], &[2], &[2], &[2], &[], &[], &[]];
-        for (seq, ids) in script.iter().enumerate() {
-            let seq = seq as u64;
-            all.extend(ev.update(&rec(seq, ids)));
-        }
-        let kinds: Vec<(&str, u64, u64)> =
-            all.iter().map(|e| (e.event, e.track_id, e.seq)).collect();
+    fn topics_name_the_event_kind() {
+        let t = "vigil/p/cam/{kind}";
         assert_eq!(
-            kinds,
-            vec![
-                ("start", 1, 0),
-                ("start", 2, 1),
-                ("end", 1, 4),
-                ("end", 2, 7)
-            ]
+            super::topic_for(t, br#"{"kind":"cross","seq":1}"#),
+            "vigil/p/cam/cross"
         );
-        let end1 = &all[2];
-        assert_eq!((end1.first_seq, end1.last_seq, end1.frames), (0, 1, 2));
-        assert!((end1.score - 0.51).abs() < 1e-6);
-        assert!(ev.finish("p", "cam").is_empty());
-    }
-
-    #[test]
-    fn open_tracks_end_at_end_of_stream() {
-        let mut ev = Events::new(30);
-        ev.update(&rec(0, &[5, 6]));
-        let ends = ev.finish("p", "cam");
-        assert_eq!(ends.len(), 2);
-        assert!(ends.iter().all(|e| e.event == "end"));
+        assert_eq!(super::topic_for(t, br#"{"seq":1}"#), "vigil/p/cam/frame");
+        assert_eq!(super::topic_for("a/b", br#"{"kind":"x"}"#), "a/b");
     }
 }

@@ -48,15 +48,22 @@ pub struct EventRecord {
 impl EventRecord {
     /// The records of `frame`'s events.
     pub fn of(frame: &Frame, pipeline: &str, classes: &[String], with_clock: bool) -> Vec<Self> {
-        frame
-            .events
-            .iter()
-            .map(|e| {
-                Self::new(e.clone(), pipeline, &frame.stream, classes).with_time(
-                    with_clock
-                        .then(|| humantime::format_rfc3339_millis(frame.captured_at).to_string()),
-                )
-            })
+        Self::of_events(frame.events.clone(), frame, pipeline, classes, with_clock)
+    }
+
+    /// The records of `events`, which happened in `frame`.
+    pub fn of_events(
+        events: Vec<Event>,
+        frame: &Frame,
+        pipeline: &str,
+        classes: &[String],
+        with_clock: bool,
+    ) -> Vec<Self> {
+        let at =
+            with_clock.then(|| humantime::format_rfc3339_millis(frame.captured_at).to_string());
+        events
+            .into_iter()
+            .map(|e| Self::new(e, pipeline, &frame.stream, classes).with_time(at.clone()))
             .collect()
     }
 

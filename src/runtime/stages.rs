@@ -156,15 +156,6 @@ pub struct PostWiring {
     pub source: Arc<crate::runtime::metrics::SourceMetrics>,
 }
 
-/// Stream time of a frame, seconds: its PTS, else its number at its frame rate, else 0.
-fn stream_time_s(frame: &Frame) -> f64 {
-    match (frame.pts_ns, frame.fps) {
-        (Some(pts), _) => pts as f64 / 1e9,
-        (None, (n, d)) if n > 0 && d > 0 => frame.seq as f64 * f64::from(d) / f64::from(n),
-        _ => 0.0,
-    }
-}
-
 /// Where the track stage's frames go: every output still taking them. With analytics one frame
 /// is held back, so the events of the end of the stream (last counts, tracks lost in zones) ride
 /// on the last frame.
@@ -180,7 +171,7 @@ impl FanOut {
     fn send(&mut self, mut frame: Frame) {
         if let Some(a) = self.analytics.as_mut() {
             let size = (frame.image.width, frame.image.height);
-            frame.events = a.update(frame.seq, stream_time_s(&frame), size, &frame.detections);
+            frame.events = a.update(frame.seq, frame.stream_time_s(), size, &frame.detections);
             let stale = self
                 .view
                 .as_ref()
@@ -209,7 +200,7 @@ impl FanOut {
 
     fn end(&mut self, stream: &StreamId) {
         if let (Some(mut last), Some(a)) = (self.held.take(), self.analytics.as_mut()) {
-            let end = a.finish(last.seq, stream_time_s(&last));
+            let end = a.finish(last.seq, last.stream_time_s());
             last.events.extend(end);
             self.send_now(&last);
         }
