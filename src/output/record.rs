@@ -96,7 +96,8 @@ impl EventRecord {
         }
     }
 
-    fn with_time(mut self, at: Option<String>) -> Self {
+    /// With the wall-clock time of its frame.
+    pub fn with_time(mut self, at: Option<String>) -> Self {
         self.at = at;
         self
     }

@@ -129,6 +129,8 @@ pub struct PipelineMetrics {
     pub outputs: Mutex<Vec<(String, OutputStats)>>,
     /// Detector time per frame (a batch's time divided by its frames).
     pub detector: LatencyHistogram,
+    /// Where the analytics' events go (the service shares one hub among its pipelines).
+    pub events: Arc<crate::runtime::events::EventHub>,
 }
 
 impl PipelineMetrics {

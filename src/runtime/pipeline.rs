@@ -27,7 +27,7 @@ use crate::output::OutputContext;
 use crate::runtime::edge::{EdgeCloser, EdgeRx, EdgeStats, EdgeTx, WhenFull, edge, edge_counted};
 use crate::runtime::metrics::{PipelineMetrics, SourceMetrics, StageStats, lock};
 use crate::runtime::stages::{
-    self, DetectWiring, OutputRun, PostWiring, Prepared, PreprocessSettings,
+    self, DetectWiring, EventTap, OutputRun, PostWiring, Prepared, PreprocessSettings,
 };
 use crate::runtime::supervise::{Outcome, Role, Slot, Stages, Supervisor, Watch, guarded};
 
@@ -384,6 +384,11 @@ impl SourceThreads<'_> {
             tracker: self.plan.tracker.clone(),
             every: self.plan.source_detect[self.index].every,
             analytics: self.plan.source_analytics[self.index].clone(),
+            hub: EventTap {
+                hub: self.metrics.events.clone(),
+                pipeline: self.plan.name.clone(),
+                classes: self.plan.model.classes.clone(),
+            },
             stats,
             source: self.source().clone(),
         };

@@ -11,9 +11,11 @@ use crate::detect::{Detector, PostParams};
 use crate::event::RegionsView;
 use crate::frame::Resize;
 use crate::frame::{Frame, Msg, StreamId};
+use crate::output::record::EventRecord;
 use crate::output::{OutputContext, OutputSettings};
 use crate::preprocess::{self, ModelInput};
 use crate::runtime::edge::{EdgeRx, EdgeTx};
+use crate::runtime::events::EventHub;
 use crate::runtime::metrics::{PipelineMetrics, StageStats, lock};
 
 /// A frame and its network input (`None` when `detector.every` skips it).
@@ -152,8 +154,27 @@ pub struct PostWiring {
     pub every: u32,
     /// Zones and lines of this stream (empty: no analytics).
     pub analytics: AnalyticsSettings,
+    /// Where its events are published for the service.
+    pub hub: EventTap,
     pub stats: Arc<StageStats>,
     pub source: Arc<crate::runtime::metrics::SourceMetrics>,
+}
+
+/// The events of one pipeline, as records, into an [`EventHub`].
+pub struct EventTap {
+    pub hub: Arc<EventHub>,
+    pub pipeline: String,
+    pub classes: Vec<String>,
+}
+
+impl EventTap {
+    fn publish(&self, frame: &Frame, events: &[crate::event::Event]) {
+        for e in events {
+            let r = EventRecord::new(e.clone(), &self.pipeline, &frame.stream, &self.classes);
+            let at = humantime::format_rfc3339_millis(frame.captured_at).to_string();
+            self.hub.publish(&r.with_time(Some(at)));
+        }
+    }
 }
 
 /// Where the track stage's frames go: every output still taking them. With analytics one frame
@@ -161,6 +182,7 @@ pub struct PostWiring {
 /// on the last frame.
 struct FanOut {
     outputs: Vec<(String, EdgeTx<Frame>)>,
+    tap: EventTap,
     held: Option<Frame>,
     analytics: Option<Analytics>,
     /// What the overlay shows, rebuilt when an event or the frame size changes it.
@@ -172,6 +194,7 @@ impl FanOut {
         if let Some(a) = self.analytics.as_mut() {
             let size = (frame.image.width, frame.image.height);
             frame.events = a.update(frame.seq, frame.stream_time_s(), size, &frame.detections);
+            self.tap.publish(&frame, &frame.events);
             let stale = self
                 .view
                 .as_ref()
@@ -201,6 +224,7 @@ impl FanOut {
     fn end(&mut self, stream: &StreamId) {
         if let (Some(mut last), Some(a)) = (self.held.take(), self.analytics.as_mut()) {
             let end = a.finish(last.seq, last.stream_time_s());
+            self.tap.publish(&last, &end);
             last.events.extend(end);
             self.send_now(&last);
         }
@@ -218,6 +242,7 @@ pub fn post_stage(w: PostWiring) -> Result<(), String> {
     let mut since_detection = 0u64;
     let mut fan = FanOut {
         outputs: w.outputs,
+        tap: w.hub,
         held: None,
         analytics: (!w.analytics.is_empty()).then(|| Analytics::new(w.analytics)),
         view: None,

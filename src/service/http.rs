@@ -6,6 +6,8 @@
 //! | `/readyz` | 200 once every pipeline file has been started and none is rejected or failed; 503 before, while stopping, and naming the rejected or failed |
 //! | `/metrics` | Prometheus text format (see `prom`) |
 //! | `/pipelines` | JSON: each pipeline file, its state, config hash, sources and counters |
+//! | `/events` | JSON array of the most recent zone and line events (`?n=100`, at most 1000) |
+//! | `/events/stream` | server-sent events: each event as it happens (`id`, `event: KIND`, `data: JSON`) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +55,7 @@ pub fn start(service: Arc<Service>, addr: SocketAddr) -> Result<HttpServer, Serv
             }
         })
         .map_err(|e| ServeError::Http(addr, e.to_string()))?;
-    tracing::info!(address = %addr, "HTTP endpoints: /healthz /readyz /metrics /pipelines");
+    tracing::info!(address = %addr, "HTTP endpoints: /healthz /readyz /metrics /pipelines /events /events/stream");
     Ok(HttpServer {
         stop,
         thread: Some(thread),
@@ -81,8 +83,12 @@ fn healthz(service: &Service) -> (u16, &'static str, String) {
     (503, "text/plain", body)
 }
 
-fn handle(service: &Service, req: tiny_http::Request) {
+fn handle(service: &Arc<Service>, req: tiny_http::Request) {
     let path = req.url().split('?').next().unwrap_or("").to_string();
+    if path == "/events/stream" && *req.method() == tiny_http::Method::Get {
+        stream_events(service, req);
+        return;
+    }
     let (code, ctype, body) = if *req.method() != tiny_http::Method::Get {
         (405, "text/plain", "only GET\n".to_string())
     } else {
@@ -93,6 +99,7 @@ fn handle(service: &Service, req: tiny_http::Request) {
                 Ok(text) => (200, "text/plain; version=0.0.4; charset=utf-8", text),
                 Err(e) => (500, "text/plain", format!("{e}\n")),
             },
+            "/events" => recent_events(service, req.url()),
             "/pipelines" => match serde_json::to_string_pretty(&status(service)) {
                 Ok(j) => (200, "application/json", j + "\n"),
                 Err(e) => (500, "text/plain", format!("{e}\n")),
@@ -100,7 +107,8 @@ fn handle(service: &Service, req: tiny_http::Request) {
             _ => (
                 404,
                 "text/plain",
-                "not found: try /healthz /readyz /metrics /pipelines\n".to_string(),
+                "not found: try /healthz /readyz /metrics /pipelines /events /events/stream\n"
+                    .to_string(),
             ),
         }
     };
@@ -111,6 +119,81 @@ fn handle(service: &Service, req: tiny_http::Request) {
     if let Err(e) = req.respond(resp) {
         tracing::debug!("respond: {e}");
     }
+}
+
+/// `/events?n=N`: the last N events (default 100), oldest first, as a JSON array.
+fn recent_events(service: &Service, url: &str) -> (u16, &'static str, String) {
+    let n = url
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("n=")))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100);
+    let lines: Vec<String> = service
+        .events
+        .recent(n)
+        .iter()
+        .map(|p| p.json.to_string())
+        .collect();
+    (
+        200,
+        "application/json",
+        format!("[{}]\n", lines.join(",\n")),
+    )
+}
+
+/// How often an idle event stream sends a comment (proxies close silent connections).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `/events/stream`: server-sent events on a thread of its own, until the client goes or the
+/// service stops. A client that reads too slowly is dropped by the hub, never waited for.
+fn stream_events(service: &Arc<Service>, req: tiny_http::Request) {
+    let Some(sub) = service.events.subscribe() else {
+        let resp =
+            tiny_http::Response::from_string("too many event streams\n").with_status_code(503);
+        let _ = req.respond(resp);
+        return;
+    };
+    let service = service.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sse".into())
+        .spawn(move || {
+            let mut w = req.into_writer();
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+            if w.write_all(head.as_bytes()).and_then(|()| w.flush()).is_err() {
+                return;
+            }
+            let mut last_write = std::time::Instant::now();
+            while !service.stopping.load(Ordering::Relaxed) {
+                // wake every second to notice a stop; a comment after 15 s of silence
+                let chunk = match sub.rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(p) => sse_message(&p),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                        if last_write.elapsed() >= KEEP_ALIVE =>
+                    {
+                        ": keep-alive\n\n".to_string()
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                if w.write_all(chunk.as_bytes()).and_then(|()| w.flush()).is_err() {
+                    break;
+                }
+                last_write = std::time::Instant::now();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start an event stream: {e}");
+    }
+}
+
+/// One event as a server-sent event: its id, its kind as the event name, its JSON as data.
+fn sse_message(p: &crate::runtime::events::Published) -> String {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: String,
+    }
+    let kind = serde_json::from_str::<Kind>(&p.json).map_or_else(|_| "event".into(), |k| k.kind);
+    format!("id: {}\nevent: {kind}\ndata: {}\n\n", p.id, p.json)
 }
 
 /// `/readyz`: 200 once every pipeline file was started and each runs (or finished); 503 before,

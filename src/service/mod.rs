@@ -114,6 +114,8 @@ pub struct Service {
     /// Moves whenever a pipeline starts or stops: files blocked by others are then retried.
     generation: AtomicU64,
     pub started_at: SystemTime,
+    /// The events of every pipeline (`/events`, `/events/stream`, `/metrics`).
+    pub events: Arc<crate::runtime::events::EventHub>,
 }
 
 /// The pipeline files of `dir` (`*.yaml`, `*.yml`, not hidden), sorted, with their contents' hash.
@@ -148,6 +150,7 @@ impl Service {
             reload_failures: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             started_at: SystemTime::now(),
+            events: Arc::default(),
         }
     }
 
@@ -215,7 +218,13 @@ impl Service {
                         continue_seq(old, &mut plan);
                     }
                     continue_seq_of_jsonl(&mut plan);
-                    let mut e = start(file.clone(), sha, plan, self.opts.drain_timeout);
+                    let mut e = start(
+                        file.clone(),
+                        sha,
+                        plan,
+                        self.opts.drain_timeout,
+                        &self.events,
+                    );
                     e.starts = starts + 1;
                     lock(&self.entries).insert(file, e);
                     self.generation.fetch_add(1, Ordering::Relaxed);
@@ -466,9 +475,17 @@ fn last_seq(path: &Path) -> Option<u64> {
 }
 
 /// Start the pipeline of `plan` on its own thread.
-fn start(file: PathBuf, sha: String, plan: Plan, drain_timeout: Duration) -> Entry {
+fn start(
+    file: PathBuf,
+    sha: String,
+    plan: Plan,
+    drain_timeout: Duration,
+    events: &Arc<crate::runtime::events::EventHub>,
+) -> Entry {
     let plan = Arc::new(plan);
-    let metrics = Arc::new(PipelineMetrics::for_plan(&plan));
+    let mut metrics = PipelineMetrics::for_plan(&plan);
+    metrics.events = events.clone();
+    let metrics = Arc::new(metrics);
     let stop = Arc::new(AtomicBool::new(false));
     let (p, m, s) = (plan.clone(), metrics.clone(), stop.clone());
     tracing::info!(file = %file.display(), pipeline = %plan.name, sources = plan.sources.len(), "starting pipeline");

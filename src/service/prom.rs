@@ -18,6 +18,8 @@
 //! | `vigil_detector_seconds` | pipeline | histogram (per frame) |
 //! | `vigil_mqtt_connected`, `vigil_mqtt_backlog`, `vigil_mqtt_outbox_bytes` | pipeline, output | gauge |
 //! | `vigil_mqtt_queued_total`, `…_delivered_total`, `…_redelivered_total`, `…_dropped_total` | pipeline, output | counter |
+//! | `vigil_events_total` | pipeline, source, region, kind, direction, class | counter |
+//! | `vigil_zone_occupancy` | pipeline, source, zone, class | gauge |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,6 +37,59 @@ type Labels = Vec<(String, String)>;
 
 /// Histogram bounds, milliseconds.
 const BOUNDS_MS: &[u64] = &[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// The zone and line counters of every pipeline, for one scrape.
+#[derive(Debug)]
+struct EventsSnapshot {
+    counters: std::collections::BTreeMap<crate::runtime::events::EventKey, u64>,
+    occupancy: std::collections::BTreeMap<crate::runtime::events::ZoneKey, u64>,
+}
+
+impl Collector for EventsSnapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let label = |pairs: &[(&str, &String)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).clone()))
+                .collect()
+        };
+        let events: Vec<(Labels, u64)> = self
+            .counters
+            .iter()
+            .map(|((p, s, r, k, d, c), n)| {
+                let l = [
+                    ("pipeline", p),
+                    ("source", s),
+                    ("region", r),
+                    ("kind", k),
+                    ("direction", d),
+                    ("class", c),
+                ];
+                (label(&l), *n)
+            })
+            .collect();
+        counter(
+            &mut enc,
+            "vigil_events",
+            "Zone and line events (enter, exit, dwell, cross) by region, direction and class",
+            &events,
+        )?;
+        let occupancy: Vec<(Labels, f64)> = self
+            .occupancy
+            .iter()
+            .map(|((p, s, z, c), n)| {
+                let l = [("pipeline", p), ("source", s), ("zone", z), ("class", c)];
+                (label(&l), *n as f64)
+            })
+            .collect();
+        gauge(
+            &mut enc,
+            "vigil_zone_occupancy",
+            "Confirmed tracks in a zone now, by class",
+            &occupancy,
+        )
+    }
+}
 
 /// A snapshot of the service for one scrape.
 #[derive(Debug)]
@@ -400,6 +455,10 @@ pub fn render(service: &Service) -> Result<String, std::fmt::Error> {
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
+    registry.register_collector(Box::new(EventsSnapshot {
+        counters: service.events.counters(),
+        occupancy: service.events.occupancy(),
+    }));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
     Ok(out)

@@ -446,3 +446,96 @@ fn line_events_reach_mqtt_in_order_across_a_20_s_broker_outage() {
         "track starts published too"
     );
 }
+
+/// `vigil serve` shows the events: live over server-sent events, the recent ones at `/events`,
+/// counted in `/metrics` — the same events its `events` output writes.
+#[test]
+fn serve_streams_events_and_counts_them_in_metrics() {
+    use std::io::{BufRead, BufReader, Write};
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("ev.yaml"),
+        format!(
+            "name: ev\nsources:\n  - id: vtest\n    uri: file:{}\n    max_frames: 300\n    lines:\n      \
+             - {{name: middle, points: [[0.5, 0.3], [0.5, 1.0]], coords: normalized}}\n\
+             detector:\n  model: {}\nanalytics:\n  count_every: 0s\n\
+             outputs:\n  - kind: events\n    path: {}\n",
+            asset("vtest.avi").display(),
+            model().display(),
+            dir.path().join("events.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let http = free_port();
+    let log = dir.path().join("serve.log");
+    // the stream is opened as soon as the port answers, before the detector has warmed up
+    let child = vigil()
+        .args(["serve", "--config-dir"])
+        .arg(&conf)
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _serve = super::service::Reaped(child);
+    let mut sse = None;
+    wait_for("the HTTP port", Duration::from_secs(30), || {
+        sse = std::net::TcpStream::connect(("127.0.0.1", http)).ok();
+        sse.is_some()
+    });
+    let mut sse = sse.unwrap();
+    write!(sse, "GET /events/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut reader = BufReader::new(sse);
+    let mut head = String::new();
+    reader.read_line(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut streamed = Vec::new();
+    let mut line = String::new();
+    while streamed.len() < 3 {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream closed");
+        if let Some(data) = line.strip_prefix("data: ") {
+            streamed.push(serde_json::from_str::<serde_json::Value>(data).unwrap());
+        }
+    }
+    wait_for("the run to end", Duration::from_secs(300), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("pipeline finished")
+    });
+    let written: Vec<_> = std::fs::read_to_string(dir.path().join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| identity(&serde_json::from_str(l).unwrap()))
+        .collect();
+    let (code, body) = super::service::get(http, "/events?n=1000").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let recent: Vec<_> = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+        .unwrap()
+        .iter()
+        .map(identity)
+        .collect();
+    assert_eq!(
+        recent, written,
+        "/events holds what the events output wrote"
+    );
+    for s in &streamed {
+        assert!(
+            written.contains(&identity(s)),
+            "streamed {s} was not written"
+        );
+    }
+    let crosses = written.iter().filter(|w| w.1 == "cross").count();
+    assert!(crosses > 0);
+    let (_, metrics) = super::service::get(http, "/metrics").unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("vigil_events_total{") && l.contains("kind=\"cross\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted as usize, crosses, "{metrics}");
+}
