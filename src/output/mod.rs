@@ -5,6 +5,7 @@
 //! source, and the writer) plus one line in the [`outputs!`] registration below; config, the
 //! runtime and the docs take the kinds from there.
 
+pub mod clips;
 pub mod events;
 pub mod jsonl;
 pub mod mp4;
@@ -12,7 +13,9 @@ pub mod mqtt;
 pub mod outbox;
 pub mod overlay;
 pub mod record;
+pub mod retention;
 pub mod rtsp;
+pub mod snapshot;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -291,4 +294,5 @@ outputs! {
     "mqtt" => Mqtt(mqtt::MqttWriter),
     "rtsp" => Rtsp(rtsp::RtspWriter),
     "events" => Events(events::EventsWriter),
+    "clips" => Clips(clips::ClipsWriter),
 }

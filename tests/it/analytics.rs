@@ -539,3 +539,124 @@ fn serve_streams_events_and_counts_them_in_metrics() {
         .sum();
     assert_eq!(counted as usize, crosses, "{metrics}");
 }
+
+/// Every line event of a vtest run has a playable clip from at most one frame after
+/// `event − pre_roll`, with snapshots; a size-bounded folder deletes its oldest clips.
+#[test]
+fn every_event_gets_a_playable_clip_with_pre_roll_and_retention_bounds_the_folder() {
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("clips.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: cl\nsources:\n  - id: vtest\n    uri: file:{}\n    max_frames: 200\n    lines:\n      \
+             - {{name: middle, points: [[0.5, 0.3], [0.5, 1.0]], coords: normalized}}\n\
+             detector:\n  model: {}\nanalytics:\n  count_every: 0s\n\
+             outputs:\n  - kind: events\n    path: events.jsonl\n  \
+             - kind: clips\n    path: clips\n    pre_roll: 2s\n    post_roll: 1s\n  \
+             - kind: clips\n    path: small\n    pre_roll: 2s\n    post_roll: 1s\n    max_size: 1MiB\n",
+            asset("vtest.avi").display(),
+            model().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("vigil.log");
+    let mut child = run_logged(&p, &log);
+    let status = wait_exit(&mut child.0, Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 2, "{events:?}");
+    let sidecars = |folder: &str| -> Vec<serde_json::Value> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path().join(folder))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+            .collect();
+        v.sort_by(|a: &serde_json::Value, b| {
+            a["start_s"]
+                .as_f64()
+                .partial_cmp(&b["start_s"].as_f64())
+                .unwrap()
+        });
+        v
+    };
+    let clips = sidecars("clips");
+    let frame_s = 0.1; // vtest is 10 fps
+    for e in &events {
+        let id = identity(e);
+        let holding: Vec<&serde_json::Value> = clips
+            .iter()
+            .filter(|c| {
+                c["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| identity(x) == id)
+            })
+            .collect();
+        assert_eq!(holding.len(), 1, "event {e} in {} clips", holding.len());
+        let clip = holding[0];
+        let t = e["time_s"].as_f64().unwrap();
+        let start = clip["start_s"].as_f64().unwrap();
+        assert!(
+            start <= (t - 2.0).max(0.0) + frame_s + 1e-6,
+            "clip starts at {start} for an event at {t}"
+        );
+        let end = start + clip["frames"].as_f64().unwrap() * frame_s;
+        assert!(
+            end >= t + 1.0 - frame_s - 1e-6 || end >= 19.9 - 1e-6,
+            "clip ends at {end} for {t}"
+        );
+        let mp4 = dir
+            .path()
+            .join("clips")
+            .join(clip["clip"].as_str().unwrap());
+        let (frames, w, h) = super::common::decode_count(&mp4);
+        assert_eq!((frames, w, h), (clip["frames"].as_u64().unwrap(), 768, 576));
+        let jpg = mp4.with_extension("jpg");
+        assert!(
+            std::fs::metadata(&jpg).unwrap().len() > 1000,
+            "snapshot of {}",
+            mp4.display()
+        );
+        let stem = mp4.with_extension("");
+        assert!(std::fs::metadata(format!("{}-crop.jpg", stem.display())).is_ok());
+    }
+    // the bounded folder kept the newest clips and stayed under its size (but for the newest)
+    let kept = sidecars("small");
+    assert!(
+        !kept.is_empty() && kept.len() < clips.len(),
+        "{} of {}",
+        kept.len(),
+        clips.len()
+    );
+    assert_eq!(kept.last().unwrap()["clip"], clips.last().unwrap()["clip"]);
+    let size: u64 = std::fs::read_dir(dir.path().join("small"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let newest: u64 = std::fs::read_dir(dir.path().join("small"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with(
+                clips.last().unwrap()["clip"]
+                    .as_str()
+                    .unwrap()
+                    .trim_end_matches(".mp4"),
+            )
+        })
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(size <= (1 << 20) + newest, "{size} bytes kept");
+}

@@ -43,6 +43,7 @@ const SCHEMA: &[(&str, Option<&[&str]>)] = &[
     ("src/output/mqtt.rs", Some(&["MqttSpec", "Publish"])),
     ("src/output/rtsp.rs", Some(&["RtspSpec"])),
     ("src/output/events.rs", Some(&["EventsSpec"])),
+    ("src/output/clips.rs", Some(&["ClipsSpec"])),
     (
         "src/analytics/spec.rs",
         Some(&["ZoneSpec", "LineSpec", "AnalyticsSpec", "Coords", "Anchor"]),
