@@ -289,7 +289,7 @@ fn with_suggestion(msg: &str, word: &str) -> String {
     let best = list
         .split(',')
         .map(str::trim)
-        .map(|c| (edit_distance(word, c), c))
+        .map(|c| (strsim::levenshtein(word, c), c))
         .min_by_key(|(d, _)| *d);
     match best {
         Some((d, c)) if d <= 2.max(word.len() / 3) && d > 0 => {
@@ -297,24 +297,6 @@ fn with_suggestion(msg: &str, word: &str) -> String {
         }
         _ => msg.to_string(),
     }
-}
-
-/// Levenshtein distance.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (row[j + 1] + 1)
-                .min(row[j] + 1)
-                .min(prev + usize::from(ca != *cb));
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// The first backquoted word of `msg` (`unknown field `x`` → `x`).
@@ -485,7 +467,7 @@ mod tests {
 
     #[test]
     fn typo_suggestions() {
-        assert_eq!(edit_distance("confidance", "confidence"), 1);
+        assert_eq!(strsim::levenshtein("confidance", "confidence"), 1);
         let m = with_suggestion(
             "unknown field `sorces`, expected one of name, sources",
             "sorces",

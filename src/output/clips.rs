@@ -635,19 +635,5 @@ fn clip_pipeline(
 const CLIP_FINALIZE: Duration = Duration::from_secs(30);
 
 fn finish_clip(clip: &Clip) -> Result<(), String> {
-    clip.src
-        .end_of_stream()
-        .map_err(|f| format!("cannot end the clip: {f:?}"))?;
-    let bus = clip.pipeline.bus().ok_or("clip pipeline has no bus")?;
-    let msg = bus.timed_pop_filtered(
-        gst::ClockTime::from_nseconds(CLIP_FINALIZE.as_nanos() as u64),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(e.error().to_string()),
-        _ => Err(format!(
-            "the clip was not finished within {CLIP_FINALIZE:?}"
-        )),
-    }
+    super::end_and_wait(&clip.pipeline, &clip.src, CLIP_FINALIZE)
 }

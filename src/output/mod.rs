@@ -32,6 +32,28 @@ pub enum OutputError {
     Encode { path: String, message: String },
 }
 
+/// End an encoder pipeline's stream at its `appsrc` and wait (at most `limit`) until its muxer
+/// has written the file's index.
+pub fn end_and_wait(
+    pipeline: &gstreamer::Pipeline,
+    src: &gstreamer_app::AppSrc,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    use gstreamer::prelude::*;
+    src.end_of_stream()
+        .map_err(|f| format!("cannot end the stream: {f:?}"))?;
+    let bus = pipeline.bus().ok_or("the encoder pipeline has no bus")?;
+    let msg = bus.timed_pop_filtered(
+        gstreamer::ClockTime::from_nseconds(limit.as_nanos() as u64),
+        &[gstreamer::MessageType::Eos, gstreamer::MessageType::Error],
+    );
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gstreamer::MessageView::Eos(_)) => Ok(()),
+        Some(gstreamer::MessageView::Error(e)) => Err(e.error().to_string()),
+        _ => Err(format!("the muxer did not finish within {limit:?}")),
+    }
+}
+
 /// Create `path` (empty) and its parent folders.
 pub fn create_file(path: &Path) -> Result<File, OutputError> {
     open_file(path, false)

@@ -338,21 +338,7 @@ fn part_path(base: &Path, part: u32) -> PathBuf {
 }
 
 fn finalize(enc: &Encoder) -> Result<(), String> {
-    enc.src
-        .end_of_stream()
-        .map_err(|f| format!("cannot end the stream: {f:?}"))?;
-    let bus = enc.pipeline.bus().ok_or("encoder pipeline has no bus")?;
-    let msg = bus.timed_pop_filtered(
-        gst::ClockTime::from_nseconds(FINALIZE_TIMEOUT.as_nanos() as u64),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        Some(gst::MessageView::Error(e)) => Err(e.error().to_string()),
-        _ => Err(format!(
-            "the muxer did not finish within {FINALIZE_TIMEOUT:?}"
-        )),
-    }
+    super::end_and_wait(&enc.pipeline, &enc.src, FINALIZE_TIMEOUT)
 }
 
 fn bus_error(p: &gst::Pipeline) -> Option<String> {

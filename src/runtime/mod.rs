@@ -1,6 +1,7 @@
 //! The stage graph: one thread per stage, bounded edges with a full-policy, end of stream in-band.
 
 pub mod edge;
+pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod pipeline;

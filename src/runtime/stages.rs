@@ -15,6 +15,7 @@ use crate::output::record::EventRecord;
 use crate::output::{OutputContext, OutputSettings};
 use crate::preprocess::{self, ModelInput};
 use crate::runtime::edge::{EdgeRx, EdgeTx};
+use crate::runtime::error::StageError;
 use crate::runtime::events::EventHub;
 use crate::runtime::metrics::{PipelineMetrics, StageStats, lock};
 
@@ -36,17 +37,20 @@ pub fn preprocess_stage(
     tx: &EdgeTx<Prepared>,
     settings: PreprocessSettings,
     stats: &StageStats,
-) -> Result<(), String> {
+) -> Result<(), StageError> {
     while let Ok(msg) = rx.recv() {
         let out = match msg {
             Msg::Item(frame) if !frame.seq.is_multiple_of(u64::from(settings.every)) => {
                 Msg::Item((frame, None))
             }
             Msg::Item(frame) => {
-                crate::fault::check("preprocess", frame.seq)?;
+                crate::fault::check("preprocess", frame.seq).map_err(StageError::Injected)?;
                 let t = Instant::now();
                 let input = preprocess::prepare(&frame.image, settings.model, settings.resize)
-                    .map_err(|e| format!("frame {}: {e}", frame.seq))?;
+                    .map_err(|source| StageError::Preprocess {
+                        seq: frame.seq,
+                        source,
+                    })?;
                 stats.record(t.elapsed());
                 Msg::Item((frame, Some(input)))
             }
@@ -70,7 +74,7 @@ pub struct DetectWiring {
     pub metrics: Arc<PipelineMetrics>,
 }
 
-pub fn detect_stage(w: DetectWiring, detector: &dyn Detector) -> Result<(), String> {
+pub fn detect_stage(w: DetectWiring, detector: &dyn Detector) -> Result<(), StageError> {
     let mut open_streams = w.post.len();
     // Decode at the lowest threshold any source asks for; each frame is then filtered by its own.
     let threshold = w
@@ -111,17 +115,17 @@ fn detect_batch(
     detector: &dyn Detector,
     threshold: f32,
     batch: &mut Vec<Prepared>,
-) -> Result<(), String> {
+) -> Result<(), StageError> {
     for (frame, input) in batch.iter() {
         if input.is_some() {
-            crate::fault::check("detect", frame.seq)?;
+            crate::fault::check("detect", frame.seq).map_err(StageError::Injected)?;
         }
     }
     let t = Instant::now();
     let inputs: Vec<&ModelInput> = batch.iter().filter_map(|(_, i)| i.as_ref()).collect();
     let mut cands = detector
         .infer(&inputs, threshold)
-        .map_err(|e| format!("detector: {e}"))?
+        .map_err(StageError::Detect)?
         .into_iter();
     let per_frame = t.elapsed() / inputs.len().max(1) as u32;
     drop(inputs);
@@ -236,7 +240,7 @@ impl FanOut {
 
 /// Tracking, analytics and fan-out of one stream: IDs, trails and events onto the frame, then a
 /// copy to every output. An output that has failed is left out from then on; the others go on.
-pub fn post_stage(w: PostWiring) -> Result<(), String> {
+pub fn post_stage(w: PostWiring) -> Result<(), StageError> {
     let mut tracker = w.tracker.as_ref().map(crate::track::build);
     let mut trails = crate::track::trails::Trails::default();
     let mut since_detection = 0u64;
@@ -255,7 +259,7 @@ pub fn post_stage(w: PostWiring) -> Result<(), String> {
                 break;
             }
         };
-        crate::fault::check("track", frame.seq)?;
+        crate::fault::check("track", frame.seq).map_err(StageError::Injected)?;
         let t = Instant::now();
         if let Some(tr) = tracker.as_deref_mut() {
             if frame.detected {
@@ -295,9 +299,9 @@ pub fn output_stage(
     settings: OutputSettings,
     run: &OutputRun,
     stats: &StageStats,
-) -> Result<u64, String> {
+) -> Result<u64, StageError> {
     let desc = settings.describe();
-    let mut output = settings.start(&run.cx).map_err(|e| e.to_string())?;
+    let mut output = settings.start(&run.cx).map_err(StageError::OutputStart)?;
     if let Some(s) = output.stats() {
         run.metrics.add_output(desc.clone(), s);
     }
@@ -313,8 +317,8 @@ pub fn output_stage(
         let t = Instant::now();
         // A panic in a writer is its failure like an error: the file is still finalized.
         let wrote = crate::runtime::supervise::guarded(|| {
-            crate::fault::check(output.kind(), frame.seq)?;
-            output.write(&frame, &run.cx).map_err(|e| e.to_string())
+            crate::fault::check(output.kind(), frame.seq).map_err(StageError::Injected)?;
+            output.write(&frame, &run.cx).map_err(StageError::Write)
         });
         if let Err(e) = wrote {
             failed = Some(e);
@@ -322,16 +326,15 @@ pub fn output_stage(
         }
         stats.record(t.elapsed());
     }
-    let finished = output
-        .finish(*lock(&run.drain_deadline))
-        .map_err(|e| e.to_string());
+    let finished = output.finish(*lock(&run.drain_deadline));
     if let Some(e) = failed {
+        let error = Box::new(e);
         return Err(match finished {
-            Ok(n) => format!("{e} ({n} frames written before it)"),
-            Err(f) => format!("{e}; finalizing: {f}"),
+            Ok(written) => StageError::After { written, error },
+            Err(finalizing) => StageError::AndFinalize { finalizing, error },
         });
     }
-    let n = finished?;
+    let n = finished.map_err(StageError::Finalize)?;
     tracing::debug!(output = %desc, frames = n, "finished");
     Ok(n)
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::error::{StageError, chain};
 use crate::ingest::IngestReport;
 use crate::runtime::edge::{EdgeCloser, EdgeStats};
 use crate::runtime::metrics::{StageState, StageStats};
@@ -110,9 +111,9 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Run `f`, turning a panic into an error that says so.
-pub fn guarded<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+pub fn guarded<R>(f: impl FnOnce() -> Result<R, StageError>) -> Result<R, StageError> {
     catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(p.as_ref()))))
+        .unwrap_or_else(|p| Err(StageError::Panicked(panic_message(p.as_ref()))))
 }
 
 /// Every stage thread of a run, and the channel they end on.
@@ -147,12 +148,12 @@ impl Stages {
     /// (its edges close, so the stages around it wind down) and is reported as failed.
     pub fn spawn<F>(&mut self, thread: String, slot: Slot, body: F)
     where
-        F: FnOnce() -> Result<Outcome, String> + Send + 'static,
+        F: FnOnce() -> Result<Outcome, StageError> + Send + 'static,
     {
         let index = self.slots.len();
         let tx = self.ended_tx.clone();
         let spawned = std::thread::Builder::new().name(thread).spawn(move || {
-            let result = guarded(body);
+            let result = guarded(body).map_err(|e| chain(&e));
             let _ = tx.send(Ended {
                 slot: index,
                 result,
@@ -164,7 +165,7 @@ impl Stages {
             Err(e) => {
                 let _ = self.ended_tx.send(Ended {
                     slot: index,
-                    result: Err(format!("cannot start its thread: {e}")),
+                    result: Err(chain(&StageError::Thread(e))),
                 });
             }
         }
