@@ -11,6 +11,7 @@ pub mod frame;
 pub mod hash;
 pub mod image_io;
 pub mod ingest;
+pub mod lifecycle;
 pub mod output;
 pub mod paths;
 pub mod preprocess;

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::outbox::{Outbox, Pos};
 use super::record::EventRecord;
 use super::{Output, OutputContext, OutputError, OutputStats, Resolve};
-use crate::event::TrackLifecycle;
 use crate::flow::lock;
 use crate::frame::Frame;
+use crate::lifecycle::TrackLifecycle;
 use crate::retry::{ReconnectPolicy, backoff};
 use crate::units::{ByteSize, HumanDuration};
 
