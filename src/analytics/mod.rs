@@ -84,12 +84,14 @@ struct ZoneState {
     dwell_reported: bool,
     /// `inside` has been reported with `enter` (the track was confirmed when it was).
     reported: bool,
+    /// The class it entered as: its exit and the occupancy count under that class even if the
+    /// detector has changed its mind since (car ↔ truck).
+    class_id: u32,
 }
 
 /// One track as the analytics follow it.
 #[derive(Debug, Clone)]
 struct TrackState {
-    class_id: u32,
     hits: u32,
     last_seq: u64,
     /// Per line: the side the anchor is committed to (`true`: right-hand) and where it was then.
@@ -248,7 +250,7 @@ impl Analytics {
         for t in self.tracks.values() {
             for (zi, z) in t.zones.iter().enumerate() {
                 if z.inside && z.reported {
-                    *out[zi].entry(t.class_id).or_insert(0) += 1;
+                    *out[zi].entry(z.class_id).or_insert(0) += 1;
                 }
             }
         }
@@ -298,7 +300,6 @@ impl Analytics {
     ) {
         let (nl, nz) = (self.settings.lines.len(), self.settings.zones.len());
         let mut t = self.tracks.remove(&id).unwrap_or_else(|| TrackState {
-            class_id: d.class_id,
             hits: 0,
             last_seq: at.0,
             sides: vec![None; nl],
@@ -306,7 +307,6 @@ impl Analytics {
         });
         t.hits = t.hits.saturating_add(1);
         t.last_seq = at.0;
-        t.class_id = d.class_id;
         let confirmed = t.hits >= self.settings.min_hits;
         for (li, line) in self.settings.lines.iter().enumerate() {
             if !wants(&line.classes, d.class_id) {
@@ -360,6 +360,7 @@ impl Analytics {
         let zone = &self.settings.zones[zi];
         if z.inside && !z.reported {
             z.reported = true;
+            z.class_id = d.class_id;
             events.push(track_event(EventKind::Enter, at, &zone.name, id, d));
             *self.zone_tally[zi]
                 .counts
@@ -368,6 +369,7 @@ impl Analytics {
         } else if !z.inside && z.reported {
             z.reported = false;
             let mut e = track_event(EventKind::Exit, at, &zone.name, id, d);
+            e.class_id = Some(z.class_id);
             e.dwell_s = Some(at.1 - z.since_s);
             events.push(e);
         }
@@ -406,7 +408,7 @@ impl Analytics {
             if z.inside && z.reported {
                 let mut e = Event::new(EventKind::Exit, at.0, at.1, &self.settings.zones[zi].name);
                 e.track_id = Some(id);
-                e.class_id = Some(t.class_id);
+                e.class_id = Some(z.class_id);
                 e.dwell_s = Some(at.1 - z.since_s);
                 e.lost = true;
                 events.push(e);
@@ -418,7 +420,11 @@ impl Analytics {
         let Some(every) = self.settings.count_every_s else {
             return;
         };
-        let start = *self.interval_start.get_or_insert(time_s);
+        // a live source that reconnected may start its clock again: so does the interval
+        let start = match self.interval_start {
+            Some(start) if start <= time_s => start,
+            _ => *self.interval_start.insert(time_s),
+        };
         if time_s - start >= every {
             self.emit_counts(seq, time_s, events);
         }
@@ -470,6 +476,10 @@ fn step_line(side: &mut Option<(bool, Pt)>, line: &[Pt], hysteresis: f64, p: Pt)
 /// One observation of a track against a zone: the state flips after `inertia` frames in a row
 /// on the other side.
 fn step_zone(z: &mut ZoneState, inside: bool, inertia: u32, time_s: f64) {
+    if time_s < z.since_s {
+        // the stream's clock started again (a live source reconnected): dwell counts from now
+        z.since_s = time_s;
+    }
     if inside == z.inside {
         z.against = 0;
         return;

@@ -48,6 +48,10 @@ pub struct ClipsSpec {
     /// Draw detections, zones and lines on the clips. Default true.
     #[serde(default = "default_true")]
     pub overlay: bool,
+    /// Longest clip: events that keep coming extend a clip up to this, then the next event opens
+    /// a new one. Default 60s.
+    #[serde(default)]
+    pub max_length: Option<HumanDuration>,
     /// Clips older than this are deleted (e.g. `7d`). Default: kept.
     #[serde(default)]
     pub max_age: Option<HumanDuration>,
@@ -65,6 +69,7 @@ pub struct ClipsSettings {
     pub folder: PathBuf,
     pub pre_roll: Duration,
     pub post_roll: Duration,
+    pub max_length: Duration,
     pub events: Vec<EventKind>,
     pub snapshot: bool,
     pub overlay: bool,
@@ -77,6 +82,7 @@ const DEFAULT_ROLL: Duration = Duration::from_secs(5);
 /// Frame duration when a frame has none (25 fps).
 const DEFAULT_FRAME_NS: u64 = 40_000_000;
 const DEFAULT_MAX_SIZE: u64 = 1 << 30;
+const DEFAULT_MAX_LENGTH: Duration = Duration::from_secs(60);
 /// Longest accepted pre-roll: the ring holds this much encoded video per source.
 const MAX_PRE_ROLL: Duration = Duration::from_secs(60);
 
@@ -127,6 +133,8 @@ pub struct ClipsWriter {
     clips: u64,
     deleted: u64,
     next_pts: u64,
+    /// `{pipeline}-{source}-`: the start of this output's file names (retention touches no other).
+    own: String,
 }
 
 impl Output for ClipsWriter {
@@ -135,6 +143,12 @@ impl Output for ClipsWriter {
 
     fn resolve(spec: &ClipsSpec, cx: &mut Resolve) -> Option<ClipsSettings> {
         let pre_roll = spec.pre_roll.map_or(DEFAULT_ROLL, |d| d.0);
+        if spec
+            .max_length
+            .is_some_and(|m| m.0 < Duration::from_secs(1))
+        {
+            cx.problem("clips max_length must be at least 1s".into());
+        }
         if pre_roll > MAX_PRE_ROLL {
             cx.problem(format!("clips pre_roll must be at most {MAX_PRE_ROLL:?}"));
         }
@@ -143,6 +157,7 @@ impl Output for ClipsWriter {
             folder,
             pre_roll,
             post_roll: spec.post_roll.map_or(DEFAULT_ROLL, |d| d.0),
+            max_length: spec.max_length.map_or(DEFAULT_MAX_LENGTH, |d| d.0),
             events: spec
                 .events
                 .clone()
@@ -161,7 +176,7 @@ impl Output for ClipsWriter {
         format!("clips {}", settings.folder.display())
     }
 
-    fn start(settings: ClipsSettings, _cx: &OutputContext) -> Result<Self, OutputError> {
+    fn start(settings: ClipsSettings, cx: &OutputContext) -> Result<Self, OutputError> {
         std::fs::create_dir_all(&settings.folder).map_err(|e| OutputError::Io {
             path: settings.folder.display().to_string(),
             message: e.to_string(),
@@ -174,14 +189,16 @@ impl Output for ClipsWriter {
             clips: 0,
             deleted: 0,
             next_pts: 0,
+            own: format!("{}-{}-", cx.pipeline, cx.source),
         })
     }
 
     fn write(&mut self, frame: &Frame, cx: &OutputContext) -> Result<(), OutputError> {
         let t_ns = self.frame_pts(frame);
+        self.reset_on_resize(frame)?;
         let kinds = self.settings.events.clone();
         for e in frame.events.iter().filter(|e| kinds.contains(&e.kind)) {
-            self.trigger(e, t_ns, cx)?;
+            self.trigger(e, (t_ns, frame.captured_at))?;
         }
         self.snapshot(frame, cx);
         self.encode(frame, t_ns, cx)?;
@@ -228,19 +245,34 @@ impl ClipsWriter {
     }
 
     /// An event of a kind that makes clips: extend the open clip, or open one from the ring.
-    fn trigger(&mut self, e: &Event, t_ns: u64, cx: &OutputContext) -> Result<(), OutputError> {
+    fn trigger(
+        &mut self,
+        e: &Event,
+        (t_ns, captured): (u64, SystemTime),
+    ) -> Result<(), OutputError> {
         let until = t_ns + self.settings.post_roll.as_nanos() as u64;
+        let max_length = self.settings.max_length.as_nanos() as u64;
         if let Some(clip) = self.clip.as_mut() {
-            clip.until_ns = clip.until_ns.max(until);
-            clip.events.push(e.clone());
-            return Ok(());
+            if t_ns <= clip.until_ns {
+                // a busy scene extends the clip, up to its longest length
+                let start = clip.first_pts.min(t_ns);
+                clip.until_ns = clip
+                    .until_ns
+                    .max(until.min(start.saturating_add(max_length)));
+                clip.events.push(e.clone());
+                return Ok(());
+            }
+            // past the (capped) end: that clip is done, this event opens the next
+            if let Some(done) = self.clip.take() {
+                self.close(done)?;
+            }
         }
         let Some(caps) = self.encoder.as_ref().and_then(|enc| enc.caps.clone()) else {
             // nothing encoded yet: the clip starts with the first access unit
-            self.clip = Some(self.open_clip(e, t_ns, until, None, cx)?);
+            self.clip = Some(self.open_clip(e, (t_ns, captured), until, None)?);
             return Ok(());
         };
-        let mut clip = self.open_clip(e, t_ns, until, Some(&caps), cx)?;
+        let mut clip = self.open_clip(e, (t_ns, captured), until, Some(&caps))?;
         let from = t_ns.saturating_sub(self.settings.pre_roll.as_nanos() as u64);
         let start = self
             .ring
@@ -252,6 +284,10 @@ impl ClipsWriter {
                 push_au(&mut clip, &au).map_err(|m| self.err(m))?;
             }
         }
+        if clip.first_pts != u64::MAX {
+            // the pre-roll counts in the clip's length too
+            clip.until_ns = clip.until_ns.min(clip.first_pts.saturating_add(max_length));
+        }
         self.clip = Some(clip);
         Ok(())
     }
@@ -259,20 +295,24 @@ impl ClipsWriter {
     fn open_clip(
         &self,
         e: &Event,
-        t_ns: u64,
+        (t_ns, captured): (u64, SystemTime),
         until_ns: u64,
         caps: Option<&gst::Caps>,
-        cx: &OutputContext,
     ) -> Result<Clip, OutputError> {
+        // the capture time keeps names unique across restarts (seq and track ids start again)
+        let when: String = humantime::format_rfc3339_millis(captured)
+            .to_string()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
         let region = if e.region.is_empty() {
             "track"
         } else {
             &e.region
         };
         let name = format!(
-            "{}-{}-{:010}-{}-{}-{}",
-            cx.pipeline,
-            cx.source,
+            "{}{when}-{:010}-{}-{}-{}",
+            self.own,
             e.seq,
             e.kind.as_str(),
             sanitize(region),
@@ -319,7 +359,9 @@ impl ClipsWriter {
         }
     }
 
-    fn encode(&mut self, frame: &Frame, pts: u64, cx: &OutputContext) -> Result<(), OutputError> {
+    /// A frame of a new size: the open clip ends and the ring starts again (the old pictures cannot
+    /// continue a clip at the new size). Done before the frame's events open a clip.
+    fn reset_on_resize(&mut self, frame: &Frame) -> Result<(), OutputError> {
         let size = super::overlay::even_size(frame.image.width, frame.image.height);
         if self.encoder.as_ref().is_some_and(|e| e.size != size) {
             // a new size: the ring's pictures cannot continue a clip of the old one
@@ -331,6 +373,11 @@ impl ClipsWriter {
             }
             self.ring.clear();
         }
+        Ok(())
+    }
+
+    fn encode(&mut self, frame: &Frame, pts: u64, cx: &OutputContext) -> Result<(), OutputError> {
+        let size = super::overlay::even_size(frame.image.width, frame.image.height);
         if self.encoder.is_none() {
             let enc = ring_encoder(size, frame.fps, self.settings.bitrate_kbps)
                 .map_err(|m| self.err(m))?;
@@ -473,8 +520,9 @@ impl ClipsWriter {
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         let s = &self.settings;
+        let now = SystemTime::now();
         self.deleted +=
-            super::retention::trim(&s.folder, &keep, s.max_size, s.max_age, SystemTime::now());
+            super::retention::trim(&s.folder, &self.own, &keep, s.max_size, s.max_age, now);
         Ok(())
     }
 }

@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// Trim `folder`, never deleting the files whose names start with `keep` (the recording just
-/// made); returns the files deleted.
+/// Trim the files of `folder` whose names start with `own` (one output's recordings: a shared
+/// folder's other files are not ours), never deleting those that start with `keep` (the
+/// recording just made); returns the files deleted.
 pub fn trim(
     folder: &Path,
+    own: &str,
     keep: &str,
     max_size: u64,
     max_age: Option<Duration>,
@@ -19,6 +21,9 @@ pub fn trim(
     let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
+            if !e.file_name().to_string_lossy().starts_with(own) {
+                return None;
+            }
             let m = e.metadata().ok()?;
             m.is_file()
                 .then(|| (m.modified().unwrap_or(now), m.len(), e.path()))
@@ -67,13 +72,14 @@ mod tests {
                 .unwrap();
         }
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000);
-        assert_eq!(trim(dir.path(), "", 250, None, now), 2);
+        assert_eq!(trim(dir.path(), "", "", 250, None, now), 2);
         assert!(!dir.path().join("a").exists() && !dir.path().join("b").exists());
         assert!(dir.path().join("c").exists() && dir.path().join("d").exists());
         // by age: everything older than 999.5 s
         assert_eq!(
             trim(
                 dir.path(),
+                "",
                 "d",
                 u64::MAX,
                 Some(Duration::from_millis(997_500)),
@@ -83,6 +89,9 @@ mod tests {
         );
         assert!(dir.path().join("d").exists());
         // what is kept is never deleted, even over the size
-        assert_eq!(trim(dir.path(), "d", 0, None, now), 0);
+        assert_eq!(trim(dir.path(), "", "d", 0, None, now), 0);
+        // files that are not the output's own are left alone
+        assert_eq!(trim(dir.path(), "other-", "", 0, None, now), 0);
+        assert!(dir.path().join("d").exists());
     }
 }

@@ -226,7 +226,7 @@ impl FanOut {
     }
 
     fn end(&mut self, stream: &StreamId) {
-        if let (Some(mut last), Some(a)) = (self.held.take(), self.analytics.as_mut()) {
+        if let (Some(mut last), Some(mut a)) = (self.held.take(), self.analytics.take()) {
             let end = a.finish(last.seq, last.stream_time_s());
             self.tap.publish(&last, &end);
             last.events.extend(end);
@@ -236,14 +236,20 @@ impl FanOut {
             let _ = o.send(Msg::Eos(stream.clone()));
         }
     }
+
+    /// The stage ends without its stream's end (it failed, or its input closed): the outputs get
+    /// nothing more, but the service still learns that the tracks in zones are gone.
+    fn abandon(&mut self) {
+        if let (Some(last), Some(mut a)) = (self.held.take(), self.analytics.take()) {
+            let end = a.finish(last.seq, last.stream_time_s());
+            self.tap.publish(&last, &end);
+        }
+    }
 }
 
 /// Tracking, analytics and fan-out of one stream: IDs, trails and events onto the frame, then a
 /// copy to every output. An output that has failed is left out from then on; the others go on.
 pub fn post_stage(w: PostWiring) -> Result<(), StageError> {
-    let mut tracker = w.tracker.as_ref().map(crate::track::build);
-    let mut trails = crate::track::trails::Trails::default();
-    let mut since_detection = 0u64;
     let mut fan = FanOut {
         outputs: w.outputs,
         tap: w.hub,
@@ -251,36 +257,65 @@ pub fn post_stage(w: PostWiring) -> Result<(), StageError> {
         analytics: (!w.analytics.is_empty()).then(|| Analytics::new(w.analytics)),
         view: None,
     };
-    while let Ok(msg) = w.rx.recv() {
-        let mut frame = match msg {
-            Msg::Item(f) => f,
-            Msg::Eos(s) => {
-                fan.end(&s);
-                break;
+    let track = Track {
+        rx: w.rx,
+        tracker: w.tracker,
+        every: w.every,
+        stats: w.stats,
+        source: w.source,
+    };
+    let result = track.run(&mut fan);
+    fan.abandon();
+    result
+}
+
+/// The tracking half of the track stage.
+struct Track {
+    rx: EdgeRx<Frame>,
+    tracker: Option<crate::track::TrackerKind>,
+    every: u32,
+    stats: Arc<StageStats>,
+    source: Arc<crate::runtime::metrics::SourceMetrics>,
+}
+
+impl Track {
+    /// Track every frame until the stream's end (then `fan` ends it) or the input closes.
+    fn run(self, fan: &mut FanOut) -> Result<(), StageError> {
+        let w = self;
+        let mut tracker = w.tracker.as_ref().map(crate::track::build);
+        let mut trails = crate::track::trails::Trails::default();
+        let mut since_detection = 0u64;
+        while let Ok(msg) = w.rx.recv() {
+            let mut frame = match msg {
+                Msg::Item(f) => f,
+                Msg::Eos(s) => {
+                    fan.end(&s);
+                    break;
+                }
+            };
+            crate::fault::check("track", frame.seq).map_err(StageError::Injected)?;
+            let t = Instant::now();
+            if let Some(tr) = tracker.as_deref_mut() {
+                if frame.detected {
+                    since_detection = 0;
+                    crate::track::assign_ids(tr, &mut frame.detections);
+                } else {
+                    // detector.every: the tracker says where its tracks are now
+                    since_detection += 1;
+                    frame.detections = crate::track::predicted_detections(
+                        tr,
+                        since_detection as f64 / f64::from(w.every),
+                    );
+                }
+                frame.trails = trails.update(&frame.detections);
             }
-        };
-        crate::fault::check("track", frame.seq).map_err(StageError::Injected)?;
-        let t = Instant::now();
-        if let Some(tr) = tracker.as_deref_mut() {
-            if frame.detected {
-                since_detection = 0;
-                crate::track::assign_ids(tr, &mut frame.detections);
-            } else {
-                // detector.every: the tracker says where its tracks are now
-                since_detection += 1;
-                frame.detections = crate::track::predicted_detections(
-                    tr,
-                    since_detection as f64 / f64::from(w.every),
-                );
-            }
-            frame.trails = trails.update(&frame.detections);
+            w.stats.record(t.elapsed());
+            w.source.latency.record(frame.ingested.elapsed());
+            tracing::trace!(source = %frame.stream, seq = frame.seq, "tracked");
+            fan.send(frame);
         }
-        w.stats.record(t.elapsed());
-        w.source.latency.record(frame.ingested.elapsed());
-        tracing::trace!(source = %frame.stream, seq = frame.seq, "tracked");
-        fan.send(frame);
+        Ok(())
     }
-    Ok(())
 }
 
 /// What the runtime gives an output thread besides the output's own context.

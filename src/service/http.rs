@@ -146,8 +146,34 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `/events/stream`: server-sent events on a thread of its own, until the client goes or the
 /// service stops. A client that reads too slowly is dropped by the hub, never waited for.
+/// Event-stream threads alive, stuck writing to a client that stopped reading included (the
+/// socket has no write timeout here): at most `runtime::events::MAX_SUBSCRIBERS` of them.
+static SSE_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one event-stream thread while it lives.
+struct SseThread;
+
+impl SseThread {
+    fn enter() -> Option<Self> {
+        let n = SSE_THREADS.fetch_add(1, Ordering::SeqCst);
+        if n >= crate::runtime::events::MAX_SUBSCRIBERS {
+            SSE_THREADS.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self)
+    }
+}
+
+impl Drop for SseThread {
+    fn drop(&mut self) {
+        SSE_THREADS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn stream_events(service: &Arc<Service>, req: tiny_http::Request) {
-    let Some(sub) = service.events.subscribe() else {
+    let thread = SseThread::enter();
+    let sub = thread.as_ref().and_then(|_| service.events.subscribe());
+    let (Some(thread), Some(sub)) = (thread, sub) else {
         let resp =
             tiny_http::Response::from_string("too many event streams\n").with_status_code(503);
         let _ = req.respond(resp);
@@ -157,6 +183,7 @@ fn stream_events(service: &Arc<Service>, req: tiny_http::Request) {
     let spawned = std::thread::Builder::new()
         .name("sse".into())
         .spawn(move || {
+            let _alive = thread;
             let mut w = req.into_writer();
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
             if w.write_all(head.as_bytes()).and_then(|()| w.flush()).is_err() {

@@ -555,7 +555,8 @@ fn every_event_gets_a_playable_clip_with_pre_roll_and_retention_bounds_the_folde
              detector:\n  model: {}\nanalytics:\n  count_every: 0s\n\
              outputs:\n  - kind: events\n    path: events.jsonl\n  \
              - kind: clips\n    path: clips\n    pre_roll: 2s\n    post_roll: 1s\n  \
-             - kind: clips\n    path: small\n    pre_roll: 2s\n    post_roll: 1s\n    max_size: 1MiB\n",
+             - kind: clips\n    path: small\n    pre_roll: 2s\n    post_roll: 1s\n    max_size: 1MiB\n  \
+             - kind: clips\n    path: capped\n    pre_roll: 1s\n    post_roll: 2s\n    max_length: 3s\n",
             asset("vtest.avi").display(),
             model().display()
         ),
@@ -631,6 +632,26 @@ fn every_event_gets_a_playable_clip_with_pre_roll_and_retention_bounds_the_folde
         );
         let stem = mp4.with_extension("");
         assert!(std::fs::metadata(format!("{}-crop.jpg", stem.display())).is_ok());
+    }
+    // a busy scene makes several clips of at most max_length rather than one long one, each
+    // event still in exactly one
+    let capped = sidecars("capped");
+    for c in &capped {
+        let length = c["frames"].as_f64().unwrap() * frame_s;
+        assert!(length <= 3.0 + frame_s + 1e-6, "{length} s: {c}");
+    }
+    for e in &events {
+        let n = capped
+            .iter()
+            .filter(|c| {
+                c["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| identity(x) == identity(e))
+            })
+            .count();
+        assert_eq!(n, 1, "event {e} in {n} capped clips");
     }
     // the bounded folder kept the newest clips and stayed under its size (but for the newest)
     let kept = sidecars("small");
