@@ -267,10 +267,14 @@ impl Analytics {
         detections: &[Detection],
     ) -> Vec<Event> {
         let mut events = Vec::new();
-        let geometry = self.geometry_for(size).clone();
-        for d in detections {
-            let Some(id) = d.track_id else { continue };
-            self.observe(&geometry, (seq, time_s), id, d, &mut events);
+        self.geometry_for(size);
+        // lent out for the frame (not cloned: this runs on every frame)
+        if let Some(geometry) = self.geometry.take() {
+            for d in detections {
+                let Some(id) = d.track_id else { continue };
+                self.observe(&geometry, (seq, time_s), id, d, &mut events);
+            }
+            self.geometry = Some(geometry);
         }
         self.forget_lost(seq, time_s, &mut events);
         self.maybe_count(seq, time_s, &mut events);

@@ -23,10 +23,6 @@ use crate::event::{Event, EventKind};
 use crate::frame::Frame;
 use crate::units::{ByteSize, HumanDuration};
 
-fn default_true() -> bool {
-    true
-}
-
 /// `kind: clips`: MP4 clips from before to after each event, with JPEG snapshots.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,10 +39,10 @@ pub struct ClipsSpec {
     #[serde(default)]
     pub events: Option<Vec<EventKind>>,
     /// JPEG snapshots (whole frame with the box, and the crop). Default true.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::default_true")]
     pub snapshot: bool,
     /// Draw detections, zones and lines on the clips. Default true.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::default_true")]
     pub overlay: bool,
     /// Longest clip: events that keep coming extend a clip up to this, then the next event opens
     /// a new one. Default 60s.

@@ -83,6 +83,11 @@ fn open_file(path: &Path, append: bool) -> Result<File, OutputError> {
     }
 }
 
+/// serde default of the outputs' on-by-default switches (`overlay`, `snapshot`).
+fn default_true() -> bool {
+    true
+}
+
 /// One output kind.
 pub trait Output: Sized + Send + 'static {
     /// The keys a person writes for it in the pipeline file, besides `kind`.

@@ -66,10 +66,6 @@ impl X264Preset {
     }
 }
 
-fn default_true() -> bool {
-    true
-}
-
 /// `kind: mp4`: H.264 in MP4, optionally with boxes, classes and scores drawn on the frames.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,7 +73,7 @@ pub struct Mp4Spec {
     /// File to write (its folder is created); may use `{pipeline}` and `{source}`.
     pub path: String,
     /// Draw the detections on the video. Default true.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::default_true")]
     pub overlay: bool,
     /// x264 speed preset (`ultrafast` … `veryslow`, `placebo`). Default `ultrafast`: on a CPU box
     /// the detector needs the cores more than the encoder needs the bits.

@@ -28,10 +28,6 @@ use super::{Output, OutputContext, OutputError, Resolve};
 use crate::flow::lock;
 use crate::frame::Frame;
 
-fn default_true() -> bool {
-    true
-}
-
 /// `kind: rtsp`: RTSP restream of the annotated video, served by vigil's own RTSP server.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +43,7 @@ pub struct RtspSpec {
     #[serde(default)]
     pub path: Option<String>,
     /// Draw the detections on the video. Default true.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::default_true")]
     pub overlay: bool,
     /// Target bitrate in kbit/s. Default 2048.
     #[serde(default)]

@@ -540,6 +540,15 @@ fn serve_streams_events_and_counts_them_in_metrics() {
     assert_eq!(counted as usize, crosses, "{metrics}");
 }
 
+/// Whether a clip's sidecar lists the event `id`.
+fn holds(sidecar: &serde_json::Value, id: &(u64, String, String, Option<u64>, String)) -> bool {
+    sidecar["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| identity(x) == *id)
+}
+
 /// Every line event of a vtest run has a playable clip from at most one frame after
 /// `event − pre_roll`, with snapshots; a size-bounded folder deletes its oldest clips.
 #[test]
@@ -595,16 +604,7 @@ fn every_event_gets_a_playable_clip_with_pre_roll_and_retention_bounds_the_folde
     let frame_s = 0.1; // vtest is 10 fps
     for e in &events {
         let id = identity(e);
-        let holding: Vec<&serde_json::Value> = clips
-            .iter()
-            .filter(|c| {
-                c["events"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|x| identity(x) == id)
-            })
-            .collect();
+        let holding: Vec<&serde_json::Value> = clips.iter().filter(|c| holds(c, &id)).collect();
         assert_eq!(holding.len(), 1, "event {e} in {} clips", holding.len());
         let clip = holding[0];
         let t = e["time_s"].as_f64().unwrap();
@@ -641,16 +641,7 @@ fn every_event_gets_a_playable_clip_with_pre_roll_and_retention_bounds_the_folde
         assert!(length <= 3.0 + frame_s + 1e-6, "{length} s: {c}");
     }
     for e in &events {
-        let n = capped
-            .iter()
-            .filter(|c| {
-                c["events"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|x| identity(x) == identity(e))
-            })
-            .count();
+        let n = capped.iter().filter(|c| holds(c, &identity(e))).count();
         assert_eq!(n, 1, "event {e} in {n} capped clips");
     }
     // the bounded folder kept the newest clips and stayed under its size (but for the newest)
