@@ -20,6 +20,10 @@ pub enum Fused {
     Logistic,
     /// `x · tanh(ln(1 + e^x))`
     Mish,
+    /// `x · σ(x)` (SiLU/Swish: every modern YOLO; ONNX exports it as Sigmoid + Mul)
+    Silu,
+    /// `x · clamp(x/6 + ½, 0, 1)`
+    HardSwish,
 }
 
 impl Fused {
@@ -34,6 +38,8 @@ impl Fused {
             Self::Relu => v.max(0.0),
             Self::Logistic => 1.0 / (1.0 + (-v).exp()),
             Self::Mish => v * v.exp().ln_1p().tanh(),
+            Self::Silu => v / (1.0 + (-v).exp()),
+            Self::HardSwish => v * (v / 6.0 + 0.5).clamp(0.0, 1.0),
         }
     }
 }
@@ -73,7 +79,7 @@ impl FastConv {
         self
     }
 
-    fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         (
             (h + 2 * self.padding - self.k) / self.stride + 1,
             (w + 2 * self.padding - self.k) / self.stride + 1,

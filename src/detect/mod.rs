@@ -8,6 +8,7 @@ pub mod darknet;
 pub mod head;
 pub mod manifest;
 pub mod nms;
+pub mod onnx;
 pub mod pool;
 
 use std::io::Read;
@@ -34,6 +35,12 @@ pub enum DetectError {
         model: String,
         path: String,
         message: String,
+    },
+    /// The message includes the cause (as for darknet).
+    #[error("model {model}: {cause}")]
+    Onnx {
+        model: String,
+        cause: onnx::OnnxError,
     },
     #[error("device `{0}`: {1}")]
     Device(String, String),
@@ -140,8 +147,9 @@ pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, Dete
 /// reading weights) and how the model loads. A family is one module implementing this plus one
 /// line in the [`families!`] registration.
 pub trait ModelFamily {
-    /// Check the network description `network` and read its input size `(width, height)`.
-    fn input_size(network: &Path) -> Result<(u32, u32), String>;
+    /// Check the network description `network` and read its input size `(width, height)`
+    /// (`declared`: the manifest's `input:`, for models whose file leaves it open).
+    fn input_size(network: &Path, declared: Option<(u32, u32)>) -> Result<(u32, u32), String>;
     /// Load the model onto `device`.
     fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError>;
 }
@@ -158,9 +166,9 @@ macro_rules! families {
         }
 
         impl Family {
-            pub fn input_size(self, network: &Path) -> Result<(u32, u32), String> {
+            pub fn input_size(self, network: &Path, declared: Option<(u32, u32)>) -> Result<(u32, u32), String> {
                 match self {
-                    $(Self::$variant => <$ty as ModelFamily>::input_size(network),)*
+                    $(Self::$variant => <$ty as ModelFamily>::input_size(network, declared),)*
                 }
             }
 
@@ -175,11 +183,12 @@ macro_rules! families {
 
 families! {
     "darknet" => Darknet(DarknetDetector),
+    "onnx" => Onnx(onnx::OnnxDetector),
 }
 
 /// The YOLOv1–v4 line: a darknet `.cfg` + `.weights` pair, run by the cfg interpreter.
 impl ModelFamily for DarknetDetector {
-    fn input_size(cfg: &Path) -> Result<(u32, u32), String> {
+    fn input_size(cfg: &Path, _declared: Option<(u32, u32)>) -> Result<(u32, u32), String> {
         let parsed = darknet::cfg::Cfg::load(cfg).map_err(|e| e.to_string())?;
         let net = parsed
             .sections

@@ -15,7 +15,7 @@
 mod detection;
 mod region;
 mod tree;
-mod yolo;
+pub mod yolo;
 
 pub use detection::DetectionHead;
 pub use region::RegionHead;

@@ -1,0 +1,276 @@
+//! Output decoders, one per family, each giving vigil's [`Candidate`] (model-input pixels,
+//! before NMS) so NMS, tracking and outputs never care which model ran. The layouts are the ones
+//! each family's own exporter writes (tests/golden/onnx/README.md describes them).
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::super::head::yolo::YoloHead;
+use super::super::head::Candidate;
+use crate::frame::{BoxInModel, Xyxy};
+
+/// How a model's outputs become boxes (`decoder:` in a manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoder {
+    /// darknet-style `[yolo]` heads exported raw: `[1, A·(5+C), H, W]` per head; needs `anchors`.
+    Yolov3,
+    /// YOLOv5 7.0 (anchor-based): `[1, N, 5+C]` cx, cy, w, h (input pixels), objectness, classes.
+    Yolov5,
+    /// YOLOv6: as YOLOv5's layout (objectness written as 1 by its exporter).
+    Yolov6,
+    /// YOLOv7 exported with its grid: as YOLOv5's layout.
+    Yolov7,
+    /// Ultralytics YOLOv8 / YOLO11 / YOLOv5u: `[1, 4+C, N]` cx, cy, w, h, class scores.
+    Yolov8,
+    /// YOLOX (`decode_in_inference` off): `[1, N, 5+C]` raw offsets and log sizes on the
+    /// stride-8/16/32 grids, objectness and classes after sigmoid.
+    Yolox,
+    /// DAMO-YOLO: scores `[1, N, C]` and boxes `[1, N, 4]` (x1, y1, x2, y2, input pixels).
+    DamoYolo,
+    /// RT-DETR as Ultralytics exports it: `[1, K, 6]` cx, cy, w, h normalized, score, class.
+    Rtdetr,
+    /// End-to-end exports with NMS in the graph: `[1, K, 6]` x1, y1, x2, y2, score, class; or
+    /// `num_dets, boxes, scores, classes` (TensorRT-style, as YOLOv6/v7 `--end2end` write).
+    NmsIncluded,
+    /// No decoding: the outputs are for `vigil model run-raw` only.
+    Raw,
+}
+
+impl Decoder {
+    /// Whether the boxes it gives are already suppressed (vigil's NMS then changes nothing it
+    /// should not, but class-aware NMS with IoU ≥ 1 keeps them all).
+    pub fn nms_in_graph(self) -> bool {
+        matches!(self, Decoder::Rtdetr | Decoder::NmsIncluded)
+    }
+}
+
+/// What a decoder needs beyond the tensors.
+#[derive(Debug, Clone)]
+pub struct DecodeParams {
+    pub classes: usize,
+    /// Model input `(width, height)`.
+    pub input: (usize, usize),
+    /// `yolov3`: anchors per output, in input pixels, `[w0, h0, w1, h1, …]`.
+    pub anchors: Vec<Vec<f32>>,
+    /// Grid strides (`yolox`).
+    pub strides: Vec<usize>,
+}
+
+/// Candidates of image `b` with score ≥ `threshold`.
+pub fn decode(
+    d: Decoder,
+    outputs: &[Tensor],
+    b: usize,
+    threshold: f32,
+    p: &DecodeParams,
+) -> candle_core::Result<Vec<Candidate>> {
+    let one = |i: usize| -> candle_core::Result<(Vec<usize>, Vec<f32>)> {
+        let t = outputs
+            .get(i)
+            .ok_or_else(|| candle_core::Error::Msg(format!("decoder {d:?}: the model has no output {i}")))?
+            .get(b)?;
+        Ok((t.dims().to_vec(), t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?))
+    };
+    let mut out = Vec::new();
+    match d {
+        Decoder::Raw => {}
+        Decoder::Yolov8 => {
+            let (dims, v) = one(0)?;
+            let [rows, n] = two(&dims, d)?;
+            yolov8(&v, rows, n, threshold, &mut out);
+        }
+        Decoder::Yolov5 | Decoder::Yolov6 | Decoder::Yolov7 => {
+            let (dims, v) = one(0)?;
+            let [n, cols] = two(&dims, d)?;
+            rows_with_objectness(&v, n, cols, threshold, |r| center(r[0], r[1], r[2], r[3]), &mut out);
+        }
+        Decoder::Yolox => {
+            let (dims, v) = one(0)?;
+            let [n, cols] = two(&dims, d)?;
+            let grid = grid_cells(p.input, &p.strides);
+            if grid.len() != n {
+                candle_core::bail!("yolox: {n} rows, but strides {:?} on {:?} give {}", p.strides, p.input, grid.len());
+            }
+            rows_with_objectness(&v, n, cols, threshold, |r| {
+                let (gx, gy, s) = grid[r.index];
+                center((r[0] + gx) * s, (r[1] + gy) * s, r[2].exp() * s, r[3].exp() * s)
+            }, &mut out);
+        }
+        Decoder::DamoYolo => damo(outputs, b, threshold, &mut out)?,
+        Decoder::Rtdetr => {
+            let (dims, v) = one(0)?;
+            let [k, cols] = two(&dims, d)?;
+            let (w, h) = (p.input.0 as f32, p.input.1 as f32);
+            for r in v.chunks_exact(cols).take(k) {
+                if cols >= 6 && r[4] >= threshold {
+                    out.push(cand(center(r[0] * w, r[1] * h, r[2] * w, r[3] * h), r[5], r[4]));
+                }
+            }
+        }
+        Decoder::NmsIncluded => end_to_end(outputs, b, threshold, &mut out)?,
+        Decoder::Yolov3 => yolov3(outputs, b, threshold, p, &mut out)?,
+    }
+    Ok(out)
+}
+
+/// The two dims of one image's 2-D output.
+fn two(dims: &[usize], d: Decoder) -> candle_core::Result<[usize; 2]> {
+    match dims {
+        [a, b] => Ok([*a, *b]),
+        other => candle_core::bail!("decoder {d:?}: output of shape {other:?} per image, expected 2-D"),
+    }
+}
+
+fn center(cx: f32, cy: f32, w: f32, h: f32) -> Xyxy {
+    Xyxy::from_center(cx, cy, w, h)
+}
+
+fn cand(b: Xyxy, class: f32, score: f32) -> Candidate {
+    Candidate {
+        box_in_model: BoxInModel(b),
+        class_id: class.max(0.0) as u32,
+        score,
+    }
+}
+
+/// The best class of `scores`: `(index, score)`; the first on ties.
+fn best(scores: &[f32]) -> (usize, f32) {
+    scores
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |m, (i, &s)| if s > m.1 { (i, s) } else { m })
+}
+
+/// `[4 + C, N]`, anchor-minor (Ultralytics): one candidate per anchor, its best class.
+fn yolov8(v: &[f32], rows: usize, n: usize, threshold: f32, out: &mut Vec<Candidate>) {
+    let classes = rows.saturating_sub(4);
+    let mut scores = vec![0f32; classes];
+    for a in 0..n {
+        for (c, s) in scores.iter_mut().enumerate() {
+            *s = v[(4 + c) * n + a];
+        }
+        let (c, s) = best(&scores);
+        if s >= threshold {
+            let at = |r: usize| v[r * n + a];
+            out.push(cand(center(at(0), at(1), at(2), at(3)), c as f32, s));
+        }
+    }
+}
+
+/// A row of `[box…, objectness, classes…]` and its index.
+struct Row<'a> {
+    index: usize,
+    v: &'a [f32],
+}
+
+impl std::ops::Index<usize> for Row<'_> {
+    type Output = f32;
+    fn index(&self, i: usize) -> &f32 {
+        &self.v[i]
+    }
+}
+
+/// `[N, 5 + C]` rows scored objectness × best class (YOLOv5's and YOLOX's own rule).
+fn rows_with_objectness(
+    v: &[f32],
+    n: usize,
+    cols: usize,
+    threshold: f32,
+    boxed: impl Fn(&Row) -> Xyxy,
+    out: &mut Vec<Candidate>,
+) {
+    for (index, r) in v.chunks_exact(cols).take(n).enumerate() {
+        let obj = r[4];
+        if obj < threshold || cols < 6 {
+            continue;
+        }
+        let (c, s) = best(&r[5..]);
+        let score = obj * s;
+        if score >= threshold {
+            out.push(cand(boxed(&Row { index, v: r }), c as f32, score));
+        }
+    }
+}
+
+/// Grid cells `(x, y, stride)` level by level, row-major (YOLOX's order).
+fn grid_cells(input: (usize, usize), strides: &[usize]) -> Vec<(f32, f32, f32)> {
+    let mut g = Vec::new();
+    for &s in strides {
+        let (gw, gh) = (input.0 / s, input.1 / s);
+        for y in 0..gh {
+            for x in 0..gw {
+                g.push((x as f32, y as f32, s as f32));
+            }
+        }
+    }
+    g
+}
+
+fn damo(outputs: &[Tensor], b: usize, threshold: f32, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+    if outputs.len() != 2 {
+        candle_core::bail!("damo_yolo: expected two outputs (scores, boxes), the model has {}", outputs.len());
+    }
+    let (bi, si) = if outputs[1].dims().last() == Some(&4) { (1, 0) } else { (0, 1) };
+    let boxes: Vec<f32> = outputs[bi].get(b)?.flatten_all()?.to_vec1()?;
+    let scores_t = outputs[si].get(b)?;
+    let classes = *scores_t.dims().last().unwrap_or(&0);
+    let scores: Vec<f32> = scores_t.flatten_all()?.to_vec1()?;
+    for (bx, sc) in boxes.chunks_exact(4).zip(scores.chunks_exact(classes.max(1))) {
+        let (c, s) = best(sc);
+        if s >= threshold {
+            out.push(cand(Xyxy { x1: bx[0], y1: bx[1], x2: bx[2], y2: bx[3] }, c as f32, s));
+        }
+    }
+    Ok(())
+}
+
+fn end_to_end(outputs: &[Tensor], b: usize, threshold: f32, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+    let per = |i: usize| -> candle_core::Result<Vec<f32>> {
+        outputs[i].get(b)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()
+    };
+    match outputs.len() {
+        1 => {
+            let cols = *outputs[0].dims().last().unwrap_or(&0);
+            if cols != 6 {
+                candle_core::bail!("nms_included: one output of {:?}; expected [1, K, 6] (x1, y1, x2, y2, score, class)", outputs[0].dims());
+            }
+            for r in per(0)?.chunks_exact(6) {
+                if r[4] >= threshold {
+                    out.push(cand(Xyxy { x1: r[0], y1: r[1], x2: r[2], y2: r[3] }, r[5], r[4]));
+                }
+            }
+        }
+        4 => {
+            let num = per(0)?.first().copied().unwrap_or(0.0).max(0.0) as usize;
+            let (boxes, scores, classes) = (per(1)?, per(2)?, per(3)?);
+            for i in 0..num.min(scores.len()) {
+                let bx = &boxes[i * 4..i * 4 + 4];
+                if scores[i] >= threshold {
+                    out.push(cand(Xyxy { x1: bx[0], y1: bx[1], x2: bx[2], y2: bx[3] }, classes[i], scores[i]));
+                }
+            }
+        }
+        n => candle_core::bail!("nms_included: {n} outputs; expected 1 ([1, K, 6]) or 4 (num_dets, boxes, scores, classes)"),
+    }
+    Ok(())
+}
+
+fn yolov3(outputs: &[Tensor], b: usize, threshold: f32, p: &DecodeParams, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+    if p.anchors.len() != outputs.len() {
+        candle_core::bail!("yolov3: {} outputs but anchors for {} (manifest `anchors:`, one list per output)", outputs.len(), p.anchors.len());
+    }
+    for (t, anchors) in outputs.iter().zip(&p.anchors) {
+        let (_, gh, gw) = t.get(b)?.dims3()?;
+        let head = YoloHead {
+            anchors: anchors.chunks_exact(2).map(|a| (a[0], a[1])).collect(),
+            classes: p.classes,
+            scale_x_y: 1.0,
+            new_coords: false,
+            net: p.input,
+        };
+        let raw: Vec<f32> = t.get(b)?.flatten_all()?.to_vec1()?;
+        head.decode(&raw, (gh, gw), threshold, out);
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The `onnx` model family: a manifest's `onnx:` file run by vigil's executor, its input
+//! normalized as the model was trained, its outputs decoded by the manifest's `decoder:`.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::decode::{self, DecodeParams, Decoder};
+use super::{OnnxError, OnnxModel};
+use crate::detect::head::Candidate;
+use crate::detect::manifest::ModelInfo;
+use crate::detect::{DetectError, Detector, ModelFamily, verify_sha256};
+use crate::frame::ModelInput;
+
+/// Channel order the model was trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    #[default]
+    Rgb,
+    Bgr,
+}
+
+/// How 8-bit pixels become the model's input: `(pixel · scale − mean) / std`, per channel in
+/// the model's channel order.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    /// Multiplies the 0–255 pixel value first (default 1/255: inputs in [0, 1]).
+    #[serde(default = "Normalize::default_scale")]
+    pub scale: f32,
+    #[serde(default)]
+    pub mean: [f32; 3],
+    #[serde(default = "Normalize::default_std")]
+    pub std: [f32; 3],
+    #[serde(default)]
+    pub channels: Channels,
+}
+
+impl Normalize {
+    fn default_scale() -> f32 {
+        1.0 / 255.0
+    }
+    fn default_std() -> [f32; 3] {
+        [1.0; 3]
+    }
+}
+
+impl Default for Normalize {
+    fn default() -> Self {
+        Self {
+            scale: Self::default_scale(),
+            mean: [0.0; 3],
+            std: Self::default_std(),
+            channels: Channels::Rgb,
+        }
+    }
+}
+
+/// What an ONNX manifest adds to [`ModelInfo`].
+#[derive(Debug, Clone)]
+pub struct OnnxSettings {
+    pub decoder: Decoder,
+    pub normalize: Normalize,
+    pub anchors: Vec<Vec<f32>>,
+    pub strides: Vec<usize>,
+}
+
+/// An ONNX detector.
+#[derive(Debug)]
+pub struct OnnxDetector {
+    info: ModelInfo,
+    settings: OnnxSettings,
+    model: OnnxModel,
+    device: Device,
+}
+
+impl ModelFamily for OnnxDetector {
+    fn input_size(network: &Path, declared: Option<(u32, u32)>) -> Result<(u32, u32), String> {
+        let input = OnnxModel::check(network).map_err(|e| format!("{}: {e}", network.display()))?;
+        let fixed = match (input.dims.get(3).copied().flatten(), input.dims.get(2).copied().flatten()) {
+            (Some(w), Some(h)) => Some((w as u32, h as u32)),
+            _ => None,
+        };
+        match (fixed, declared) {
+            (Some(f), Some(d)) if f != d => Err(format!(
+                "{}: the file fixes the input at {}x{}, the manifest says {}x{}",
+                network.display(),
+                f.0,
+                f.1,
+                d.0,
+                d.1
+            )),
+            (Some(f), _) => Ok(f),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(format!(
+                "{}: the input size is dynamic; give it as `input: WIDTHxHEIGHT` in the manifest",
+                network.display()
+            )),
+        }
+    }
+
+    fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+        Ok(Box::new(Self::load_concrete(info, device)?))
+    }
+}
+
+impl OnnxDetector {
+    pub fn load_concrete(info: &ModelInfo, device: &Device) -> Result<Self, DetectError> {
+        let settings = info.onnx.clone().ok_or_else(|| DetectError::Onnx {
+            model: info.name.clone(),
+            cause: OnnxError::Graph("the manifest has no `onnx:` settings".into()),
+        })?;
+        if let Some(sha) = &info.weights_sha256 {
+            verify_sha256(&info.weights, sha).map_err(|message| DetectError::Weights {
+                model: info.name.clone(),
+                path: info.weights.display().to_string(),
+                message,
+            })?;
+        }
+        let model = OnnxModel::load(&info.weights, 1, Some(info.input), device).map_err(|cause| DetectError::Onnx {
+            model: info.name.clone(),
+            cause,
+        })?;
+        Ok(Self {
+            info: info.clone(),
+            settings,
+            model,
+            device: device.clone(),
+        })
+    }
+
+    pub fn model(&self) -> &OnnxModel {
+        &self.model
+    }
+
+    /// The model's input tensor for one prepared frame.
+    pub fn input_tensor(&self, input: &ModelInput) -> Result<Tensor, DetectError> {
+        let want = self.info.input;
+        if (input.width, input.height) != want {
+            return Err(DetectError::InputSize {
+                got: (input.width, input.height),
+                want,
+            });
+        }
+        let n = &self.settings.normalize;
+        let plane = (want.0 * want.1) as usize;
+        let mut data = Vec::with_capacity(3 * plane);
+        for c in 0..3 {
+            // ModelInput planes are R, G, B in [0, 1].
+            let src = match n.channels {
+                Channels::Rgb => c,
+                Channels::Bgr => 2 - c,
+            };
+            let (k, m, s) = (255.0 * n.scale, n.mean[c], n.std[c]);
+            data.extend(input.chw[src * plane..(src + 1) * plane].iter().map(|v| (v * k - m) / s));
+        }
+        Ok(Tensor::from_vec(data, (1, 3, want.1 as usize, want.0 as usize), &self.device)?)
+    }
+
+    fn params(&self) -> DecodeParams {
+        DecodeParams {
+            classes: self.info.classes.len(),
+            input: (self.info.input.0 as usize, self.info.input.1 as usize),
+            anchors: self.settings.anchors.clone(),
+            strides: self.settings.strides.clone(),
+        }
+    }
+}
+
+impl Detector for OnnxDetector {
+    fn infer(&self, inputs: &[&ModelInput], threshold: f32) -> Result<Vec<Vec<Candidate>>, DetectError> {
+        let params = self.params();
+        let mut all = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let outputs = self.model.run(&self.input_tensor(input)?).map_err(|cause| DetectError::Onnx {
+                model: self.info.name.clone(),
+                cause,
+            })?;
+            all.push(decode::decode(self.settings.decoder, &outputs, 0, threshold, &params)?);
+        }
+        Ok(all)
+    }
+}
+
+/// Class names from a model's metadata: Ultralytics writes `names` as a Python dict literal
+/// (`{0: 'person', 1: 'bicycle'}`).
+pub fn classes_from_metadata(path: &Path) -> Result<Vec<String>, String> {
+    let model = super::proto::read(path).map_err(|e| e.to_string())?;
+    let names = model
+        .metadata_props
+        .iter()
+        .find(|p| p.key == "names")
+        .ok_or_else(|| format!("{} has no `names` metadata: give `classes:` in the manifest", path.display()))?;
+    parse_names(&names.value).ok_or_else(|| format!("{}: cannot read its `names` metadata", path.display()))
+}
+
+/// `{0: 'a', 1: "b's"}` → `["a", "b's"]`, in key order.
+pub fn parse_names(s: &str) -> Option<Vec<String>> {
+    let body = s.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut rest = body.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once(':')?;
+        let key: usize = key.trim().parse().ok()?;
+        let after = after.trim_start();
+        let quote = after.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+        let end = after[1..].find(quote)? + 1;
+        out.push((key, after[1..end].to_string()));
+        rest = after[end + 1..].trim_start().trim_start_matches(',').trim_start();
+    }
+    out.sort_by_key(|(k, _)| *k);
+    out.iter().enumerate().all(|(i, (k, _))| i == *k).then(|| out.into_iter().map(|(_, v)| v).collect())
+}

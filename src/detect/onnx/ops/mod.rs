@@ -1,0 +1,282 @@
+//! The ONNX operators vigil runs. Each node is parsed once at load into an [`Op`] (attributes
+//! read and checked there, so a bad attribute is a load error naming the node), then evaluated on
+//! Candle tensors. Activations are f32, shape arithmetic i64, booleans u8.
+
+mod array;
+mod conv;
+mod math;
+mod special;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::proto::{Attrs, NodeProto};
+pub use conv::ConvOp;
+
+/// Operators per the default ONNX domain that vigil implements, for messages and `inspect`.
+pub const SUPPORTED: &[&str] = &[
+    "Abs", "Add", "And", "ArgMax", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
+    "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div", "Dropout", "Equal",
+    "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "Gemm",
+    "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample",
+    "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "LeakyRelu", "Less",
+    "LessOrEqual", "Log", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg",
+    "NonMaxSuppression", "Not", "Or", "Pad", "Pow", "Range", "Reciprocal", "ReduceMax",
+    "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid",
+    "Sin", "Size", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh",
+    "Tile", "TopK", "Transpose", "Unsqueeze", "Where", "Xor",
+];
+
+/// Element-wise functions of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    Identity,
+    Sigmoid,
+    Relu,
+    LeakyRelu(f32),
+    HardSigmoid(f32, f32),
+    HardSwish,
+    Exp,
+    Log,
+    Sqrt,
+    Sin,
+    Cos,
+    Tanh,
+    Erf,
+    Neg,
+    Abs,
+    Reciprocal,
+    Floor,
+    Ceil,
+    Softplus,
+    Not,
+}
+
+/// Element-wise functions of two tensors (numpy broadcasting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+    And,
+    Or,
+    Xor,
+    Mod { fmod: bool },
+}
+
+/// Reductions over axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    Mean,
+    Sum,
+    Max,
+    Min,
+}
+
+/// A parsed node.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Unary(Unary),
+    Binary(Binary),
+    /// Max/Min over more than two inputs.
+    Variadic(Binary),
+    Clip { min: Option<f32>, max: Option<f32> },
+    Where,
+    Cast { to: DType, to_bool: bool },
+    Constant(Tensor),
+    ConstantOfShape(Tensor),
+    Shape { start: i64, end: Option<i64> },
+    Size,
+    Reshape { allowzero: bool },
+    Flatten { axis: i64 },
+    Squeeze { axes: Option<Vec<i64>> },
+    Unsqueeze { axes: Option<Vec<i64>> },
+    Transpose { perm: Option<Vec<usize>> },
+    Concat { axis: i64 },
+    Split { axis: i64, split: Option<Vec<i64>>, outputs: usize },
+    /// opset ≥ 10: starts/ends/axes/steps are inputs.
+    Slice,
+    /// opset < 10: attributes.
+    SliceAttrs { starts: Vec<i64>, ends: Vec<i64>, axes: Option<Vec<i64>> },
+    Gather { axis: i64 },
+    GatherElements { axis: i64 },
+    Expand,
+    Tile,
+    Range,
+    Pad { mode: special::PadMode, pads: Option<Vec<i64>>, value: f32 },
+    Conv(Box<ConvOp>),
+    ConvTranspose(Box<conv::ConvTransposeOp>),
+    MaxPool(special::Pool),
+    GlobalPool(Reduce),
+    BatchNorm { epsilon: f32 },
+    Resize(special::ResizeOp),
+    Softmax { axis: i64, legacy: bool },
+    MatMul,
+    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    LayerNorm { axis: i64, epsilon: f32 },
+    Reduce { kind: Reduce, axes: Option<Vec<i64>>, keepdims: bool, axes_input: bool, noop_empty: bool },
+    ArgMax { axis: i64, keepdims: bool },
+    TopK { axis: i64, largest: bool, k: Option<usize> },
+    GridSample(special::GridSampleOp),
+    NonMaxSuppression { center_point_box: bool },
+}
+
+/// Why a node cannot be parsed.
+#[derive(Debug)]
+pub enum ParseError {
+    /// No implementation for this operator (or domain).
+    Unsupported,
+    /// Implemented, but not with these attributes.
+    Bad(String),
+}
+
+impl From<&str> for ParseError {
+    fn from(s: &str) -> Self {
+        Self::Bad(s.to_string())
+    }
+}
+
+impl From<String> for ParseError {
+    fn from(s: String) -> Self {
+        Self::Bad(s)
+    }
+}
+
+impl Op {
+    /// Parse `node` as of `opset` (the model's default-domain opset).
+    pub fn parse(node: &NodeProto, opset: i64, device: &Device) -> std::result::Result<Op, ParseError> {
+        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+            return Err(ParseError::Unsupported);
+        }
+        let a = Attrs::new(node);
+        if let Some(u) = unary(node.op_type.as_str(), &a)? {
+            return Ok(Op::Unary(u));
+        }
+        if let Some(b) = binary(node.op_type.as_str(), &a)? {
+            let variadic = matches!(b, Binary::Max | Binary::Min) && node.input.len() != 2;
+            return Ok(if variadic { Op::Variadic(b) } else { Op::Binary(b) });
+        }
+        array::parse(node, opset, &a, device)
+            .or_else(|e| match e {
+                ParseError::Unsupported => special::parse(node, opset, &a),
+                other => Err(other),
+            })
+    }
+
+    /// Evaluate on `inputs` (`None` for an omitted optional input).
+    pub fn eval(&self, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
+        let one = |t: Tensor| Ok(vec![t]);
+        match self {
+            Op::Unary(u) => one(math::unary(*u, req(inputs, 0)?)?),
+            Op::Binary(b) => one(math::binary(*b, req(inputs, 0)?, req(inputs, 1)?)?),
+            Op::Variadic(b) => {
+                let mut acc = req(inputs, 0)?.clone();
+                for t in inputs.iter().skip(1).flatten() {
+                    acc = math::binary(*b, &acc, t)?;
+                }
+                one(acc)
+            }
+            Op::Clip { min, max } => one(math::clip(inputs, *min, *max)?),
+            Op::Where => one(math::where_(req(inputs, 0)?, req(inputs, 1)?, req(inputs, 2)?)?),
+            Op::Cast { to, to_bool } => one(math::cast(req(inputs, 0)?, *to, *to_bool)?),
+            Op::Conv(c) => one(c.eval(inputs)?),
+            Op::ConvTranspose(c) => one(c.eval(inputs)?),
+            _ => match array::eval(self, inputs) {
+                Some(r) => r,
+                None => special::eval(self, inputs),
+            },
+        }
+    }
+
+    /// Whether evaluating has no cost worth keeping out of the constant folder (all ops can be
+    /// folded; this only names the ones whose outputs are shapes rather than data).
+    pub fn is_shape_of(&self) -> bool {
+        matches!(self, Op::Shape { .. } | Op::Size)
+    }
+}
+
+/// Input `i`, which the operator requires.
+pub fn req(inputs: &[Option<Tensor>], i: usize) -> Result<&Tensor> {
+    inputs
+        .get(i)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| candle_core::Error::Msg(format!("input {i} is required")))
+}
+
+/// A small tensor's values as i64 (shapes, axes, indices).
+pub fn ints(t: &Tensor) -> Result<Vec<i64>> {
+    t.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()
+}
+
+/// A small tensor's values as f32 (scales, thresholds).
+pub fn floats(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+/// A possibly negative axis of a rank-`rank` tensor.
+pub fn axis(a: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    let v = if a < 0 { a + r } else { a };
+    if v < 0 || v >= r.max(1) {
+        candle_core::bail!("axis {a} is out of range for rank {rank}");
+    }
+    Ok(v as usize)
+}
+
+fn unary(op: &str, a: &Attrs) -> std::result::Result<Option<Unary>, String> {
+    Ok(Some(match op {
+        "Identity" | "Dropout" => Unary::Identity,
+        "Sigmoid" => Unary::Sigmoid,
+        "Relu" => Unary::Relu,
+        "LeakyRelu" => Unary::LeakyRelu(a.float_or("alpha", 0.01)?),
+        "HardSigmoid" => Unary::HardSigmoid(a.float_or("alpha", 0.2)?, a.float_or("beta", 0.5)?),
+        "HardSwish" => Unary::HardSwish,
+        "Exp" => Unary::Exp,
+        "Log" => Unary::Log,
+        "Sqrt" => Unary::Sqrt,
+        "Sin" => Unary::Sin,
+        "Cos" => Unary::Cos,
+        "Tanh" => Unary::Tanh,
+        "Erf" => Unary::Erf,
+        "Neg" => Unary::Neg,
+        "Abs" => Unary::Abs,
+        "Reciprocal" => Unary::Reciprocal,
+        "Floor" => Unary::Floor,
+        "Ceil" => Unary::Ceil,
+        "Softplus" => Unary::Softplus,
+        "Not" => Unary::Not,
+        _ => return Ok(None),
+    }))
+}
+
+fn binary(op: &str, a: &Attrs) -> std::result::Result<Option<Binary>, String> {
+    Ok(Some(match op {
+        "Add" | "Sum" => Binary::Add,
+        "Sub" => Binary::Sub,
+        "Mul" => Binary::Mul,
+        "Div" => Binary::Div,
+        "Pow" => Binary::Pow,
+        "Max" => Binary::Max,
+        "Min" => Binary::Min,
+        "Equal" => Binary::Equal,
+        "Less" => Binary::Less,
+        "LessOrEqual" => Binary::LessOrEqual,
+        "Greater" => Binary::Greater,
+        "GreaterOrEqual" => Binary::GreaterOrEqual,
+        "And" => Binary::And,
+        "Or" => Binary::Or,
+        "Xor" => Binary::Xor,
+        "Mod" => Binary::Mod {
+            fmod: a.int_or("fmod", 0)? != 0,
+        },
+        _ => return Ok(None),
+    }))
+}
