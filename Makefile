@@ -46,10 +46,12 @@ clean:
 	$(CARGO) clean
 
 # Test oracles for issue 16 (ONNX detectors): builds .venv-onnx (Debian's CPU torch, PyPI's
-# onnxruntime, Ultralytics, yolox; never part of vigil) and regenerates tests/golden/onnx/,
-# including the large ONNX files that are not committed (tests/golden/onnx/big/).
+# onnxruntime, Ultralytics, yolox; never part of vigil), fetches YOLOv6/YOLOv7/DAMO-YOLO's official
+# sources (.onnx-src, pinned commits) and regenerates tests/golden/onnx/, including the large ONNX
+# files that are not committed (tests/golden/onnx/big/).
 .PHONY: onnx-references
 onnx-references: assets
 	scripts/reference/onnx-venv
-	.venv-onnx/bin/python scripts/reference/export-onnx.py
+	scripts/reference/onnx-official-sources .onnx-src
+	VIGIL_ONNX_SRC=.onnx-src .venv-onnx/bin/python scripts/reference/export-onnx.py
 	.venv-onnx/bin/python scripts/reference/onnx-yolov3-tiny.py

@@ -31,7 +31,12 @@ Families: Ultralytics (YOLOv8, YOLO11, YOLOv5u, RT-DETR) built from their YAML w
 onnxslim is not installed); YOLOX through the `yolox` package's exp + the export code of
 yolox/tools/export_onnx.py (SiLU replaced as it does, decode_in_inference off as its default, no
 onnxsim); YOLOv5 7.0's anchor-based head through PyPI yolov5 7.0.x's Model and
-export.export_onnx. The "-micro" variants are the same code with a smaller width multiplier, so
+export.export_onnx. YOLOv6, YOLOv7 and DAMO-YOLO (no usable registry package) from their official
+repositories' sources at pinned commits (OFFICIAL; $VIGIL_ONNX_SRC, fetched by
+scripts/reference/onnx-official-sources), each through the code path of its own ONNX exporter
+(YOLOv6 deploy/ONNX/export_onnx.py, yolov7 export.py, DAMO-YOLO tools/converter.py) minus loading
+a checkpoint, with its output names, shapes and in-graph decode as that exporter writes them; the
+commit used is recorded in each JSON. The "-micro" variants are the same code with a smaller width multiplier, so
 that the ONNX file itself fits in the repository; VARIANTS are loader cases (opset 19, opset 17
 LayerNormalization, initializers listed as graph inputs).
 """
@@ -87,6 +92,23 @@ MODELS = {
     "yolox-nano": ("yolox", "yolox-nano", 160, 11, None),
     "yolox-micro": ("yolox", "yolox-nano", 160, 11, 0.0625),
     "yolox-tiny": ("yolox", "yolox-tiny", 160, 11, None),
+    # Official repositories (no usable registry package): their sources at OFFICIAL_COMMITS, found
+    # under $VIGIL_ONNX_SRC (scripts/reference/onnx-official-sources fetches them). Opset = what
+    # each exporter hard-codes or defaults to.
+    "yolov6n": ("yolov6", "configs/yolov6n.py", 160, 13, None),
+    "yolov6-micro": ("yolov6", "configs/yolov6n.py", 160, 13, 0.04),
+    "yolov7-micro": ("yolov7", "cfg/deploy/yolov7-tiny.yaml", 160, 12, 0.0625),
+    "damo-yolo-ns": ("damo", "configs/damoyolo_tinynasL18_Ns.py", 160, 11, None),
+    "damo-yolo-micro": ("damo", "configs/damoyolo_tinynasL18_Ns.py", 160, 11, 0.25),
+}
+# The official repositories' commits the goldens were made from ($VIGIL_ONNX_SRC/<dir>).
+OFFICIAL = {
+    "yolov6": ("YOLOv6", "https://github.com/meituan/YOLOv6",
+               "e86a483f3f6bded25d45970b56831345a99744a4"),
+    "yolov7": ("yolov7", "https://github.com/WongKinYiu/yolov7",
+               "a207844b1ce82d204ab36d87d496728d3d2348e7"),
+    "damo": ("DAMO-YOLO", "https://github.com/tinyvision/DAMO-YOLO",
+             "319572eef367340267ab6ab8ae253527a71d7c3a"),
 }
 # Variants for loader coverage (issue 16, done item 3), made from a model above:
 # name: (base model, what is done to its file, opset). Same weights, so the same outputs.
@@ -98,6 +120,8 @@ VARIANTS = {
     "rtdetr-micro-op17": ("rtdetr-micro", "reexport", 17),
     # Old-IR style: every initializer also listed as a graph input (keep_initializers_as_inputs).
     "yolox-micro-initializers-as-inputs": ("yolox-micro", "initializers_as_inputs", 11),
+    # yolov7's export.py with --grid (no --end2end): Detect's decode in the graph, one output.
+    "yolov7-micro-grid": ("yolov7-micro", "grid", 12),
 }
 
 
@@ -285,6 +309,237 @@ def export_yolox(name, cfg, size, opset, width, work, initializers_as_inputs=Fal
     return f, {"bn_randomized": nbn, "head_convs_rescaled": nconv}
 
 
+@contextlib.contextmanager
+def official_source(family):
+    """The official repository's source tree on sys.path (and as cwd: DAMO-YOLO's configs read
+    files by relative path); yields (path, provenance). Its commit is read from git or from a
+    COMMIT file beside the sources (an exported tree) and recorded; a commit other than the
+    pinned one is reported in the provenance, not refused."""
+    sub, url, pinned = OFFICIAL[family]
+    root = os.environ.get("VIGIL_ONNX_SRC")
+    if not root:
+        raise RuntimeError(f"{family}: set VIGIL_ONNX_SRC to a folder holding {sub}/ "
+                           "(scripts/reference/onnx-official-sources)")
+    src = (Path(root) / sub).resolve()
+    if not src.is_dir():
+        raise RuntimeError(f"{family}: {src} is missing (scripts/reference/onnx-official-sources)")
+    commit = None
+    if (src / "COMMIT").exists():
+        commit = (src / "COMMIT").read_text().strip()
+    else:
+        import subprocess
+        r = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                           text=True)
+        commit = r.stdout.strip() or None
+    prov = {"source": {"repository": url, "commit": commit}}
+    if commit != pinned:
+        prov["source"]["pinned_commit"] = pinned
+    before = set(sys.modules)
+    cwd = os.getcwd()
+    sys.path.insert(0, str(src))
+    os.chdir(src)
+    try:
+        yield src, prov
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(src))
+        # yolov7 imports itself as the top-level packages `models` and `utils`: forget them so
+        # that nothing else imports them by accident.
+        for k in set(sys.modules) - before:
+            if k.split(".")[0] in ("models", "utils", "yolov6", "damo"):
+                del sys.modules[k]
+
+
+def export_yolov6(name, cfg, size, opset, width, work):
+    """YOLOv6 (v3.0/4.0 code) as deploy/ONNX/export_onnx.py writes it without --end2end: the
+    model built as tools/train.py builds it (Config.fromfile, training_mode 'repvgg',
+    build_model), made useful by randomize, then the exporter's steps after load_checkpoint
+    (fuse_model, RepVGGBlock.switch_to_deploy, Upsample compat, SiLU swap, Detect.inplace False,
+    dry run) and its torch.onnx.export call (opset 13 hard-coded, EVAL, constant folding,
+    input 'images', output 'outputs')."""
+    with official_source("yolov6") as (src, prov):
+        from yolov6.layers.common import ConvModule, RepVGGBlock, SiLU
+        from yolov6.models.effidehead import Detect
+        from yolov6.models.yolo import build_model
+        from yolov6.utils.config import Config
+        from yolov6.utils.torch_utils import fuse_model
+
+        c = Config.fromfile(str(src / cfg))
+        if not hasattr(c, "training_mode"):
+            setattr(c, "training_mode", "repvgg")  # as tools/train.py does
+        if width is not None:
+            c.model.width_multiple = width
+        torch.manual_seed(SEED)
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = build_model(c, 80, "cpu")
+        # Detect.initialize_biases zero-initialises the prediction convs' weights (training starts
+        # from the bias prior): give them torch's default Conv2d init first, or randomize cannot
+        # scale them (zero output std).
+        torch.manual_seed(SEED)
+        det = model.detect
+        for conv in list(det.cls_preds) + list(det.reg_preds):
+            conv.reset_parameters()
+        nbn, nconv = randomize(model, size)
+        # reg_preds are the l, t, r, b distances in stride units, used as they are (no DFL, no exp
+        # in the n config): with unit std and a N(0, 1) bias a third of the boxes had a negative
+        # size. Trained models give positive distances: weights halved, bias N(2, 0.5), so the
+        # distances are about N(2, 0.7) strides and boxes about 4 strides wide.
+        with torch.no_grad():
+            for conv in det.reg_preds:
+                conv.weight.mul_(0.5)
+                conv.bias.normal_(2.0, 0.5)
+        model = fuse_model(model).eval()  # load_checkpoint(fuse=True)
+        for layer in model.modules():
+            if isinstance(layer, RepVGGBlock):
+                layer.switch_to_deploy()
+            elif isinstance(layer, nn.Upsample) and not hasattr(layer, "recompute_scale_factor"):
+                layer.recompute_scale_factor = None
+        img = torch.zeros(1, 3, size, size)
+        model.eval()
+        for k, m in model.named_modules():
+            if isinstance(m, ConvModule):
+                if hasattr(m, "act") and isinstance(m.act, nn.SiLU):
+                    m.act = SiLU()
+            elif isinstance(m, Detect):
+                m.inplace = False  # --inplace not given
+        with torch.no_grad():
+            model(img)  # dry run
+        f = Path(work) / f"{name}.onnx"
+        with io.BytesIO() as b:
+            torch.onnx.export(model, img, b, verbose=False, opset_version=opset,
+                              training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True,
+                              input_names=["images"], output_names=["outputs"],
+                              dynamic_axes=None)
+            b.seek(0)
+            m = onnx.load(b)
+            onnx.checker.check_model(m)
+        onnx.save(m, str(f))
+        prov.update(bn_randomized=nbn, head_convs_rescaled=nconv)
+        return f, prov
+
+
+def export_yolov7(name, cfg, size, opset, width, work, grid=False):
+    """YOLOv7 as its export.py writes ONNX: the deploy cfg's Model (Detect head), made useful by
+    randomize, then attempt_load's steps (float, fuse, eval, compat) and export.py's (Conv
+    activation swap, Detect.export = not --grid, dry run, torch.onnx.export at opset 12, input
+    'images', output_names ['output']). Default (no --grid): Detect returns its three raw conv
+    maps, reshaped; --grid (variant): Detect.concat, the decoded boxes in one output."""
+    import logging
+    logging.disable(logging.INFO)  # its model summaries (logging to the original stderr)
+    try:
+        return _export_yolov7(name, cfg, size, opset, width, work, grid)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _export_yolov7(name, cfg, size, opset, width, work, grid):
+    with official_source("yolov7") as (src, prov):
+        import yaml
+        import models
+        from models.experimental import Ensemble  # noqa: F401  (attempt_load's module)
+        from models.yolo import Model
+        from utils.activations import Hardswish, SiLU
+
+        d = yaml.safe_load(open(src / cfg))
+        if width is not None:
+            d["width_multiple"] = width
+        torch.manual_seed(SEED)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            model = Model(d, ch=3, nc=80)
+        model.eval()
+        nbn, nconv = randomize(model, size)
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = model.float().fuse().eval()  # attempt_load
+        for m in model.modules():
+            if type(m) in [nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU]:
+                m.inplace = True
+            elif type(m) is nn.Upsample:
+                m.recompute_scale_factor = None
+            elif type(m) is models.common.Conv:
+                m._non_persistent_buffers_set = set()
+        img = torch.zeros(1, 3, size, size)
+        for k, m in model.named_modules():
+            m._non_persistent_buffers_set = set()
+            if isinstance(m, models.common.Conv):
+                if isinstance(m.act, nn.Hardswish):
+                    m.act = Hardswish()
+                elif isinstance(m.act, nn.SiLU):
+                    m.act = SiLU()
+        model.model[-1].export = not grid
+        with torch.no_grad():
+            model(img)  # dry run
+        model.eval()
+        if grid:
+            model.model[-1].concat = True
+        f = Path(work) / f"{name}.onnx"
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            torch.onnx.export(model, img, str(f), verbose=False, opset_version=opset,
+                              input_names=["images"], output_names=["output"], dynamic_axes=None)
+        m = onnx.load(str(f))
+        onnx.checker.check_model(m)
+        onnx.save(m, str(f))
+        prov.update(bn_randomized=nbn, head_convs_rescaled=nconv)
+        return f, prov
+
+
+def damo_micro(c, width):
+    """DAMO-YOLO config with every channel count of the TinyNAS structure, the neck and the head
+    times `width`, rounded up to a multiple of 8 (YOLOv6's make_divisible)."""
+    import ast
+    import math
+    s = lambda ch: max(8, math.ceil(ch * width / 8) * 8)  # noqa: E731
+    st = ast.literal_eval(c.model.backbone["net_structure_str"])
+    for blk in st:
+        for k in ("out", "btn"):
+            if k in blk:
+                blk[k] = s(blk[k])
+        if blk["in"] != 3:
+            blk["in"] = s(blk["in"])
+    c.model.backbone["net_structure_str"] = str(st)
+    outs = [st[i]["out"] for i in c.model.backbone["out_indices"]]
+    c.model.neck["in_channels"] = outs
+    c.model.neck["out_channels"] = [s(x) for x in c.model.neck["out_channels"]]
+    c.model.head["in_channels"] = c.model.neck["out_channels"]
+
+
+def export_damo(name, cfg, size, opset, width, work):
+    """DAMO-YOLO as tools/converter.py writes ONNX (--mode onnx, no --benchmark, no --end2end):
+    parse_config, build_local_model, (randomize instead of the checkpoint), SiLU swap,
+    RepConv.switch_to_deploy, head.nms False (the head still decodes: export_with_post),
+    dry run, torch.onnx._export at opset 11 (its default), input 'images', output_names
+    ['output']. Its onnxsim step is skipped (not installed; it catches the ImportError itself)."""
+    with official_source("damo") as (src, prov):
+        from damo.base_models.core.ops import RepConv, SiLU
+        from damo.config.base import parse_config
+        from damo.detectors.detector import build_local_model
+        from damo.utils.model_utils import replace_module
+
+        c = parse_config(str(src / cfg))
+        if width is not None:
+            damo_micro(c, width)
+        c.test.batch_size = 1
+        torch.manual_seed(SEED)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            model = build_local_model(c, "cpu")
+        model.eval()
+        model.head.nms = False  # converter: "decouple postprocess" (set before randomize: no NMS)
+        nbn, nconv = randomize(model, size)
+        model = replace_module(model, nn.SiLU, SiLU)
+        for layer in model.modules():
+            if isinstance(layer, RepConv):
+                layer.switch_to_deploy()
+        model.head.nms = False
+        dummy = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            model(dummy)
+        f = Path(work) / f"{name}.onnx"
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            torch.onnx._export(model, dummy, str(f), input_names=["images"],
+                               output_names=["output"], opset_version=opset)
+        prov.update(bn_randomized=nbn, head_convs_rescaled=nconv)
+        return f, prov
+
+
 def dims(vi):
     t = vi.type.tensor_type
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
@@ -337,10 +592,13 @@ def run_ort(path, x, threads=1, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return [(o.name, v) for o, v in zip(s.get_outputs(), outs)]
 
 
-def detections(family, out, size):
-    """Each family's own post-processing on ONNX Runtime's output: rows [x1, y1, x2, y2, score,
-    class] in input pixels, in the order it returns them."""
-    if family == "ultralytics":
+def detections(family, outs, size, cfg=None):
+    """Each family's own post-processing on ONNX Runtime's outputs (a list of (name, array)):
+    rows [x1, y1, x2, y2, score, class] in input pixels, in the order it returns them."""
+    out = outs[0][1]
+    if family in OFFICIAL:
+        d, how = detections_official(family, outs, size, cfg)
+    elif family == "ultralytics":
         from ultralytics.utils.nms import non_max_suppression
         d = non_max_suppression(torch.from_numpy(out), conf_thres=CONF, iou_thres=IOU, max_det=300,
                                 max_time_img=1e3)[0].numpy()
@@ -368,6 +626,50 @@ def detections(family, out, size):
                f"multiclass_nms(nms_thr={IOU}, score_thr={CONF}, class_agnostic=True)")
     rows = [[round(float(v), 3) for v in r[:5]] + [int(r[5])] for r in d]
     return {"how": how, "count": len(rows), "rows": rows}
+
+
+def detections_official(family, outs, size, cfg):
+    with official_source(family) as (src, _):
+        if family == "yolov6":  # decoded in the graph: cx, cy, w, h, obj (1.0), classes
+            from yolov6.utils.nms import non_max_suppression
+            d = non_max_suppression(torch.from_numpy(outs[0][1]), CONF, IOU, max_det=300)[0]
+            how = (f"yolov6.utils.nms.non_max_suppression(conf_thres={CONF}, iou_thres={IOU}, "
+                   "max_det=300, class-aware; score = obj (1.0 in the graph) * cls)")
+        elif family == "yolov7":
+            import yaml
+            from models.yolo import Detect
+            from utils.general import non_max_suppression
+            if len(outs) == 1:  # --grid: decoded in the graph, as the yolov5 layout
+                p = torch.from_numpy(outs[0][1])
+                how = "the graph's decoded output"
+            else:  # default export: Detect's raw maps, decoded here as Detect.forward does
+                anchors = yaml.safe_load(open(src / cfg))["anchors"]
+                z = []
+                for i, (_, x) in enumerate(outs):
+                    x = torch.from_numpy(x)
+                    bs, na, ny, nx, no = x.shape
+                    stride = size // ny
+                    grid = Detect._make_grid(nx, ny)
+                    ag = torch.tensor(anchors[i], dtype=torch.float32).view(1, na, 1, 1, 2)
+                    y = x.sigmoid()
+                    y[..., 0:2] = (y[..., 0:2] * 2. - 0.5 + grid) * stride
+                    y[..., 2:4] = (y[..., 2:4] * 2) ** 2 * ag
+                    z.append(y.view(bs, -1, no))
+                p = torch.cat(z, 1)
+                how = ("models.yolo.Detect.forward's inference decode on the raw maps (sigmoid; "
+                       "xy (2s - 0.5 + grid) * stride; wh (2s)^2 * anchor (pixels, cfg anchors))")
+            d = non_max_suppression(p, CONF, IOU)[0]
+            how += (f", then utils.general.non_max_suppression(conf_thres={CONF}, "
+                    f"iou_thres={IOU}, class-aware, max_det 300; score = obj * cls)")
+        else:  # damo: outputs (scores [1, A, nc], boxes [1, A, 4] xyxy)
+            from damo.utils.boxes import multiclass_nms
+            scores = torch.from_numpy(outs[0][1])[0]
+            boxes = torch.from_numpy(outs[1][1])[0]
+            b, sc, lab = multiclass_nms(boxes, scores, CONF, IOU, 500)
+            d = torch.cat([b[:, :4], sc[:, None], lab[:, None].float()], 1)
+            how = (f"damo.utils.boxes.multiclass_nms(score_thr={CONF}, iou_thr={IOU}, max_num=500) "
+                   "as damo.utils.postprocess calls it: class-aware (batched_nms)")
+    return d.numpy(), how
 
 
 def write_golden(name, onnx_path, provenance):
@@ -418,7 +720,7 @@ def write_golden(name, onnx_path, provenance):
     (OUT / f"{name}.f32").write_bytes(b"".join(blobs))
     (OUT / f"{name}.json").write_text(dumps(meta))
     (OUT / f"{name}.ops.json").write_text(dumps(inv))
-    dets = detections(provenance["family"], outs[0][1], shape[-1])
+    dets = detections(provenance["family"], outs, shape[-1], provenance.get("config_file"))
     (OUT / f"{name}.dets.json").write_text(dumps(dets))
     meta["detections"] = dets["count"]
     return meta, inv
@@ -455,6 +757,23 @@ def main(names):
                 prov = {"family": family, "exporter": f"yolov5 {yolov5.__version__} "
                         f"export.export_onnx (opset {opset}, simplify False)",
                         "config": cfg + (f" with width_multiple {width}" if width else "")}
+            elif family in OFFICIAL:
+                fn = {"yolov6": export_yolov6, "yolov7": export_yolov7, "damo": export_damo}[family]
+                kw = {"grid": True} if variant == "grid" else {}
+                f, extra = fn(name, cfg, size, opset, width, work, **kw)
+                exporter = {
+                    "yolov6": f"YOLOv6 deploy/ONNX/export_onnx.py code (no --end2end, opset {opset})",
+                    "yolov7": f"yolov7 export.py ONNX code ({'--grid' if kw else 'no --grid'}, "
+                              f"opset {opset})",
+                    "damo": f"DAMO-YOLO tools/converter.py --mode onnx code (no --benchmark, no "
+                            f"--end2end, opset {opset}, onnxsim not installed)",
+                }[family]
+                micro = {"yolov6": f" with width_multiple {width}",
+                         "yolov7": f" with width_multiple {width}",
+                         "damo": f" with every channel count x{width} (damo_micro)"}[family]
+                prov = {"family": family, "exporter": exporter,
+                        "config": cfg + (micro if width else ""), "config_file": cfg,
+                        "source": extra.pop("source")}
             else:
                 import yolox
                 f, extra = export_yolox(name, cfg, size, opset, width, work,
@@ -473,6 +792,8 @@ def main(names):
                     prov["variant"] = f"onnx.version_converter.convert_version(opset {vopset})"
                 elif variant == "initializers_as_inputs":
                     prov["variant"] = "exported with keep_initializers_as_inputs=True"
+                elif variant == "grid":
+                    prov["variant"] = "exported with yolov7 export.py's --grid (Detect.concat)"
                 else:
                     prov["variant"] = f"re-exported at opset {vopset}"
             meta, inv = write_golden(name, f, prov)
@@ -491,4 +812,13 @@ def main(names):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or list(MODELS) + list(VARIANTS)))
+    names = sys.argv[1:]
+    if not names:
+        names = list(MODELS) + list(VARIANTS)
+        if not os.environ.get("VIGIL_ONNX_SRC"):  # the official repositories' families need it
+            fam = lambda n: MODELS[VARIANTS[n][0] if n in VARIANTS else n][0]  # noqa: E731
+            skipped = [n for n in names if fam(n) in OFFICIAL]
+            names = [n for n in names if fam(n) not in OFFICIAL]
+            print(f"VIGIL_ONNX_SRC not set (scripts/reference/onnx-official-sources): skipping "
+                  f"{' '.join(skipped)}", file=sys.stderr)
+    sys.exit(main(names))
