@@ -403,7 +403,7 @@ CASES = [
      "2,147,483,647 bytes, about 1 KB follow (nothing may be allocated from the prefix)",
      "parse", ["truncated"]),
     ("nested-subgraph-deep.onnx", c_nested_deep, "200 If nodes nested through their then_branch "
-     "branches (600+ messages deep): a decoder must stop at a depth limit, not overflow its "
+     "(600+ messages deep): a decoder must stop at a depth limit, not overflow its "
      "stack", "parse", ["nest"]),
     # -- load validation ----------------------------------------------------------------------
     ("no-graph.onnx", c_no_graph, "ModelProto with ir_version and opset but no graph", "load",
