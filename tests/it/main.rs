@@ -23,6 +23,7 @@ mod frame_sizes;
 mod layers;
 mod live;
 mod mot_metrics;
+mod onnx;
 mod regress;
 mod service;
 mod service_ops;

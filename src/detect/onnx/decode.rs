@@ -80,6 +80,9 @@ pub fn decode(
             let [rows, n] = two(&dims, d)?;
             yolov8(&v, rows, n, threshold, &mut out);
         }
+        Decoder::Yolov5 | Decoder::Yolov7 if outputs.first().is_some_and(|t| t.rank() == 5) => {
+            anchor_maps(outputs, b, threshold, p, &mut out)?;
+        }
         Decoder::Yolov5 | Decoder::Yolov6 | Decoder::Yolov7 => {
             let (dims, v) = one(0)?;
             let [n, cols] = two(&dims, d)?;
@@ -216,10 +219,12 @@ fn damo(outputs: &[Tensor], b: usize, threshold: f32, out: &mut Vec<Candidate>) 
     let scores_t = outputs[si].get(b)?;
     let classes = *scores_t.dims().last().unwrap_or(&0);
     let scores: Vec<f32> = scores_t.flatten_all()?.to_vec1()?;
+    // DAMO-YOLO's own post-processing is multi-label: every (box, class) pair over the threshold.
     for (bx, sc) in boxes.chunks_exact(4).zip(scores.chunks_exact(classes.max(1))) {
-        let (c, s) = best(sc);
-        if s >= threshold {
-            out.push(cand(Xyxy { x1: bx[0], y1: bx[1], x2: bx[2], y2: bx[3] }, c as f32, s));
+        for (c, &s) in sc.iter().enumerate() {
+            if s >= threshold {
+                out.push(cand(Xyxy { x1: bx[0], y1: bx[1], x2: bx[2], y2: bx[3] }, c as f32, s));
+            }
         }
     }
     Ok(())
@@ -252,6 +257,50 @@ fn end_to_end(outputs: &[Tensor], b: usize, threshold: f32, out: &mut Vec<Candid
             }
         }
         n => candle_core::bail!("nms_included: {n} outputs; expected 1 ([1, K, 6]) or 4 (num_dets, boxes, scores, classes)"),
+    }
+    Ok(())
+}
+
+/// YOLOv5/YOLOv7's anchors (COCO, P3–P5) when a manifest gives none.
+const V5_ANCHORS: [[f32; 6]; 3] = [
+    [10.0, 13.0, 16.0, 30.0, 33.0, 23.0],
+    [30.0, 61.0, 62.0, 45.0, 59.0, 119.0],
+    [116.0, 90.0, 156.0, 198.0, 373.0, 326.0],
+];
+
+/// YOLOv5/YOLOv7 exported without the in-graph decode: per level `[1, A, H, W, 5 + C]` logits;
+/// xy = (2σ − ½ + cell)·stride, wh = (2σ)²·anchor, objectness × best class.
+fn anchor_maps(outputs: &[Tensor], b: usize, threshold: f32, p: &DecodeParams, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+    let default: Vec<Vec<f32>> = V5_ANCHORS.iter().map(|a| a.to_vec()).collect();
+    let anchors = if p.anchors.is_empty() { &default } else { &p.anchors };
+    if anchors.len() != outputs.len() {
+        candle_core::bail!("{} anchor maps but anchors for {} (manifest `anchors:`)", outputs.len(), anchors.len());
+    }
+    let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+    for (t, anch) in outputs.iter().zip(anchors) {
+        let t = t.get(b)?;
+        let (na, gh, gw, cols) = t.dims4()?;
+        if anch.len() != 2 * na || cols < 6 {
+            candle_core::bail!("anchor map {:?}: {} anchors given", t.dims(), anch.len() / 2);
+        }
+        let stride = p.input.1 as f32 / gh as f32;
+        let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        for (i, r) in v.chunks_exact(cols).enumerate() {
+            let obj = sig(r[4]);
+            if obj < threshold {
+                continue;
+            }
+            let (a, y, x) = (i / (gh * gw), (i / gw) % gh, i % gw);
+            let (c, s) = best(&r[5..]);
+            let score = obj * sig(s);
+            if score >= threshold {
+                let cx = (2.0 * sig(r[0]) - 0.5 + x as f32) * stride;
+                let cy = (2.0 * sig(r[1]) - 0.5 + y as f32) * stride;
+                let w = (2.0 * sig(r[2])).powi(2) * anch[2 * a];
+                let h = (2.0 * sig(r[3])).powi(2) * anch[2 * a + 1];
+                out.push(cand(center(cx, cy, w, h), c as f32, score));
+            }
+        }
     }
     Ok(())
 }
