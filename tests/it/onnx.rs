@@ -246,3 +246,46 @@ fn full_size_models_match_onnx_runtime_when_present() {
     let failures: Vec<String> = big.iter().filter_map(|n| check_model(n).map(|l| eprintln!("{l}")).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Done item 5: every file of the malformed corpus (tests/corpus/onnx/EXPECTED.md) is a clear
+/// error holding its key phrases — no panic, nothing allocated from a declared size — and the
+/// control model loads and runs.
+#[test]
+fn malformed_files_are_clear_errors() {
+    let dir = root().join("tests/corpus/onnx");
+    let table = std::fs::read_to_string(dir.join("EXPECTED.md")).unwrap();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    let first_table = table.split("\n## ").next().unwrap();
+    for line in first_table.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        assert_eq!(cells.len(), 5, "EXPECTED.md row: {line}");
+        let file = cells[0].trim_start_matches("| ").trim_matches('`');
+        let phrases: Vec<String> = cells[4]
+            .trim_end_matches(" |")
+            .split(", ")
+            .map(|p| p.trim().trim_matches('`').to_lowercase())
+            .filter(|p| p != "-")
+            .collect();
+        let path = dir.join(file);
+        let loaded = OnnxModel::load(&path, 1, None, &Device::Cpu).and_then(|m| {
+            let x = Tensor::zeros(m.input_shape(), candle_core::DType::F32, &Device::Cpu).unwrap();
+            m.run(&x).map(|_| m)
+        });
+        match (loaded, phrases.is_empty()) {
+            (Ok(_), true) => {}
+            (Ok(_), false) => failures.push(format!("{file}: loaded and ran, expected an error with {phrases:?}")),
+            (Err(e), true) => failures.push(format!("{file}: the control failed: {e}")),
+            (Err(e), false) => {
+                let text = e.to_string().to_lowercase();
+                eprintln!("{file}: {e}");
+                if let Some(p) = phrases.iter().find(|p| !text.contains(p.as_str())) {
+                    failures.push(format!("{file}: error lacks `{p}`: {e}"));
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 40, "only {checked} corpus rows read");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

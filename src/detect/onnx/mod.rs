@@ -41,7 +41,7 @@ pub enum OnnxError {
     Parse { path: String, message: String },
     #[error("opset {opset} of domain `{domain}` is not supported (vigil runs ONNX opsets 11–19; re-export with an opset in that range)")]
     Opset { domain: String, opset: i64 },
-    #[error("unsupported operator{}: {}", if .nodes.len() > 1 { "s" } else { "" }, .nodes.join("; "))]
+    #[error("{}", .nodes.join("; "))]
     Unsupported { nodes: Vec<String> },
     #[error("node `{node}` ({op}): {message}")]
     Node {

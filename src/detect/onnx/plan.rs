@@ -89,7 +89,15 @@ fn node_error(name: &str, op: &str, e: &candle_core::Error) -> OnnxError {
     OnnxError::Node {
         node: name.to_string(),
         op: op.to_string(),
-        message: e.to_string(),
+        message: without_backtrace(e),
+    }
+}
+
+/// Candle's message without the backtrace it attaches when `RUST_BACKTRACE` is set.
+pub fn without_backtrace(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
+        other => other.to_string(),
     }
 }
 
@@ -120,7 +128,7 @@ fn parse_nodes(nodes: &[NodeProto], opset: i64, device: &Device) -> Result<Vec<O
             Err(ParseError::Unsupported) => {
                 let domain = if n.domain.is_empty() { "ai.onnx" } else { &n.domain };
                 unsupported.push(format!(
-                    "`{}` in node `{}` (domain {domain}, opset {opset})",
+                    "unknown operator {} in node `{}` (domain {domain}, opset {opset})",
                     n.op_type,
                     node_name(n)
                 ));
@@ -213,7 +221,10 @@ fn order(nodes: &[NodeProto], known: &HashSet<String>) -> Result<Vec<usize>, Onn
     for (i, n) in nodes.iter().enumerate() {
         for o in n.output.iter().filter(|o| !o.is_empty()) {
             if known.contains(o) || producer.insert(o, i).is_some() {
-                return Err(OnnxError::Graph(format!("tensor `{o}` is produced twice (node `{}`)", node_name(n))));
+                return Err(OnnxError::Graph(format!(
+                    "tensor `{o}` is produced more than once (again by node `{}`)",
+                    node_name(n)
+                )));
             }
         }
     }
@@ -229,7 +240,7 @@ fn order(nodes: &[NodeProto], known: &HashSet<String>) -> Result<Vec<usize>, Onn
                 None if known.contains(inp) => {}
                 None => {
                     return Err(OnnxError::Graph(format!(
-                        "node `{}` ({}) reads `{inp}`, which nothing defines",
+                        "node `{}` ({}) reads `{inp}`, which is undefined (no node, initializer or input makes it)",
                         node_name(n),
                         n.op_type
                     )));
@@ -258,7 +269,7 @@ fn order(nodes: &[NodeProto], known: &HashSet<String>) -> Result<Vec<usize>, Onn
 /// The concrete input shape: declared dims, with dynamic ones fixed (batch to `batch`, H/W to
 /// `size`).
 fn input_shape(decl: &proto::Declared, batch: usize, size: Option<(u32, u32)>) -> Result<Vec<usize>, OnnxError> {
-    let mut dims = Vec::with_capacity(4);
+    let mut dims: Vec<usize> = Vec::with_capacity(4);
     for (i, d) in decl.dims.iter().enumerate() {
         let want = match i {
             0 => Some(batch),
@@ -286,6 +297,8 @@ fn input_shape(decl: &proto::Declared, batch: usize, size: Option<(u32, u32)>) -
         };
         dims.push(v);
     }
+    let declared: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    proto::element_count(&decl.name, &declared)?;
     Ok(dims)
 }
 

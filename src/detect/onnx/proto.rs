@@ -81,7 +81,12 @@ pub fn decode(bytes: &[u8]) -> Result<ModelProto, String> {
         return Err("empty file: not an ONNX model".into());
     }
     let model = ModelProto::decode(bytes).map_err(|e| {
-        format!("not a valid ONNX protobuf (truncated or not ONNX: {e})")
+        let e = e.to_string();
+        if e.contains("recursion") {
+            format!("messages nested too deeply to be a model vigil runs ({e})")
+        } else {
+            format!("not a valid ONNX protobuf (truncated or not ONNX: {e})")
+        }
     })?;
     if model.graph.is_none() {
         return Err("the file holds no graph: truncated, or not an ONNX model".into());
@@ -106,7 +111,7 @@ pub fn element_count(name: &str, dims: &[i64]) -> Result<u64, OnnxError> {
         return Err(OnnxError::Tensor {
             name: name.into(),
             message: format!(
-                "declares {n} elements ({:.1} GB as f32), more than vigil allows ({MAX_ELEMENTS})",
+                "{dims:?} declares {n} elements ({:.1} GB as f32), more than vigil allows ({MAX_ELEMENTS})",
                 n as f64 * 4.0 / 1e9
             ),
         });
@@ -128,8 +133,13 @@ pub fn tensor(t: &TensorProto, device: &Device) -> Result<Tensor, OnnxError> {
     }
     let n = element_count(name, &t.dims)? as usize;
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let dtype = compute_dtype(t.data_type)
-        .ok_or_else(|| err(format!("element type {} is not supported", dtype_name(t.data_type))))?;
+    let dtype = compute_dtype(t.data_type).ok_or_else(|| {
+        err(format!(
+            "data type {} ({}) is not supported",
+            t.data_type,
+            dtype_name(t.data_type)
+        ))
+    })?;
     let raw = !t.raw_data.is_empty() || n == 0 && t.float_data.is_empty();
     let tensor = if raw {
         from_raw(t.data_type, &t.raw_data, n, &dims, device).map_err(err)?

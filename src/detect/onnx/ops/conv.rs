@@ -67,6 +67,9 @@ impl ConvOp {
 
     /// Fix the weights (and fold a following BatchNorm's `scale, bias, mean, var, eps` into them).
     pub fn bind(&mut self, w: Tensor, b: Option<Tensor>, device: &Device) -> Result<()> {
+        if w.dtype() != candle_core::DType::F32 {
+            candle_core::bail!("the weight is {}; Conv takes float weights", onnx_type_name(w.dtype()));
+        }
         let (co, _, kh, kw) = w.dims4()?;
         if let Some(k) = self.kernel
             && k != (kh, kw)
@@ -140,6 +143,13 @@ impl ConvOp {
             Some((w, b)) => (w.clone(), b.clone()),
             None => (req(inputs, 1)?.clone(), inputs.get(2).cloned().flatten()),
         };
+        if w.dtype() != candle_core::DType::F32 {
+            candle_core::bail!("the weight is {}; Conv takes float weights", onnx_type_name(w.dtype()));
+        }
+        let (c, want) = (x.dims4()?.1, w.dims4()?.1 * self.group);
+        if c != want {
+            candle_core::bail!("the input has {c} channels, the weights {:?} with {} group(s) expect {want}", w.dims(), self.group);
+        }
         let y = self.candle_conv(x, &w)?;
         let y = match b {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
@@ -171,6 +181,15 @@ impl ConvOp {
     }
 }
 
+/// The ONNX name of the type a tensor was computed in (integers load as i64).
+fn onnx_type_name(d: candle_core::DType) -> &'static str {
+    match d {
+        candle_core::DType::I64 => "int64 (an integer type)",
+        candle_core::DType::U8 => "uint8/bool",
+        _ => "not float",
+    }
+}
+
 /// Apply a fused activation outside the fast path.
 pub fn activation(y: &Tensor, act: Fused) -> Result<Tensor> {
     match act {
@@ -180,17 +199,7 @@ pub fn activation(y: &Tensor, act: Fused) -> Result<Tensor> {
         Fused::Logistic => candle_nn::ops::sigmoid(y),
         Fused::Silu => y.silu(),
         Fused::HardSwish => math::unary(Unary::HardSwish, y),
-        Fused::Mish => y * y.exp()?.log1p_approx()?.tanh()?,
-    }
-}
-
-trait Log1p {
-    fn log1p_approx(&self) -> Result<Tensor>;
-}
-
-impl Log1p for Tensor {
-    fn log1p_approx(&self) -> Result<Tensor> {
-        (self + 1.0)?.log()
+        Fused::Mish => y * (y.exp()? + 1.0)?.log()?.tanh()?,
     }
 }
 

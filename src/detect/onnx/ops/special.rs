@@ -1,7 +1,7 @@
 //! Network operators: pooling, normalization, resizing, matrix products, reductions, top-k,
 //! grid sampling and non-maximum suppression.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::super::proto::{Attrs, NodeProto};
 use super::conv::{ConvOp, ConvTransposeOp};
@@ -675,9 +675,4 @@ fn reflect(t: &Tensor, ax: usize, lo: usize, hi: usize) -> Result<Tensor> {
     idx.extend(0..n as i64);
     idx.extend((0..hi).map(|i| (n - 2 - i) as i64));
     t.contiguous()?.index_select(&Tensor::new(idx, t.device())?, ax)
-}
-
-#[allow(dead_code)]
-fn last_dim() -> D {
-    D::Minus1
 }
