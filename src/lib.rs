@@ -12,6 +12,7 @@ pub mod hash;
 pub mod image_io;
 pub mod ingest;
 pub mod lifecycle;
+pub mod model_tools;
 pub mod output;
 pub mod paths;
 pub mod preprocess;

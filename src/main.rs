@@ -160,6 +160,23 @@ enum Command {
         /// The OpenCV DNN baseline script.
         #[arg(long, default_value = "scripts/bench/opencv_dnn.py")]
         opencv_script: PathBuf,
+        /// Instead: time this ONNX model (file or manifest) against ONNX Runtime on 2 threads.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// With --model: the input size WxH where the model leaves it dynamic.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<(usize, usize)>,
+        /// With --model: the Python that has onnxruntime (scripts/reference/onnx-venv builds it).
+        #[arg(long, default_value = ".venv-onnx/bin/python")]
+        ort_python: PathBuf,
+        /// With --model: the ONNX Runtime baseline script.
+        #[arg(long, default_value = "scripts/bench/ort_bench.py")]
+        ort_script: PathBuf,
+    },
+    /// Tools for ONNX models: inspect one, or run it on a tensor and keep every output.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
     },
     /// Replay recorded tracks (or detections, through the pipeline's tracker) from a MOT15 file
     /// through one source's zones and lines, without video; prints the events as JSON lines.
@@ -214,6 +231,52 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Inputs, outputs (shapes resolved), operators, parameters, FLOPs and metadata.
+    Inspect {
+        /// An `.onnx` file or a model manifest.
+        model: PathBuf,
+        /// The input size WxH where the model leaves it dynamic.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<(usize, usize)>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the model on an NCHW tensor from a `.npy` file and write every graph output to an
+    /// `.npz` (compare with another runtime's: `numpy.load`).
+    RunRaw {
+        /// An `.onnx` file or a model manifest.
+        model: PathBuf,
+        /// The input tensor (`.npy`, float32, float64 or uint8, shape N×C×H×W, as the model takes it).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the outputs.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn size_u32(s: Option<(usize, usize)>) -> Option<(u32, u32)> {
+    s.map(|(w, h)| (w as u32, h as u32))
+}
+
+fn model_command(command: ModelCommand) -> anyhow::Result<ExitCode> {
+    use vigil::model_tools::{ModelArg, inspect, run_raw};
+    let text = match command {
+        ModelCommand::Inspect { model, size, json } => {
+            inspect(&ModelArg::resolve(&model, size_u32(size)).map_err(anyhow::Error::msg)?, json)
+        }
+        ModelCommand::RunRaw { model, input, out } => {
+            run_raw(&ModelArg::resolve(&model, None).map_err(anyhow::Error::msg)?, &input, &out)
+        }
+    }
+    .map_err(anyhow::Error::msg)?;
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_resize(s: &str) -> Result<Resize, String> {
@@ -305,10 +368,25 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
+            model: Some(model),
+            size,
+            repeats,
+            ort_python,
+            ort_script,
+            ..
+        } => {
+            let m = vigil::model_tools::ModelArg::resolve(&model, size_u32(size)).map_err(anyhow::Error::msg)?;
+            let report = vigil::model_tools::bench(&m, repeats, &ort_python, &ort_script).map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Model { command } => model_command(command),
+        Command::Bench {
             pipeline,
             repeats,
             frames,
             opencv_script,
+            ..
         } => {
             let plan = config::load(&pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
             vigil::ingest::init()
