@@ -140,12 +140,16 @@ pub fn bench(model: &ModelArg, repeats: usize, ort_python: &Path, ort_script: &P
     }
     let mut times = Vec::with_capacity(repeats);
     let mut profile: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    let mut per_step: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
     for _ in 0..repeats.max(1) {
         let t0 = Instant::now();
         let (_, prof) = m.run_profiled(&x).map_err(|e| e.to_string())?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
-        for (op, s) in prof {
-            *profile.entry(op).or_insert(0.0) += s * 1e3 / repeats.max(1) as f64;
+        for (step, s) in prof {
+            let ms = s * 1e3 / repeats.max(1) as f64;
+            let op = step.split('\t').next().unwrap_or_default().to_string();
+            *profile.entry(op).or_insert(0.0) += ms;
+            *per_step.entry(step).or_insert(0.0) += ms;
         }
     }
     let vigil_ms = median(&mut times);
@@ -167,6 +171,12 @@ pub fn bench(model: &ModelArg, repeats: usize, ort_python: &Path, ort_script: &P
     let _ = writeln!(out, "\nvigil per operator (ms per inference):");
     for (op, ms) in by_op.iter().take(12) {
         let _ = writeln!(out, "  {op:<24} {ms:8.2}");
+    }
+    let mut steps: Vec<(String, f64)> = per_step.into_iter().collect();
+    steps.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let _ = writeln!(out, "\nslowest steps (operator, node, output shape, ms):");
+    for (step, ms) in steps.iter().take(15) {
+        let _ = writeln!(out, "  {ms:7.2}  {}", step.replace('\t', "  "));
     }
     Ok(out)
 }

@@ -64,11 +64,12 @@ impl Program {
             args.extend(step.inputs.iter().map(|s| s.and_then(|s| slots[s].clone())));
             let started = prof.as_ref().map(|_| Instant::now());
             let outs = step.op.eval(&args).map_err(|e| node_error(&step.name, &step.op_type, &e))?;
-            if let (Some(p), Some(t0)) = (prof.as_deref_mut(), started) {
-                p.push((step.op_type.clone(), t0.elapsed().as_secs_f64()));
-            }
             for (slot, t) in step.outputs.iter().zip(outs) {
                 slots[*slot] = Some(t);
+            }
+            if let (Some(p), Some(t0)) = (prof.as_deref_mut(), started) {
+                let shape = step.outputs.first().and_then(|&o| slots[o].as_ref()).map(|t| t.dims().to_vec()).unwrap_or_default();
+                p.push((format!("{}\t{}\t{:?}", step.op_type, step.name, shape), t0.elapsed().as_secs_f64()));
             }
             for s in &step.free {
                 slots[*s] = None;
