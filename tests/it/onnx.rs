@@ -354,3 +354,33 @@ fn box_iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let inter = iw * ih;
     inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 }
+
+/// `vigil check` reads an ONNX manifest's model: a good one passes, an unknown operator is
+/// reported with its node, operator and opset.
+#[test]
+fn vigil_check_reports_an_unknown_operator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, onnx: &Path| {
+        let m = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &m,
+            format!("name: {name}\nonnx: {}\ndecoder: yolox\nnormalize: {{scale: 1, channels: bgr}}\nclasses: {}\n", onnx.display(), root().join("models/coco.names").display()),
+        )
+        .unwrap();
+        let p = tmp.path().join(format!("{name}-pipeline.yaml"));
+        std::fs::write(
+            &p,
+            format!("name: t\nsources:\n  - id: a\n    uri: file:{}\ndetector:\n  model: {}\noutputs:\n  - kind: jsonl\n    path: out.jsonl\n", super::common::asset("vtest.avi").display(), m.display()),
+        )
+        .unwrap();
+        p
+    };
+    let good = write("good", &golden().join("yolox-micro.onnx"));
+    let out = super::common::vigil().arg("check").arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = write("bad", &root().join("tests/corpus/onnx/unknown-op-foobar.onnx"));
+    let out = super::common::vigil().arg("check").arg(&bad).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(text.contains("unknown operator FooBar in node `foo0` (domain ai.onnx, opset 17)"), "{text}");
+}
