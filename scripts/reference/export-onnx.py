@@ -120,6 +120,9 @@ VARIANTS = {
     "rtdetr-micro-op17": ("rtdetr-micro", "reexport", 17),
     # Old-IR style: every initializer also listed as a graph input (keep_initializers_as_inputs).
     "yolox-micro-initializers-as-inputs": ("yolox-micro", "initializers_as_inputs", 11),
+    # Ultralytics' dynamic=True: batch, height and width symbolic, the shape arithmetic in the
+    # graph (vigil fixes the dims at load and folds it).
+    "yolov8-micro-dynamic": ("yolov8-micro", "dynamic", 17),
     # yolov7's export.py with --grid (no --end2end): Detect's decode in the graph, one output.
     "yolov7-micro-grid": ("yolov7-micro", "grid", 12),
 }
@@ -207,7 +210,7 @@ def rtdetr_micro(d, width):
     return d
 
 
-def export_ultralytics(name, cfg, size, opset, width, work):
+def export_ultralytics(name, cfg, size, opset, width, work, dynamic=False):
     from ultralytics import RTDETR, YOLO
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
@@ -238,7 +241,7 @@ def export_ultralytics(name, cfg, size, opset, width, work):
     os.chdir(work)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            f = y.export(format="onnx", imgsz=size, opset=opset, simplify=False, dynamic=False,
+            f = y.export(format="onnx", imgsz=size, opset=opset, simplify=False, dynamic=dynamic,
                          half=False, batch=1, device="cpu", nms=False)
     finally:
         os.chdir(cwd)
@@ -674,7 +677,10 @@ def detections_official(family, outs, size, cfg):
 
 def write_golden(name, onnx_path, provenance):
     inv = inventory(onnx_path)
-    shape = [d if isinstance(d, int) else 1 for d in inv["inputs"][0]["shape"]]
+    # Symbolic dims (a dynamic export): batch 1, height and width the export size.
+    size = provenance.get("input_size")
+    shape = [d if isinstance(d, int) else (1 if i < 2 else size)
+             for i, d in enumerate(inv["inputs"][0]["shape"])]
     x = np.random.default_rng(SEED).random(shape, dtype=np.float32)
     outs = run_ort(onnx_path, x)
     # The oracle's own noise floor: ONNX Runtime fully optimized (fusions) on 2 threads vs the
@@ -742,7 +748,8 @@ def main(names):
         try:
             if family in ("ultralytics", "rtdetr"):
                 import ultralytics
-                f, extra = export_ultralytics(name, cfg, size, opset, width, work)
+                f, extra = export_ultralytics(name, cfg, size, opset, width, work,
+                                              dynamic=variant == "dynamic")
                 micro = (f" with channels x{width}, depth 0.33, AIFI 64/4 heads, decoder hd 32 nq 100 "
                          f"nh 4, 2 layers, ffn 64 (rtdetr_micro)" if family == "rtdetr" else
                          f" with width {width}, max_channels {MICRO_MAX_CHANNELS}, nc={MICRO_NC}, "
@@ -792,6 +799,8 @@ def main(names):
                     prov["variant"] = f"onnx.version_converter.convert_version(opset {vopset})"
                 elif variant == "initializers_as_inputs":
                     prov["variant"] = "exported with keep_initializers_as_inputs=True"
+                elif variant == "dynamic":
+                    prov["variant"] = "exported with dynamic=True (batch, height, width symbolic)"
                 elif variant == "grid":
                     prov["variant"] = "exported with yolov7 export.py's --grid (Detect.concat)"
                 else:

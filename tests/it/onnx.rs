@@ -122,7 +122,7 @@ fn check_model(name: &str) -> Result<String, String> {
     let onnx = root().join(meta["onnx"].as_str().unwrap());
     let size = meta["input_size"].as_u64().unwrap() as usize;
     let input = read_f32(&root().join(meta["input_file"].as_str().unwrap()));
-    let model = OnnxModel::load(&onnx, 1, None, &Device::Cpu).map_err(|e| format!("{name}: load: {e}"))?;
+    let model = OnnxModel::load(&onnx, 1, Some((size as u32, size as u32)), &Device::Cpu).map_err(|e| format!("{name}: load: {e}"))?;
     let x = Tensor::from_vec(input, (1, 3, size, size), &Device::Cpu).unwrap();
     let outs = model.run(&x).map_err(|e| format!("{name}: run: {e}"))?;
     let reference = read_f32(&golden().join(format!("{name}.f32")));

@@ -312,7 +312,40 @@ fn softmax(x: &Tensor, a: i64, legacy: bool) -> Result<Tensor> {
     if ax + 1 == x.rank() {
         return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
     }
-    candle_nn::ops::softmax(x, ax)
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return candle_nn::ops::softmax(x, ax);
+    }
+    softmax_inner_axis(x, ax)
+}
+
+/// Softmax over a middle axis on the CPU without transposing: for each outer index, the axis runs
+/// over rows of `inner` contiguous values, so max, exp and sum are row operations that vectorize
+/// (Ultralytics' DFL softmax over `[1, 16, 4, anchors]` axis 1 took 7 ms through Candle's generic
+/// path at 640).
+fn softmax_inner_axis(x: &Tensor, ax: usize) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (outer, n) = (dims[..ax].iter().product::<usize>(), dims[ax]);
+    let inner: usize = dims[ax + 1..].iter().product();
+    let mut v = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    use rayon::prelude::*;
+    v.par_chunks_mut(n * inner).for_each(|block| {
+        let mut max = vec![f32::NEG_INFINITY; inner];
+        for row in block.chunks_exact(inner) {
+            max.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(*v));
+        }
+        let mut sum = vec![0f32; inner];
+        for row in block.chunks_exact_mut(inner) {
+            for ((v, m), s) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
+                *v = crate::detect::conv::fast_exp(*v - m);
+                *s += *v;
+            }
+        }
+        for row in block.chunks_exact_mut(inner) {
+            row.iter_mut().zip(&sum).for_each(|(v, s)| *v /= s);
+        }
+    });
+    debug_assert_eq!(v.len(), outer * n * inner);
+    Tensor::from_vec(v, dims, x.device())
 }
 
 fn gemm(inputs: &[Option<Tensor>], alpha: f32, beta: f32, ta: bool, tb: bool) -> Result<Tensor> {
