@@ -267,12 +267,15 @@ fn size_u32(s: Option<(usize, usize)>) -> Option<(u32, u32)> {
 fn model_command(command: ModelCommand) -> anyhow::Result<ExitCode> {
     use vigil::model_tools::{ModelArg, inspect, run_raw};
     let text = match command {
-        ModelCommand::Inspect { model, size, json } => {
-            inspect(&ModelArg::resolve(&model, size_u32(size)).map_err(anyhow::Error::msg)?, json)
-        }
-        ModelCommand::RunRaw { model, input, out } => {
-            run_raw(&ModelArg::resolve(&model, None).map_err(anyhow::Error::msg)?, &input, &out)
-        }
+        ModelCommand::Inspect { model, size, json } => inspect(
+            &ModelArg::resolve(&model, size_u32(size)).map_err(anyhow::Error::msg)?,
+            json,
+        ),
+        ModelCommand::RunRaw { model, input, out } => run_raw(
+            &ModelArg::resolve(&model, None).map_err(anyhow::Error::msg)?,
+            &input,
+            &out,
+        ),
     }
     .map_err(anyhow::Error::msg)?;
     println!("{text}");
@@ -375,8 +378,10 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             ort_script,
             ..
         } => {
-            let m = vigil::model_tools::ModelArg::resolve(&model, size_u32(size)).map_err(anyhow::Error::msg)?;
-            let report = vigil::model_tools::bench(&m, repeats, &ort_python, &ort_script).map_err(anyhow::Error::msg)?;
+            let m = vigil::model_tools::ModelArg::resolve(&model, size_u32(size))
+                .map_err(anyhow::Error::msg)?;
+            let report = vigil::model_tools::bench(&m, repeats, &ort_python, &ort_script)
+                .map_err(anyhow::Error::msg)?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }

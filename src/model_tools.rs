@@ -20,13 +20,23 @@ pub struct ModelArg {
 
 impl ModelArg {
     pub fn resolve(path: &Path, size: Option<(u32, u32)>) -> Result<Self, String> {
-        let is_manifest = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        let is_manifest = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
         if !is_manifest {
-            return Ok(Self { onnx: path.to_path_buf(), size });
+            return Ok(Self {
+                onnx: path.to_path_buf(),
+                size,
+            });
         }
         let info = ModelInfo::load(path).map_err(|e| e.to_string())?;
         if info.onnx.is_none() {
-            return Err(format!("{}: not an ONNX model (family {:?})", path.display(), info.family));
+            return Err(format!(
+                "{}: not an ONNX model (family {:?})",
+                path.display(),
+                info.family
+            ));
         }
         Ok(Self {
             onnx: info.weights,
@@ -35,7 +45,8 @@ impl ModelArg {
     }
 
     fn load(&self) -> Result<OnnxModel, String> {
-        OnnxModel::load(&self.onnx, 1, self.size, &Device::Cpu).map_err(|e| format!("{}: {e}", self.onnx.display()))
+        OnnxModel::load(&self.onnx, 1, self.size, &Device::Cpu)
+            .map_err(|e| format!("{}: {e}", self.onnx.display()))
     }
 }
 
@@ -48,17 +59,52 @@ pub fn inspect(model: &ModelArg, json: bool) -> Result<String, String> {
     }
     let mut out = String::new();
     let _ = writeln!(out, "{}", model.onnx.display());
-    let _ = writeln!(out, "  producer   {}   IR {}   opsets {:?}", s.producer, s.ir_version, s.opsets);
+    let _ = writeln!(
+        out,
+        "  producer   {}   IR {}   opsets {:?}",
+        s.producer, s.ir_version, s.opsets
+    );
     for i in &s.inputs {
-        let _ = writeln!(out, "  input      {} {} {:?} (planned as {:?})", i.name, i.elem_type, dims_text(&i.dims, &i.dim_names), s.input_shape);
+        let _ = writeln!(
+            out,
+            "  input      {} {} {:?} (planned as {:?})",
+            i.name,
+            i.elem_type,
+            dims_text(&i.dims, &i.dim_names),
+            s.input_shape
+        );
     }
     for (o, shape) in s.outputs.iter().zip(&s.output_shapes) {
-        let _ = writeln!(out, "  output     {} {} {:?} → {:?}", o.name, o.elem_type, dims_text(&o.dims, &o.dim_names), shape);
+        let _ = writeln!(
+            out,
+            "  output     {} {} {:?} → {:?}",
+            o.name,
+            o.elem_type,
+            dims_text(&o.dims, &o.dim_names),
+            shape
+        );
     }
-    let _ = writeln!(out, "  parameters {} ({:.2} M)", s.parameters, s.parameters as f64 / 1e6);
-    let _ = writeln!(out, "  FLOPs      {:.3} G per inference (2 × multiply-adds of Conv/ConvTranspose/MatMul/Gemm)", s.flops as f64 / 1e9);
-    let _ = writeln!(out, "  nodes      {} → {} steps per frame after folding and fusion", s.nodes, s.steps);
-    let ops: Vec<String> = s.operators.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(
+        out,
+        "  parameters {} ({:.2} M)",
+        s.parameters,
+        s.parameters as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "  FLOPs      {:.3} G per inference (2 × multiply-adds of Conv/ConvTranspose/MatMul/Gemm)",
+        s.flops as f64 / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "  nodes      {} → {} steps per frame after folding and fusion",
+        s.nodes, s.steps
+    );
+    let ops: Vec<String> = s
+        .operators
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     let _ = writeln!(out, "  operators  {}", ops.join(", "));
     for (k, v) in &s.metadata {
         let v: String = v.chars().take(120).collect();
@@ -70,7 +116,12 @@ pub fn inspect(model: &ModelArg, json: bool) -> Result<String, String> {
 fn dims_text(dims: &[Option<i64>], names: &[Option<String>]) -> Vec<String> {
     dims.iter()
         .zip(names)
-        .map(|(d, n)| d.map_or_else(|| n.clone().unwrap_or_else(|| "?".into()), |v| v.to_string()))
+        .map(|(d, n)| {
+            d.map_or_else(
+                || n.clone().unwrap_or_else(|| "?".into()),
+                |v| v.to_string(),
+            )
+        })
         .collect()
 }
 
@@ -78,24 +129,41 @@ fn dims_text(dims: &[Option<i64>], names: &[Option<String>]) -> Vec<String> {
 /// keyed by output name.
 pub fn run_raw(model: &ModelArg, input: &Path, out: &Path) -> Result<String, String> {
     let file = std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| format!("{}: not a .npy file: {e}", input.display()))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: not a .npy file: {e}", input.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let data: Vec<f32> = match npy.dtype() {
-        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4 => npy.into_vec::<f32>(),
+        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4 => {
+            npy.into_vec::<f32>()
+        }
         npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 8 => {
-            npy.into_vec::<f64>().map(|v| v.into_iter().map(|x| x as f32).collect())
+            npy.into_vec::<f64>()
+                .map(|v| v.into_iter().map(|x| x as f32).collect())
         }
         npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Uint && t.size_field() == 1 => {
-            npy.into_vec::<u8>().map(|v| v.into_iter().map(f32::from).collect())
+            npy.into_vec::<u8>()
+                .map(|v| v.into_iter().map(f32::from).collect())
         }
-        other => return Err(format!("{}: dtype {} (use float32, float64 or uint8)", input.display(), other.descr())),
+        other => {
+            return Err(format!(
+                "{}: dtype {} (use float32, float64 or uint8)",
+                input.display(),
+                other.descr()
+            ));
+        }
     }
     .map_err(|e| format!("{}: {e}", input.display()))?;
     let size = match shape.as_slice() {
         [_, _, h, w] => Some((*w as u32, *h as u32)),
-        _ => return Err(format!("{}: shape {shape:?}; expected NCHW", input.display())),
+        _ => {
+            return Err(format!(
+                "{}: shape {shape:?}; expected NCHW",
+                input.display()
+            ));
+        }
     };
-    let m = OnnxModel::load(&model.onnx, shape[0], size, &Device::Cpu).map_err(|e| e.to_string())?;
+    let m =
+        OnnxModel::load(&model.onnx, shape[0], size, &Device::Cpu).map_err(|e| e.to_string())?;
     let x = Tensor::from_vec(data, shape, &Device::Cpu).map_err(|e| e.to_string())?;
     let outputs = m.run(&x).map_err(|e| e.to_string())?;
     write_npz(out, &m.output_names(), &outputs)?;
@@ -111,20 +179,39 @@ fn write_npz(path: &Path, names: &[String], tensors: &[Tensor]) -> Result<(), St
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let file = std::fs::File::create(path).map_err(|e| err(&e))?;
     let mut zip = zip::ZipWriter::new(file);
-    let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, t) in names.iter().zip(tensors) {
         let shape: Vec<u64> = t.dims().iter().map(|&d| d as u64).collect();
-        let data: Vec<f32> = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()?.to_vec1()).map_err(|e| err(&e))?;
+        let data: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .map_err(|e| err(&e))?;
         let mut bytes = Vec::new();
         {
             use npyz::WriterBuilder;
-            let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(&mut bytes).begin_nd().map_err(|e| err(&e))?;
+            let mut w = npyz::WriteOptions::<f32>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut bytes)
+                .begin_nd()
+                .map_err(|e| err(&e))?;
             w.extend(data).map_err(|e| err(&e))?;
             w.finish().map_err(|e| err(&e))?;
         }
         // numpy names an array by its file name: keep it a plain file name.
-        let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
-        zip.start_file(format!("{safe}.npy"), opts).map_err(|e| err(&e))?;
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_-.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        zip.start_file(format!("{safe}.npy"), opts)
+            .map_err(|e| err(&e))?;
         zip.write_all(&bytes).map_err(|e| err(&e))?;
     }
     zip.finish().map_err(|e| err(&e))?;
@@ -132,7 +219,12 @@ fn write_npz(path: &Path, names: &[String], tensors: &[Tensor]) -> Result<(), St
 }
 
 /// vigil's executor against ONNX Runtime (CPU, 2 threads) on the same model, in the same run.
-pub fn bench(model: &ModelArg, repeats: usize, ort_python: &Path, ort_script: &Path) -> Result<String, String> {
+pub fn bench(
+    model: &ModelArg,
+    repeats: usize,
+    ort_python: &Path,
+    ort_script: &Path,
+) -> Result<String, String> {
     let m = model.load()?;
     let x = Tensor::rand(0f32, 1f32, m.input_shape(), &Device::Cpu).map_err(|e| e.to_string())?;
     for _ in 0..3 {
@@ -155,9 +247,24 @@ pub fn bench(model: &ModelArg, repeats: usize, ort_python: &Path, ort_script: &P
     let vigil_ms = median(&mut times);
     let ort = ort_median(model, ort_python, ort_script, repeats, m.input_shape());
     let mut out = String::new();
-    let _ = writeln!(out, "model {} input {:?}, {} repeats after 3 warm-ups, {} rayon threads", model.onnx.display(), m.input_shape(), repeats, rayon::current_num_threads());
-    let _ = writeln!(out, "| runtime | median ms | ratio |\n| --- | ---: | ---: |");
-    let _ = writeln!(out, "| vigil (Candle, fused conv) | {vigil_ms:.1} | {} |", ort.as_ref().map_or("-".into(), |o| format!("{:.2}×", vigil_ms / o)));
+    let _ = writeln!(
+        out,
+        "model {} input {:?}, {} repeats after 3 warm-ups, {} rayon threads",
+        model.onnx.display(),
+        m.input_shape(),
+        repeats,
+        rayon::current_num_threads()
+    );
+    let _ = writeln!(
+        out,
+        "| runtime | median ms | ratio |\n| --- | ---: | ---: |"
+    );
+    let _ = writeln!(
+        out,
+        "| vigil (Candle, fused conv) | {vigil_ms:.1} | {} |",
+        ort.as_ref()
+            .map_or("-".into(), |o| format!("{:.2}×", vigil_ms / o))
+    );
     match &ort {
         Ok(o) => {
             let _ = writeln!(out, "| ONNX Runtime 2 threads | {o:.1} | 1.00× |");
@@ -187,19 +294,39 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// ONNX Runtime's median latency from the reference script (a test oracle, never linked).
-fn ort_median(model: &ModelArg, python: &Path, script: &Path, repeats: usize, shape: &[usize]) -> Result<f64, String> {
+fn ort_median(
+    model: &ModelArg,
+    python: &Path,
+    script: &Path,
+    repeats: usize,
+    shape: &[usize],
+) -> Result<f64, String> {
     if !python.exists() {
-        return Err(format!("{} is missing (scripts/reference/onnx-venv builds it)", python.display()));
+        return Err(format!(
+            "{} is missing (scripts/reference/onnx-venv builds it)",
+            python.display()
+        ));
     }
     let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
     let out = Command::new(python)
         .arg(script)
         .arg(&model.onnx)
-        .args(["--repeats", &repeats.to_string(), "--threads", "2", "--shape", &dims.join(",")])
+        .args([
+            "--repeats",
+            &repeats.to_string(),
+            "--threads",
+            "2",
+            "--shape",
+            &dims.join(","),
+        ])
         .output()
         .map_err(|e| format!("{}: {e}", python.display()))?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").to_string());
+        return Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+            .to_string());
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()

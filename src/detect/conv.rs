@@ -58,7 +58,9 @@ impl Fused {
                 let x = *v + bias;
                 *v = x / (1.0 + fast_exp(-x));
             }),
-            Self::Logistic => row.iter_mut().for_each(|v| *v = 1.0 / (1.0 + fast_exp(-(*v + bias)))),
+            Self::Logistic => row
+                .iter_mut()
+                .for_each(|v| *v = 1.0 / (1.0 + fast_exp(-(*v + bias)))),
             _ => row.iter_mut().for_each(|v| *v = self.apply(*v + bias)),
         }
     }
@@ -158,13 +160,15 @@ impl FastConv {
                             dst[hi..].fill(0.0);
                             continue;
                         }
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let ix = (ox * s + kx) as isize - p as isize;
-                            *d = if ix >= 0 && (ix as usize) < w {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                        // Strided: zero the columns that read padding, then one branch-free loop
+                        // over those whose input is inside.
+                        let lo = p.saturating_sub(kx).div_ceil(s).min(ow);
+                        let hi = (w + p).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
+                        dst[..lo].fill(0.0);
+                        dst[hi..].fill(0.0);
+                        let first = lo * s + kx - p;
+                        for (d, v) in dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(s)) {
+                            *d = *v;
                         }
                     }
                 }
@@ -465,7 +469,10 @@ impl FastConv {
                                 );
                                 // The epilogue while the tile is in cache.
                                 for o in 0..cout_g {
-                                    let row = std::slice::from_raw_parts_mut(dst.0.add(o * n + cols.0), nt);
+                                    let row = std::slice::from_raw_parts_mut(
+                                        dst.0.add(o * n + cols.0),
+                                        nt,
+                                    );
                                     self.act.apply_row(row, self.bias[g * cout_g + o]);
                                 }
                             };
@@ -625,12 +632,23 @@ mod tests {
     #[test]
     fn row_epilogue_matches_scalar_activations() {
         let xs = values(4096, 7);
-        for act in [Fused::Linear, Fused::Relu, Fused::Leaky(0.1f32.to_bits()), Fused::Logistic, Fused::Mish, Fused::Silu, Fused::HardSwish] {
+        for act in [
+            Fused::Linear,
+            Fused::Relu,
+            Fused::Leaky(0.1f32.to_bits()),
+            Fused::Logistic,
+            Fused::Mish,
+            Fused::Silu,
+            Fused::HardSwish,
+        ] {
             let mut row: Vec<f32> = xs.iter().map(|v| v * 20.0).collect();
             let want: Vec<f32> = row.iter().map(|v| act.apply(v + 0.25)).collect();
             act.apply_row(&mut row, 0.25);
             for (a, b) in row.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{act:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{act:?}: {a} vs {b}"
+                );
             }
         }
     }
@@ -707,4 +725,3 @@ mod tests {
         }
     }
 }
-

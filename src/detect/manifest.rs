@@ -97,7 +97,15 @@ impl From<WeightsForm> for WeightsSpec {
                 sha256: None,
                 source: None,
             },
-            WeightsForm::Full(WeightsFull { path, sha256, source }) => Self { path, sha256, source },
+            WeightsForm::Full(WeightsFull {
+                path,
+                sha256,
+                source,
+            }) => Self {
+                path,
+                sha256,
+                source,
+            },
         }
     }
 }
@@ -149,7 +157,11 @@ impl ModelInfo {
             None if files.family == Family::Onnx => {
                 super::onnx::detector::classes_from_metadata(&files.weights).map_err(err)?
             }
-            None => return Err(err("`classes:` is required (a file of class names, one a line)".into())),
+            None => {
+                return Err(err(
+                    "`classes:` is required (a file of class names, one a line)".into(),
+                ));
+            }
         };
         let sha = files.sha256.map(|s| s.to_ascii_lowercase());
         if let Some(sha) = &sha
@@ -157,7 +169,12 @@ impl ModelInfo {
         {
             return Err(err(format!("sha256 `{sha}` is not 64 hex digits")));
         }
-        let declared = spec.input.as_deref().map(parse_size).transpose().map_err(err)?;
+        let declared = spec
+            .input
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(err)?;
         let input = files.family.input_size(&files.cfg, declared).map_err(err)?;
         let onnx = (files.family == Family::Onnx).then(|| OnnxSettings {
             decoder: spec.decoder.unwrap_or(Decoder::Raw),
@@ -209,13 +226,18 @@ struct Files {
 
 impl Files {
     fn of(spec: &ManifestSpec, dir: &Path) -> Result<Self, String> {
-        let family = spec
-            .family
-            .unwrap_or(if spec.onnx.is_some() { Family::Onnx } else { Family::Darknet });
+        let family = spec.family.unwrap_or(if spec.onnx.is_some() {
+            Family::Onnx
+        } else {
+            Family::Darknet
+        });
         match family {
             Family::Darknet => {
                 let cfg = spec.cfg.as_ref().ok_or("a darknet model needs `cfg:`")?;
-                let w = spec.weights.as_ref().ok_or("a darknet model needs `weights:`")?;
+                let w = spec
+                    .weights
+                    .as_ref()
+                    .ok_or("a darknet model needs `weights:`")?;
                 if spec.onnx.is_some() || spec.decoder.is_some() {
                     return Err("`onnx:`/`decoder:` are for `family: onnx`".into());
                 }
@@ -227,7 +249,10 @@ impl Files {
                 })
             }
             Family::Onnx => {
-                let o = spec.onnx.as_ref().ok_or("an ONNX model needs `onnx: FILE.onnx`")?;
+                let o = spec
+                    .onnx
+                    .as_ref()
+                    .ok_or("an ONNX model needs `onnx: FILE.onnx`")?;
                 if spec.cfg.is_some() || spec.weights.is_some() {
                     return Err("an ONNX model takes `onnx:`, not `cfg:`/`weights:`".into());
                 }
@@ -266,7 +291,10 @@ fn read_classes(path: &Path) -> Result<Vec<String>, String> {
 pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("input `{s}`: expected WIDTHxHEIGHT, e.g. 640x640");
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    let (w, h): (u32, u32) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    let (w, h): (u32, u32) = (
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    );
     if w == 0 || h == 0 || w > 8192 || h > 8192 {
         return Err(bad());
     }

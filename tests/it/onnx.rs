@@ -38,11 +38,32 @@ struct FamilyNms {
 }
 
 fn family(model: &str) -> (Decoder, FamilyNms) {
-    let shifted = |max_wh, max| FamilyNms { class_shift: max_wh, plus_one: false, max, none: false };
+    let shifted = |max_wh, max| FamilyNms {
+        class_shift: max_wh,
+        plus_one: false,
+        max,
+        none: false,
+    };
     if model.starts_with("yolox") {
-        (Decoder::Yolox, FamilyNms { class_shift: 0.0, plus_one: true, max: usize::MAX, none: false })
+        (
+            Decoder::Yolox,
+            FamilyNms {
+                class_shift: 0.0,
+                plus_one: true,
+                max: usize::MAX,
+                none: false,
+            },
+        )
     } else if model.starts_with("rtdetr") {
-        (Decoder::Rtdetr, FamilyNms { class_shift: 0.0, plus_one: false, max: 300, none: true })
+        (
+            Decoder::Rtdetr,
+            FamilyNms {
+                class_shift: 0.0,
+                plus_one: false,
+                max: 300,
+                none: true,
+            },
+        )
     } else if model.starts_with("damo") {
         // torchvision batched_nms: offsets of class × (max coordinate + 1).
         (Decoder::DamoYolo, shifted(-1.0, 500))
@@ -63,7 +84,9 @@ fn family_nms(mut rows: Vec<[f32; 6]>, f: FamilyNms) -> Vec<[f32; 6]> {
         return rows;
     }
     let shift = if f.class_shift < 0.0 {
-        rows.iter().fold(0f32, |m, r| m.max(r[0]).max(r[1]).max(r[2]).max(r[3])) + 1.0
+        rows.iter()
+            .fold(0f32, |m, r| m.max(r[0]).max(r[1]).max(r[2]).max(r[3]))
+            + 1.0
     } else {
         f.class_shift
     };
@@ -118,32 +141,51 @@ fn rel_err_rows(ours: &[f32], reference: &[f32], cols: usize) -> f32 {
 
 /// Compare one model: raw outputs and decoded detections. Returns a report line.
 fn check_model(name: &str) -> Result<String, String> {
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(golden().join(format!("{name}.json"))).unwrap()).unwrap();
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(golden().join(format!("{name}.json"))).unwrap(),
+    )
+    .unwrap();
     let onnx = root().join(meta["onnx"].as_str().unwrap());
     let size = meta["input_size"].as_u64().unwrap() as usize;
     let input = read_f32(&root().join(meta["input_file"].as_str().unwrap()));
-    let model = OnnxModel::load(&onnx, 1, Some((size as u32, size as u32)), &Device::Cpu).map_err(|e| format!("{name}: load: {e}"))?;
+    let model = OnnxModel::load(&onnx, 1, Some((size as u32, size as u32)), &Device::Cpu)
+        .map_err(|e| format!("{name}: load: {e}"))?;
     let x = Tensor::from_vec(input, (1, 3, size, size), &Device::Cpu).unwrap();
     let outs = model.run(&x).map_err(|e| format!("{name}: run: {e}"))?;
     let reference = read_f32(&golden().join(format!("{name}.f32")));
     let mut line = format!("{name}:");
     for (i, t) in meta["tensors"].as_array().unwrap().iter().enumerate() {
-        let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         let off = t["offset"].as_u64().unwrap() as usize;
         let n: usize = shape.iter().product();
         let ours: Vec<f32> = outs[i].flatten_all().unwrap().to_vec1().unwrap();
         if outs[i].dims() != shape.as_slice() {
-            return Err(format!("{name}: output {i} shape {:?}, ORT {shape:?}", outs[i].dims()));
+            return Err(format!(
+                "{name}: output {i} shape {:?}, ORT {shape:?}",
+                outs[i].dims()
+            ));
         }
         let r = &reference[off..off + n];
-        let err = if name.starts_with("rtdetr") { rel_err_rows(&ours, r, 6) } else { rel_err(&ours, r) };
+        let err = if name.starts_with("rtdetr") {
+            rel_err_rows(&ours, r, 6)
+        } else {
+            rel_err(&ours, r)
+        };
         line.push_str(&format!(" {}={err:.2e}", t["name"].as_str().unwrap()));
         if err > 1e-3 {
             return Err(format!("{line}: relative error {err:.2e} > 1e-3"));
         }
     }
     let dets = decoded(name, &outs, size)?;
-    let want: Value = serde_json::from_str(&std::fs::read_to_string(golden().join(format!("{name}.dets.json"))).unwrap()).unwrap();
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(golden().join(format!("{name}.dets.json"))).unwrap(),
+    )
+    .unwrap();
     let want = want["rows"].as_array().unwrap();
     compare_dets(name, &dets, want)?;
     line.push_str(&format!(" dets {} equal", dets.len()));
@@ -175,10 +217,20 @@ fn decoded(name: &str, outs: &[Tensor], size: usize) -> Result<Vec<[f32; 6]>, St
 fn compare_dets(name: &str, ours: &[[f32; 6]], want: &[Value]) -> Result<(), String> {
     let want: Vec<Vec<f32>> = want
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     if ours.len() != want.len() {
-        return Err(format!("{name}: {} detections, the family's own post-processing {}", ours.len(), want.len()));
+        return Err(format!(
+            "{name}: {} detections, the family's own post-processing {}",
+            ours.len(),
+            want.len()
+        ));
     }
     let mut used = vec![false; ours.len()];
     for w in &want {
@@ -195,7 +247,9 @@ fn compare_dets(name: &str, ours: &[[f32; 6]], want: &[Value]) -> Result<(), Str
                     let d = |o: &[f32; 6]| (0..4).map(|k| (o[k] - w[k]).abs()).sum::<f32>();
                     d(a).total_cmp(&d(b))
                 });
-                return Err(format!("{name}: reference detection {w:?} has no match among ours (nearest {near:?})"));
+                return Err(format!(
+                    "{name}: reference detection {w:?} has no match among ours (nearest {near:?})"
+                ));
             }
         }
     }
@@ -207,10 +261,18 @@ fn models(committed_only: bool) -> Vec<String> {
         .unwrap()
         .filter_map(|e| {
             let p = e.unwrap().path();
-            let n = p.file_name()?.to_str()?.strip_suffix(".dets.json")?.to_string();
-            let meta: Value = serde_json::from_str(&std::fs::read_to_string(golden().join(format!("{n}.json"))).ok()?).ok()?;
+            let n = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".dets.json")?
+                .to_string();
+            let meta: Value = serde_json::from_str(
+                &std::fs::read_to_string(golden().join(format!("{n}.json"))).ok()?,
+            )
+            .ok()?;
             let committed = meta["committed"].as_bool().unwrap_or(false);
-            (committed || !committed_only && root().join(meta["onnx"].as_str()?).is_file()).then_some(n)
+            (committed || !committed_only && root().join(meta["onnx"].as_str()?).is_file())
+                .then_some(n)
         })
         .collect();
     names.sort();
@@ -222,7 +284,10 @@ fn models(committed_only: bool) -> Vec<String> {
 #[test]
 fn every_family_matches_onnx_runtime() {
     let names = models(true);
-    assert!(names.len() >= 13, "expected the committed goldens, found {names:?}");
+    assert!(
+        names.len() >= 13,
+        "expected the committed goldens, found {names:?}"
+    );
     let mut failures = Vec::new();
     for n in &names {
         match check_model(n) {
@@ -230,20 +295,34 @@ fn every_family_matches_onnx_runtime() {
             Err(e) => failures.push(e),
         }
     }
-    assert!(failures.is_empty(), "{} of {} models differ:\n{}", failures.len(), names.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} models differ:\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n")
+    );
 }
 
 /// The full-size models, where `make onnx-references` has written them to big/ (skipped, saying
 /// so, when absent).
 #[test]
 fn full_size_models_match_onnx_runtime_when_present() {
-    let big: Vec<String> = models(false).into_iter().filter(|n| !models(true).contains(n)).collect();
+    let big: Vec<String> = models(false)
+        .into_iter()
+        .filter(|n| !models(true).contains(n))
+        .collect();
     if big.is_empty() {
-        eprintln!("skipped: no full-size ONNX files in tests/golden/onnx/big (run `make onnx-references`)");
+        eprintln!(
+            "skipped: no full-size ONNX files in tests/golden/onnx/big (run `make onnx-references`)"
+        );
         return;
     }
     let _heavy = super::common::heavy();
-    let failures: Vec<String> = big.iter().filter_map(|n| check_model(n).map(|l| eprintln!("{l}")).err()).collect();
+    let failures: Vec<String> = big
+        .iter()
+        .filter_map(|n| check_model(n).map(|l| eprintln!("{l}")).err())
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -274,7 +353,9 @@ fn malformed_files_are_clear_errors() {
         });
         match (loaded, phrases.is_empty()) {
             (Ok(_), true) => {}
-            (Ok(_), false) => failures.push(format!("{file}: loaded and ran, expected an error with {phrases:?}")),
+            (Ok(_), false) => failures.push(format!(
+                "{file}: loaded and ran, expected an error with {phrases:?}"
+            )),
             (Err(e), true) => failures.push(format!("{file}: the control failed: {e}")),
             (Err(e), false) => {
                 let text = e.to_string().to_lowercase();
@@ -300,9 +381,18 @@ fn run_vtest(dir: &Path, model: &Path) -> Vec<vigil::output::record::Record> {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join("pipeline.yaml");
     std::fs::write(&p, yaml).unwrap();
-    let mut child = super::common::vigil().arg("run").arg("--deterministic").arg(&p).spawn().unwrap();
+    let mut child = super::common::vigil()
+        .arg("run")
+        .arg("--deterministic")
+        .arg(&p)
+        .spawn()
+        .unwrap();
     let status = super::common::wait_exit(&mut child, std::time::Duration::from_secs(300));
-    assert!(status.success(), "vigil run with {} failed", model.display());
+    assert!(
+        status.success(),
+        "vigil run with {} failed",
+        model.display()
+    );
     super::common::records(&dir.join("out/vtest.jsonl"))
 }
 
@@ -320,8 +410,14 @@ fn yolov3_tiny_onnx_gives_the_darknet_detections_on_vtest() {
     }
     let _heavy = super::common::heavy();
     let tmp = tempfile::tempdir().unwrap();
-    let darknet = run_vtest(&tmp.path().join("darknet"), &root().join("models/yolov3-tiny.yaml"));
-    let via_onnx = run_vtest(&tmp.path().join("onnx"), &root().join("models/yolov3-tiny-onnx.yaml"));
+    let darknet = run_vtest(
+        &tmp.path().join("darknet"),
+        &root().join("models/yolov3-tiny.yaml"),
+    );
+    let via_onnx = run_vtest(
+        &tmp.path().join("onnx"),
+        &root().join("models/yolov3-tiny-onnx.yaml"),
+    );
     assert_eq!(darknet.len(), 795);
     assert_eq!(via_onnx.len(), darknet.len());
     let (mut matched, mut borderline) = (0, 0);
@@ -329,7 +425,10 @@ fn yolov3_tiny_onnx_gives_the_darknet_detections_on_vtest() {
         let mut used = vec![false; b.detections.len()];
         for d in &a.detections {
             let hit = b.detections.iter().enumerate().position(|(i, o)| {
-                !used[i] && o.class_id == d.class_id && box_iou(o.bbox, d.bbox) >= 0.99 && (o.score - d.score).abs() <= 1e-3
+                !used[i]
+                    && o.class_id == d.class_id
+                    && box_iou(o.bbox, d.bbox) >= 0.99
+                    && (o.score - d.score).abs() <= 1e-3
             });
             match hit {
                 Some(i) => {
@@ -337,11 +436,21 @@ fn yolov3_tiny_onnx_gives_the_darknet_detections_on_vtest() {
                     matched += 1;
                 }
                 None if (d.score - 0.25).abs() < 0.005 => borderline += 1,
-                None => panic!("frame {}: darknet's {} {:.4} {:?} has no ONNX match in {:?}", a.seq, d.class, d.score, d.bbox, b.detections),
+                None => panic!(
+                    "frame {}: darknet's {} {:.4} {:?} has no ONNX match in {:?}",
+                    a.seq, d.class, d.score, d.bbox, b.detections
+                ),
             }
         }
         for (o, u) in b.detections.iter().zip(&used) {
-            assert!(*u || (o.score - 0.25).abs() < 0.005, "frame {}: ONNX-only {} {:.4} {:?}", b.seq, o.class, o.score, o.bbox);
+            assert!(
+                *u || (o.score - 0.25).abs() < 0.005,
+                "frame {}: ONNX-only {} {:.4} {:?}",
+                b.seq,
+                o.class,
+                o.score,
+                o.bbox
+            );
         }
     }
     eprintln!("{matched} detections equal, {borderline} at the threshold");
@@ -376,11 +485,33 @@ fn vigil_check_reports_an_unknown_operator() {
         p
     };
     let good = write("good", &golden().join("yolox-micro.onnx"));
-    let out = super::common::vigil().arg("check").arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let bad = write("bad", &root().join("tests/corpus/onnx/unknown-op-foobar.onnx"));
-    let out = super::common::vigil().arg("check").arg(&bad).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = super::common::vigil()
+        .arg("check")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = write(
+        "bad",
+        &root().join("tests/corpus/onnx/unknown-op-foobar.onnx"),
+    );
+    let out = super::common::vigil()
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success());
-    assert!(text.contains("unknown operator FooBar in node `foo0` (domain ai.onnx, opset 17)"), "{text}");
+    assert!(
+        text.contains("unknown operator FooBar in node `foo0` (domain ai.onnx, opset 17)"),
+        "{text}"
+    );
 }

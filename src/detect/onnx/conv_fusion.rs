@@ -57,9 +57,17 @@ pub fn bind_and_fuse(
 }
 
 /// Bind a Conv's constant weight and bias; the step then reads only its input.
-fn bind(st: &mut PStep, consts: &HashMap<String, Tensor>, device: &Device) -> candle_core::Result<()> {
-    let Op::Conv(conv) = &mut st.op else { return Ok(()) };
-    let Some(w) = st.inputs.get(1).and_then(|w| consts.get(w)) else { return Ok(()) };
+fn bind(
+    st: &mut PStep,
+    consts: &HashMap<String, Tensor>,
+    device: &Device,
+) -> candle_core::Result<()> {
+    let Op::Conv(conv) = &mut st.op else {
+        return Ok(());
+    };
+    let Some(w) = st.inputs.get(1).and_then(|w| consts.get(w)) else {
+        return Ok(());
+    };
     let b = match st.inputs.get(2).filter(|b| !b.is_empty()) {
         Some(b) => match consts.get(b) {
             Some(t) => Some(t.clone()),
@@ -92,25 +100,44 @@ fn fuse_batch_norm(
 ) -> candle_core::Result<Option<Vec<usize>>> {
     let y = steps[c].outputs[0].clone();
     let [bn] = readers else { return Ok(None) };
-    let Op::BatchNorm { epsilon } = steps[*bn].op else { return Ok(None) };
+    let Op::BatchNorm { epsilon } = steps[*bn].op else {
+        return Ok(None);
+    };
     if outputs.contains(&y) || steps[*bn].inputs.first() != Some(&y) {
         return Ok(None);
     }
-    let params: Option<Vec<&Tensor>> = steps[*bn].inputs[1..].iter().map(|n| consts.get(n)).collect();
-    let Some(params) = params.filter(|p| p.len() == 4) else { return Ok(None) };
-    let Op::Conv(conv) = &mut steps[c].op else { return Ok(None) };
+    let params: Option<Vec<&Tensor>> = steps[*bn].inputs[1..]
+        .iter()
+        .map(|n| consts.get(n))
+        .collect();
+    let Some(params) = params.filter(|p| p.len() == 4) else {
+        return Ok(None);
+    };
+    let Op::Conv(conv) = &mut steps[c].op else {
+        return Ok(None);
+    };
     if conv.act != Fused::Linear {
         return Ok(None);
     }
-    conv.fold_batch_norm([params[0], params[1], params[2], params[3]], epsilon, device)?;
+    conv.fold_batch_norm(
+        [params[0], params[1], params[2], params[3]],
+        epsilon,
+        device,
+    )?;
     steps[c].outputs = vec![steps[*bn].outputs[0].clone()];
     steps[c].label.push_str("+BN");
     Ok(Some(vec![*bn]))
 }
 
-fn fuse_activation(steps: &mut [PStep], c: usize, readers: &[usize], outputs: &[String]) -> Option<Vec<usize>> {
+fn fuse_activation(
+    steps: &mut [PStep],
+    c: usize,
+    readers: &[usize],
+    outputs: &[String],
+) -> Option<Vec<usize>> {
     let y = steps[c].outputs[0].clone();
-    if outputs.contains(&y) || !matches!(&steps[c].op, Op::Conv(conv) if conv.act == Fused::Linear) {
+    if outputs.contains(&y) || !matches!(&steps[c].op, Op::Conv(conv) if conv.act == Fused::Linear)
+    {
         return None;
     }
     let (act, out, gone, label) = match readers {
@@ -122,25 +149,41 @@ fn fuse_activation(steps: &mut [PStep], c: usize, readers: &[usize], outputs: &[
                 Op::Unary(Unary::HardSwish) => Fused::HardSwish,
                 _ => return None,
             };
-            (act, steps[*u].outputs[0].clone(), vec![*u], steps[*u].label.clone())
+            (
+                act,
+                steps[*u].outputs[0].clone(),
+                vec![*u],
+                steps[*u].label.clone(),
+            )
         }
         [a, b] => {
-            let (sig, mul) = if matches!(steps[*a].op, Op::Unary(Unary::Sigmoid)) { (*a, *b) } else { (*b, *a) };
+            let (sig, mul) = if matches!(steps[*a].op, Op::Unary(Unary::Sigmoid)) {
+                (*a, *b)
+            } else {
+                (*b, *a)
+            };
             let s_out = &steps[sig].outputs[0];
             let silu = matches!(steps[sig].op, Op::Unary(Unary::Sigmoid))
                 && matches!(steps[mul].op, Op::Binary(Binary::Mul))
                 && !outputs.contains(s_out)
                 && steps[mul].inputs.iter().any(|i| i == s_out)
-                && steps[mul].inputs.iter().any(|i| *i == y)
+                && steps[mul].inputs.contains(&y)
                 && steps.iter().filter(|s| s.inputs.contains(s_out)).count() == 1;
             if !silu {
                 return None;
             }
-            (Fused::Silu, steps[mul].outputs[0].clone(), vec![sig, mul], "SiLU".to_string())
+            (
+                Fused::Silu,
+                steps[mul].outputs[0].clone(),
+                vec![sig, mul],
+                "SiLU".to_string(),
+            )
         }
         _ => return None,
     };
-    let Op::Conv(conv) = &mut steps[c].op else { return None };
+    let Op::Conv(conv) = &mut steps[c].op else {
+        return None;
+    };
     conv.set_activation(act);
     steps[c].outputs = vec![out];
     steps[c].label = format!("{}+{label}", steps[c].label);

@@ -5,8 +5,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::super::head::yolo::YoloHead;
 use super::super::head::Candidate;
+use super::super::head::yolo::YoloHead;
 use crate::frame::{BoxInModel, Xyxy};
 
 /// How a model's outputs become boxes (`decoder:` in a manifest).
@@ -68,9 +68,16 @@ pub fn decode(
     let one = |i: usize| -> candle_core::Result<(Vec<usize>, Vec<f32>)> {
         let t = outputs
             .get(i)
-            .ok_or_else(|| candle_core::Error::Msg(format!("decoder {d:?}: the model has no output {i}")))?
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("decoder {d:?}: the model has no output {i}"))
+            })?
             .get(b)?;
-        Ok((t.dims().to_vec(), t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?))
+        Ok((
+            t.dims().to_vec(),
+            t.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?,
+        ))
     };
     let mut out = Vec::new();
     match d {
@@ -86,19 +93,19 @@ pub fn decode(
         Decoder::Yolov5 | Decoder::Yolov6 | Decoder::Yolov7 => {
             let (dims, v) = one(0)?;
             let [n, cols] = two(&dims, d)?;
-            rows_with_objectness(&v, n, cols, threshold, |r| center(r[0], r[1], r[2], r[3]), &mut out);
+            rows_with_objectness(
+                &v,
+                n,
+                cols,
+                threshold,
+                |r| center(r[0], r[1], r[2], r[3]),
+                &mut out,
+            );
         }
         Decoder::Yolox => {
             let (dims, v) = one(0)?;
             let [n, cols] = two(&dims, d)?;
-            let grid = grid_cells(p.input, &p.strides);
-            if grid.len() != n {
-                candle_core::bail!("yolox: {n} rows, but strides {:?} on {:?} give {}", p.strides, p.input, grid.len());
-            }
-            rows_with_objectness(&v, n, cols, threshold, |r| {
-                let (gx, gy, s) = grid[r.index];
-                center((r[0] + gx) * s, (r[1] + gy) * s, r[2].exp() * s, r[3].exp() * s)
-            }, &mut out);
+            yolox(&v, n, cols, threshold, p, &mut out)?;
         }
         Decoder::DamoYolo => damo(outputs, b, threshold, &mut out)?,
         Decoder::Rtdetr => {
@@ -107,7 +114,11 @@ pub fn decode(
             let (w, h) = (p.input.0 as f32, p.input.1 as f32);
             for r in v.chunks_exact(cols).take(k) {
                 if cols >= 6 && r[4] >= threshold {
-                    out.push(cand(center(r[0] * w, r[1] * h, r[2] * w, r[3] * h), r[5], r[4]));
+                    out.push(cand(
+                        center(r[0] * w, r[1] * h, r[2] * w, r[3] * h),
+                        r[5],
+                        r[4],
+                    ));
                 }
             }
         }
@@ -121,7 +132,9 @@ pub fn decode(
 fn two(dims: &[usize], d: Decoder) -> candle_core::Result<[usize; 2]> {
     match dims {
         [a, b] => Ok([*a, *b]),
-        other => candle_core::bail!("decoder {d:?}: output of shape {other:?} per image, expected 2-D"),
+        other => {
+            candle_core::bail!("decoder {d:?}: output of shape {other:?} per image, expected 2-D")
+        }
     }
 }
 
@@ -139,10 +152,10 @@ fn cand(b: Xyxy, class: f32, score: f32) -> Candidate {
 
 /// The best class of `scores`: `(index, score)`; the first on ties.
 fn best(scores: &[f32]) -> (usize, f32) {
-    scores
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |m, (i, &s)| if s > m.1 { (i, s) } else { m })
+    scores.iter().enumerate().fold(
+        (0, f32::NEG_INFINITY),
+        |m, (i, &s)| if s > m.1 { (i, s) } else { m },
+    )
 }
 
 /// `[4 + C, N]`, anchor-minor (Ultralytics): one candidate per anchor, its best class.
@@ -196,6 +209,37 @@ fn rows_with_objectness(
     }
 }
 
+/// YOLOX rows: offsets and log sizes on the stride grids, objectness × best class.
+fn yolox(
+    v: &[f32],
+    n: usize,
+    cols: usize,
+    threshold: f32,
+    p: &DecodeParams,
+    out: &mut Vec<Candidate>,
+) -> candle_core::Result<()> {
+    let grid = grid_cells(p.input, &p.strides);
+    if grid.len() != n {
+        candle_core::bail!(
+            "yolox: {n} rows, but strides {:?} on {:?} give {}",
+            p.strides,
+            p.input,
+            grid.len()
+        );
+    }
+    let boxed = |r: &Row| {
+        let (gx, gy, s) = grid[r.index];
+        center(
+            (r[0] + gx) * s,
+            (r[1] + gy) * s,
+            r[2].exp() * s,
+            r[3].exp() * s,
+        )
+    };
+    rows_with_objectness(v, n, cols, threshold, boxed, out);
+    Ok(())
+}
+
 /// Grid cells `(x, y, stride)` level by level, row-major (YOLOX's order).
 fn grid_cells(input: (usize, usize), strides: &[usize]) -> Vec<(f32, f32, f32)> {
     let mut g = Vec::new();
@@ -210,39 +254,84 @@ fn grid_cells(input: (usize, usize), strides: &[usize]) -> Vec<(f32, f32, f32)> 
     g
 }
 
-fn damo(outputs: &[Tensor], b: usize, threshold: f32, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+fn damo(
+    outputs: &[Tensor],
+    b: usize,
+    threshold: f32,
+    out: &mut Vec<Candidate>,
+) -> candle_core::Result<()> {
     if outputs.len() != 2 {
-        candle_core::bail!("damo_yolo: expected two outputs (scores, boxes), the model has {}", outputs.len());
+        candle_core::bail!(
+            "damo_yolo: expected two outputs (scores, boxes), the model has {}",
+            outputs.len()
+        );
     }
-    let (bi, si) = if outputs[1].dims().last() == Some(&4) { (1, 0) } else { (0, 1) };
+    let (bi, si) = if outputs[1].dims().last() == Some(&4) {
+        (1, 0)
+    } else {
+        (0, 1)
+    };
     let boxes: Vec<f32> = outputs[bi].get(b)?.flatten_all()?.to_vec1()?;
     let scores_t = outputs[si].get(b)?;
     let classes = *scores_t.dims().last().unwrap_or(&0);
     let scores: Vec<f32> = scores_t.flatten_all()?.to_vec1()?;
     // DAMO-YOLO's own post-processing is multi-label: every (box, class) pair over the threshold.
-    for (bx, sc) in boxes.chunks_exact(4).zip(scores.chunks_exact(classes.max(1))) {
+    for (bx, sc) in boxes
+        .chunks_exact(4)
+        .zip(scores.chunks_exact(classes.max(1)))
+    {
         for (c, &s) in sc.iter().enumerate() {
             if s >= threshold {
-                out.push(cand(Xyxy { x1: bx[0], y1: bx[1], x2: bx[2], y2: bx[3] }, c as f32, s));
+                out.push(cand(
+                    Xyxy {
+                        x1: bx[0],
+                        y1: bx[1],
+                        x2: bx[2],
+                        y2: bx[3],
+                    },
+                    c as f32,
+                    s,
+                ));
             }
         }
     }
     Ok(())
 }
 
-fn end_to_end(outputs: &[Tensor], b: usize, threshold: f32, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+fn end_to_end(
+    outputs: &[Tensor],
+    b: usize,
+    threshold: f32,
+    out: &mut Vec<Candidate>,
+) -> candle_core::Result<()> {
     let per = |i: usize| -> candle_core::Result<Vec<f32>> {
-        outputs[i].get(b)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()
+        outputs[i]
+            .get(b)?
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()
     };
     match outputs.len() {
         1 => {
             let cols = *outputs[0].dims().last().unwrap_or(&0);
             if cols != 6 {
-                candle_core::bail!("nms_included: one output of {:?}; expected [1, K, 6] (x1, y1, x2, y2, score, class)", outputs[0].dims());
+                candle_core::bail!(
+                    "nms_included: one output of {:?}; expected [1, K, 6] (x1, y1, x2, y2, score, class)",
+                    outputs[0].dims()
+                );
             }
             for r in per(0)?.chunks_exact(6) {
                 if r[4] >= threshold {
-                    out.push(cand(Xyxy { x1: r[0], y1: r[1], x2: r[2], y2: r[3] }, r[5], r[4]));
+                    out.push(cand(
+                        Xyxy {
+                            x1: r[0],
+                            y1: r[1],
+                            x2: r[2],
+                            y2: r[3],
+                        },
+                        r[5],
+                        r[4],
+                    ));
                 }
             }
         }
@@ -252,11 +341,22 @@ fn end_to_end(outputs: &[Tensor], b: usize, threshold: f32, out: &mut Vec<Candid
             for i in 0..num.min(scores.len()) {
                 let bx = &boxes[i * 4..i * 4 + 4];
                 if scores[i] >= threshold {
-                    out.push(cand(Xyxy { x1: bx[0], y1: bx[1], x2: bx[2], y2: bx[3] }, classes[i], scores[i]));
+                    out.push(cand(
+                        Xyxy {
+                            x1: bx[0],
+                            y1: bx[1],
+                            x2: bx[2],
+                            y2: bx[3],
+                        },
+                        classes[i],
+                        scores[i],
+                    ));
                 }
             }
         }
-        n => candle_core::bail!("nms_included: {n} outputs; expected 1 ([1, K, 6]) or 4 (num_dets, boxes, scores, classes)"),
+        n => candle_core::bail!(
+            "nms_included: {n} outputs; expected 1 ([1, K, 6]) or 4 (num_dets, boxes, scores, classes)"
+        ),
     }
     Ok(())
 }
@@ -270,18 +370,36 @@ const V5_ANCHORS: [[f32; 6]; 3] = [
 
 /// YOLOv5/YOLOv7 exported without the in-graph decode: per level `[1, A, H, W, 5 + C]` logits;
 /// xy = (2σ − ½ + cell)·stride, wh = (2σ)²·anchor, objectness × best class.
-fn anchor_maps(outputs: &[Tensor], b: usize, threshold: f32, p: &DecodeParams, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+fn anchor_maps(
+    outputs: &[Tensor],
+    b: usize,
+    threshold: f32,
+    p: &DecodeParams,
+    out: &mut Vec<Candidate>,
+) -> candle_core::Result<()> {
     let default: Vec<Vec<f32>> = V5_ANCHORS.iter().map(|a| a.to_vec()).collect();
-    let anchors = if p.anchors.is_empty() { &default } else { &p.anchors };
+    let anchors = if p.anchors.is_empty() {
+        &default
+    } else {
+        &p.anchors
+    };
     if anchors.len() != outputs.len() {
-        candle_core::bail!("{} anchor maps but anchors for {} (manifest `anchors:`)", outputs.len(), anchors.len());
+        candle_core::bail!(
+            "{} anchor maps but anchors for {} (manifest `anchors:`)",
+            outputs.len(),
+            anchors.len()
+        );
     }
     let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
     for (t, anch) in outputs.iter().zip(anchors) {
         let t = t.get(b)?;
         let (na, gh, gw, cols) = t.dims4()?;
         if anch.len() != 2 * na || cols < 6 {
-            candle_core::bail!("anchor map {:?}: {} anchors given", t.dims(), anch.len() / 2);
+            candle_core::bail!(
+                "anchor map {:?}: {} anchors given",
+                t.dims(),
+                anch.len() / 2
+            );
         }
         let stride = p.input.1 as f32 / gh as f32;
         let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
@@ -305,9 +423,19 @@ fn anchor_maps(outputs: &[Tensor], b: usize, threshold: f32, p: &DecodeParams, o
     Ok(())
 }
 
-fn yolov3(outputs: &[Tensor], b: usize, threshold: f32, p: &DecodeParams, out: &mut Vec<Candidate>) -> candle_core::Result<()> {
+fn yolov3(
+    outputs: &[Tensor],
+    b: usize,
+    threshold: f32,
+    p: &DecodeParams,
+    out: &mut Vec<Candidate>,
+) -> candle_core::Result<()> {
     if p.anchors.len() != outputs.len() {
-        candle_core::bail!("yolov3: {} outputs but anchors for {} (manifest `anchors:`, one list per output)", outputs.len(), p.anchors.len());
+        candle_core::bail!(
+            "yolov3: {} outputs but anchors for {} (manifest `anchors:`, one list per output)",
+            outputs.len(),
+            p.anchors.len()
+        );
     }
     for (t, anchors) in outputs.iter().zip(&p.anchors) {
         let (_, gh, gw) = t.get(b)?.dims3()?;

@@ -79,7 +79,10 @@ pub struct OnnxDetector {
 impl ModelFamily for OnnxDetector {
     fn input_size(network: &Path, declared: Option<(u32, u32)>) -> Result<(u32, u32), String> {
         let input = OnnxModel::check(network).map_err(|e| format!("{}: {e}", network.display()))?;
-        let fixed = match (input.dims.get(3).copied().flatten(), input.dims.get(2).copied().flatten()) {
+        let fixed = match (
+            input.dims.get(3).copied().flatten(),
+            input.dims.get(2).copied().flatten(),
+        ) {
             (Some(w), Some(h)) => Some((w as u32, h as u32)),
             _ => None,
         };
@@ -119,10 +122,13 @@ impl OnnxDetector {
                 message,
             })?;
         }
-        let model = OnnxModel::load(&info.weights, 1, Some(info.input), device).map_err(|cause| DetectError::Onnx {
-            model: info.name.clone(),
-            cause,
-        })?;
+        let model =
+            OnnxModel::load(&info.weights, 1, Some(info.input), device).map_err(|cause| {
+                DetectError::Onnx {
+                    model: info.name.clone(),
+                    cause,
+                }
+            })?;
         Ok(Self {
             info: info.clone(),
             settings,
@@ -154,9 +160,17 @@ impl OnnxDetector {
                 Channels::Bgr => 2 - c,
             };
             let (k, m, s) = (255.0 * n.scale, n.mean[c], n.std[c]);
-            data.extend(input.chw[src * plane..(src + 1) * plane].iter().map(|v| (v * k - m) / s));
+            data.extend(
+                input.chw[src * plane..(src + 1) * plane]
+                    .iter()
+                    .map(|v| (v * k - m) / s),
+            );
         }
-        Ok(Tensor::from_vec(data, (1, 3, want.1 as usize, want.0 as usize), &self.device)?)
+        Ok(Tensor::from_vec(
+            data,
+            (1, 3, want.1 as usize, want.0 as usize),
+            &self.device,
+        )?)
     }
 
     fn params(&self) -> DecodeParams {
@@ -170,15 +184,28 @@ impl OnnxDetector {
 }
 
 impl Detector for OnnxDetector {
-    fn infer(&self, inputs: &[&ModelInput], threshold: f32) -> Result<Vec<Vec<Candidate>>, DetectError> {
+    fn infer(
+        &self,
+        inputs: &[&ModelInput],
+        threshold: f32,
+    ) -> Result<Vec<Vec<Candidate>>, DetectError> {
         let params = self.params();
         let mut all = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let outputs = self.model.run(&self.input_tensor(input)?).map_err(|cause| DetectError::Onnx {
-                model: self.info.name.clone(),
-                cause,
-            })?;
-            all.push(decode::decode(self.settings.decoder, &outputs, 0, threshold, &params)?);
+            let outputs = self
+                .model
+                .run(&self.input_tensor(input)?)
+                .map_err(|cause| DetectError::Onnx {
+                    model: self.info.name.clone(),
+                    cause,
+                })?;
+            all.push(decode::decode(
+                self.settings.decoder,
+                &outputs,
+                0,
+                threshold,
+                &params,
+            )?);
         }
         Ok(all)
     }
@@ -192,8 +219,14 @@ pub fn classes_from_metadata(path: &Path) -> Result<Vec<String>, String> {
         .metadata_props
         .iter()
         .find(|p| p.key == "names")
-        .ok_or_else(|| format!("{} has no `names` metadata: give `classes:` in the manifest", path.display()))?;
-    parse_names(&names.value).ok_or_else(|| format!("{}: cannot read its `names` metadata", path.display()))
+        .ok_or_else(|| {
+            format!(
+                "{} has no `names` metadata: give `classes:` in the manifest",
+                path.display()
+            )
+        })?;
+    parse_names(&names.value)
+        .ok_or_else(|| format!("{}: cannot read its `names` metadata", path.display()))
 }
 
 /// `{0: 'a', 1: "b's"}` → `["a", "b's"]`, in key order.
@@ -208,8 +241,14 @@ pub fn parse_names(s: &str) -> Option<Vec<String>> {
         let quote = after.chars().next().filter(|c| *c == '\'' || *c == '"')?;
         let end = after[1..].find(quote)? + 1;
         out.push((key, after[1..end].to_string()));
-        rest = after[end + 1..].trim_start().trim_start_matches(',').trim_start();
+        rest = after[end + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
     }
     out.sort_by_key(|(k, _)| *k);
-    out.iter().enumerate().all(|(i, (k, _))| i == *k).then(|| out.into_iter().map(|(_, v)| v).collect())
+    out.iter()
+        .enumerate()
+        .all(|(i, (k, _))| i == *k)
+        .then(|| out.into_iter().map(|(_, v)| v).collect())
 }

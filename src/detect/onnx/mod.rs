@@ -39,7 +39,9 @@ pub enum OnnxError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("opset {opset} of domain `{domain}` is not supported (vigil runs ONNX opsets 11–19; re-export with an opset in that range)")]
+    #[error(
+        "opset {opset} of domain `{domain}` is not supported (vigil runs ONNX opsets 11–19; re-export with an opset in that range)"
+    )]
     Opset { domain: String, opset: i64 },
     #[error("{}", .nodes.join("; "))]
     Unsupported { nodes: Vec<String> },
@@ -90,7 +92,12 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Load `path`, fixing the input's batch to `batch` and, where the file leaves them dynamic,
     /// its height and width to `size` (`(width, height)`).
-    pub fn load(path: &Path, batch: usize, size: Option<(u32, u32)>, device: &Device) -> Result<Self, OnnxError> {
+    pub fn load(
+        path: &Path,
+        batch: usize,
+        size: Option<(u32, u32)>,
+        device: &Device,
+    ) -> Result<Self, OnnxError> {
         let model = proto::read(path)?;
         let (program, summary) = plan::plan(&model, batch, size, device)?;
         Ok(Self { program, summary })
@@ -114,11 +121,18 @@ impl OnnxModel {
     }
 
     /// Run with a per-step timing profile (`vigil bench --model`): `(op type, seconds)` per step.
-    pub fn run_profiled(&self, input: &Tensor) -> Result<(Vec<Tensor>, Vec<(String, f64)>), OnnxError> {
+    pub fn run_profiled(
+        &self,
+        input: &Tensor,
+    ) -> Result<(Vec<Tensor>, plan::StepTimes), OnnxError> {
         self.program.run_profiled(input)
     }
 
     pub fn output_names(&self) -> Vec<String> {
-        self.summary.outputs.iter().map(|o| o.name.clone()).collect()
+        self.summary
+            .outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .collect()
     }
 }

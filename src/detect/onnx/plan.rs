@@ -11,6 +11,9 @@ use super::ops::{Op, ParseError};
 use super::proto::{self, ModelProto, NodeProto};
 use super::{OPSETS, OnnxError, Summary};
 
+/// Per step: `operator\tnode\toutput shape` and seconds.
+pub type StepTimes = Vec<(String, f64)>;
+
 /// One node left to run per frame.
 #[derive(Debug)]
 struct Step {
@@ -39,13 +42,17 @@ impl Program {
         self.execute(input, None)
     }
 
-    pub fn run_profiled(&self, input: &Tensor) -> Result<(Vec<Tensor>, Vec<(String, f64)>), OnnxError> {
+    pub fn run_profiled(&self, input: &Tensor) -> Result<(Vec<Tensor>, StepTimes), OnnxError> {
         let mut prof = Vec::with_capacity(self.steps.len());
         let out = self.execute(input, Some(&mut prof))?;
         Ok((out, prof))
     }
 
-    fn execute(&self, input: &Tensor, mut prof: Option<&mut Vec<(String, f64)>>) -> Result<Vec<Tensor>, OnnxError> {
+    fn execute(
+        &self,
+        input: &Tensor,
+        mut prof: Option<&mut Vec<(String, f64)>>,
+    ) -> Result<Vec<Tensor>, OnnxError> {
         if input.dims() != self.input_shape.as_slice() {
             return Err(OnnxError::Input(format!(
                 "shape {:?}, the model was loaded for {:?}",
@@ -57,19 +64,34 @@ impl Program {
         for (i, t) in &self.consts {
             slots[*i] = Some(t.clone());
         }
-        slots[self.input_slot] = Some(input.to_dtype(DType::F32).map_err(|e| OnnxError::Input(e.to_string()))?);
+        slots[self.input_slot] = Some(
+            input
+                .to_dtype(DType::F32)
+                .map_err(|e| OnnxError::Input(e.to_string()))?,
+        );
         let mut args: Vec<Option<Tensor>> = Vec::with_capacity(8);
         for step in &self.steps {
             args.clear();
             args.extend(step.inputs.iter().map(|s| s.and_then(|s| slots[s].clone())));
             let started = prof.as_ref().map(|_| Instant::now());
-            let outs = step.op.eval(&args).map_err(|e| node_error(&step.name, &step.op_type, &e))?;
+            let outs = step
+                .op
+                .eval(&args)
+                .map_err(|e| node_error(&step.name, &step.op_type, &e))?;
             for (slot, t) in step.outputs.iter().zip(outs) {
                 slots[*slot] = Some(t);
             }
             if let (Some(p), Some(t0)) = (prof.as_deref_mut(), started) {
-                let shape = step.outputs.first().and_then(|&o| slots[o].as_ref()).map(|t| t.dims().to_vec()).unwrap_or_default();
-                p.push((format!("{}\t{}\t{:?}", step.op_type, step.name, shape), t0.elapsed().as_secs_f64()));
+                let shape = step
+                    .outputs
+                    .first()
+                    .and_then(|&o| slots[o].as_ref())
+                    .map(|t| t.dims().to_vec())
+                    .unwrap_or_default();
+                p.push((
+                    format!("{}\t{}\t{:?}", step.op_type, step.name, shape),
+                    t0.elapsed().as_secs_f64(),
+                ));
             }
             for s in &step.free {
                 slots[*s] = None;
@@ -109,7 +131,9 @@ fn default_opset(model: &ModelProto) -> Result<i64, OnnxError> {
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
-        .ok_or_else(|| OnnxError::Graph("the model imports no opset of the default ONNX domain".into()))?;
+        .ok_or_else(|| {
+            OnnxError::Graph("the model imports no opset of the default ONNX domain".into())
+        })?;
     if !OPSETS.contains(&opset) {
         return Err(OnnxError::Opset {
             domain: "ai.onnx".into(),
@@ -127,7 +151,11 @@ fn parse_nodes(nodes: &[NodeProto], opset: i64, device: &Device) -> Result<Vec<O
         match Op::parse(n, opset, device) {
             Ok(op) => ops.push(op),
             Err(ParseError::Unsupported) => {
-                let domain = if n.domain.is_empty() { "ai.onnx" } else { &n.domain };
+                let domain = if n.domain.is_empty() {
+                    "ai.onnx"
+                } else {
+                    &n.domain
+                };
                 unsupported.push(format!(
                     "unknown operator {} in node `{}` (domain {domain}, opset {opset})",
                     n.op_type,
@@ -152,7 +180,9 @@ fn parse_nodes(nodes: &[NodeProto], opset: i64, device: &Device) -> Result<Vec<O
 
 fn node_name(n: &NodeProto) -> String {
     if n.name.is_empty() {
-        n.output.first().map_or_else(|| "<unnamed>".into(), |o| format!("→{o}"))
+        n.output
+            .first()
+            .map_or_else(|| "<unnamed>".into(), |o| format!("→{o}"))
     } else {
         n.name.clone()
     }
@@ -160,7 +190,10 @@ fn node_name(n: &NodeProto) -> String {
 
 /// The graph's one real input (inputs that are also initializers are constants: old IR).
 fn image_input(model: &ModelProto) -> Result<proto::Declared, OnnxError> {
-    let graph = model.graph.as_ref().ok_or_else(|| OnnxError::Graph("no graph".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("no graph".into()))?;
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let real: Vec<proto::Declared> = graph
         .input
@@ -189,7 +222,10 @@ fn image_input(model: &ModelProto) -> Result<proto::Declared, OnnxError> {
         many => Err(OnnxError::Input(format!(
             "the graph has {} inputs ({}); vigil runs models with one image input",
             many.len(),
-            many.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -197,7 +233,10 @@ fn image_input(model: &ModelProto) -> Result<proto::Declared, OnnxError> {
 /// Parse-level checks for `vigil check`.
 pub fn check(model: &ModelProto) -> Result<proto::Declared, OnnxError> {
     let opset = default_opset(model)?;
-    let graph = model.graph.as_ref().ok_or_else(|| OnnxError::Graph("no graph".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("no graph".into()))?;
     parse_nodes(&graph.node, opset, &Device::Cpu)?;
     order(&graph.node, &known_names(model))?;
     if graph.output.is_empty() {
@@ -207,7 +246,9 @@ pub fn check(model: &ModelProto) -> Result<proto::Declared, OnnxError> {
 }
 
 fn known_names(model: &ModelProto) -> HashSet<String> {
-    let Some(g) = model.graph.as_ref() else { return HashSet::new() };
+    let Some(g) = model.graph.as_ref() else {
+        return HashSet::new();
+    };
     g.initializer
         .iter()
         .map(|t| t.name.clone())
@@ -249,7 +290,8 @@ fn order(nodes: &[NodeProto], known: &HashSet<String>) -> Result<Vec<usize>, Onn
             }
         }
     }
-    let mut ready: std::collections::VecDeque<usize> = (0..nodes.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..nodes.len()).filter(|&i| indegree[i] == 0).collect();
     let mut out = Vec::with_capacity(nodes.len());
     while let Some(i) = ready.pop_front() {
         out.push(i);
@@ -261,15 +303,24 @@ fn order(nodes: &[NodeProto], known: &HashSet<String>) -> Result<Vec<usize>, Onn
         }
     }
     if out.len() != nodes.len() {
-        let stuck = (0..nodes.len()).find(|&i| indegree[i] > 0).map(|i| node_name(&nodes[i])).unwrap_or_default();
-        return Err(OnnxError::Graph(format!("the graph has a cycle (through node `{stuck}`)")));
+        let stuck = (0..nodes.len())
+            .find(|&i| indegree[i] > 0)
+            .map(|i| node_name(&nodes[i]))
+            .unwrap_or_default();
+        return Err(OnnxError::Graph(format!(
+            "the graph has a cycle (through node `{stuck}`)"
+        )));
     }
     Ok(out)
 }
 
 /// The concrete input shape: declared dims, with dynamic ones fixed (batch to `batch`, H/W to
 /// `size`).
-fn input_shape(decl: &proto::Declared, batch: usize, size: Option<(u32, u32)>) -> Result<Vec<usize>, OnnxError> {
+fn input_shape(
+    decl: &proto::Declared,
+    batch: usize,
+    size: Option<(u32, u32)>,
+) -> Result<Vec<usize>, OnnxError> {
     let mut dims: Vec<usize> = Vec::with_capacity(4);
     for (i, d) in decl.dims.iter().enumerate() {
         let want = match i {
@@ -304,9 +355,17 @@ fn input_shape(decl: &proto::Declared, batch: usize, size: Option<(u32, u32)>) -
 }
 
 /// Plan a model for `batch` images of `size`.
-pub fn plan(model: &ModelProto, batch: usize, size: Option<(u32, u32)>, device: &Device) -> Result<(Program, Summary), OnnxError> {
+pub fn plan(
+    model: &ModelProto,
+    batch: usize,
+    size: Option<(u32, u32)>,
+    device: &Device,
+) -> Result<(Program, Summary), OnnxError> {
     let opset = default_opset(model)?;
-    let graph = model.graph.as_ref().ok_or_else(|| OnnxError::Graph("no graph".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Graph("no graph".into()))?;
     let decl = image_input(model)?;
     let shape = input_shape(&decl, batch, size)?;
     let mut ops = parse_nodes(&graph.node, opset, device)?;
@@ -322,9 +381,22 @@ pub fn plan(model: &ModelProto, batch: usize, size: Option<(u32, u32)>, device: 
         consts.insert(t.name.clone(), v);
     }
     let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-    let dry = DryRun::run(&graph.node, &mut ops, &sorted, &mut consts, &decl.name, &shape, &output_names, device)?;
+    let dry = DryRun::run(
+        &graph.node,
+        &mut ops,
+        &sorted,
+        &mut consts,
+        &decl.name,
+        &shape,
+        &output_names,
+        device,
+    )?;
     let flops = count_flops(&graph.node, &dry.shapes, &consts);
-    let kept: Vec<usize> = sorted.iter().copied().filter(|i| !dry.folded.contains(i)).collect();
+    let kept: Vec<usize> = sorted
+        .iter()
+        .copied()
+        .filter(|i| !dry.folded.contains(i))
+        .collect();
     let mut steps: Vec<PStep> = kept
         .iter()
         .map(|&i| PStep {
@@ -339,24 +411,59 @@ pub fn plan(model: &ModelProto, batch: usize, size: Option<(u32, u32)>, device: 
         .map_err(|(node, e)| node_error(&node, "Conv", &e))?;
     let program = assemble(steps, &consts, &decl.name, shape.clone(), &output_names)?;
     let summary = Summary {
-        ir_version: model.ir_version,
-        opsets: model.opset_import.iter().map(|o| (if o.domain.is_empty() { "ai.onnx".into() } else { o.domain.clone() }, o.version)).collect(),
-        producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
         inputs: vec![decl],
         outputs: graph.output.iter().map(proto::declared).collect(),
-        output_shapes: output_names.iter().map(|n| dry.shapes.get(n).cloned().unwrap_or_default()).collect(),
+        output_shapes: output_names
+            .iter()
+            .map(|n| dry.shapes.get(n).cloned().unwrap_or_default())
+            .collect(),
         input_shape: shape,
-        operators: graph.node.iter().fold(BTreeMap::new(), |mut m, n| {
-            *m.entry(n.op_type.clone()).or_insert(0) += 1;
-            m
-        }),
-        nodes: graph.node.len(),
         steps: program.steps.len(),
         parameters,
         flops,
-        metadata: model.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+        ..describe(model)
     };
     Ok((program, summary))
+}
+
+/// What the file says of itself (the rest of [`Summary`] comes from planning).
+fn describe(model: &ModelProto) -> Summary {
+    let nodes = model.graph.as_ref().map_or(&[][..], |g| &g.node[..]);
+    Summary {
+        ir_version: model.ir_version,
+        opsets: model
+            .opset_import
+            .iter()
+            .map(|o| {
+                let domain = if o.domain.is_empty() {
+                    "ai.onnx"
+                } else {
+                    &o.domain
+                };
+                (domain.to_string(), o.version)
+            })
+            .collect(),
+        producer: format!("{} {}", model.producer_name, model.producer_version)
+            .trim()
+            .to_string(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        output_shapes: Vec::new(),
+        input_shape: Vec::new(),
+        operators: nodes.iter().fold(BTreeMap::new(), |mut m, n| {
+            *m.entry(n.op_type.clone()).or_insert(0) += 1;
+            m
+        }),
+        nodes: nodes.len(),
+        steps: 0,
+        parameters: 0,
+        flops: 0,
+        metadata: model
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect(),
+    }
 }
 
 /// The load-time run: every node evaluated once on a zero input; outputs that depend only on
@@ -384,7 +491,8 @@ impl DryRun {
                 last_use.insert(inp.as_str(), pos);
             }
         }
-        let zeros = Tensor::zeros(shape, DType::F32, device).map_err(|e| OnnxError::Input(e.to_string()))?;
+        let zeros = Tensor::zeros(shape, DType::F32, device)
+            .map_err(|e| OnnxError::Input(e.to_string()))?;
         let mut live: HashMap<String, Tensor> = HashMap::new();
         live.insert(input_name.to_string(), zeros);
         let mut folded = HashSet::new();
@@ -404,7 +512,9 @@ impl DryRun {
                     args.push(live.get(inp).cloned());
                 }
             }
-            let outs = ops[i].eval(&args).map_err(|e| node_error(&node_name(n), &n.op_type, &e))?;
+            let outs = ops[i]
+                .eval(&args)
+                .map_err(|e| node_error(&node_name(n), &n.op_type, &e))?;
             let fold = all_const || ops[i].is_shape_of();
             for (name, t) in n.output.iter().zip(outs) {
                 shapes.insert(name.clone(), t.dims().to_vec());
@@ -417,19 +527,32 @@ impl DryRun {
             if fold {
                 folded.insert(i);
             }
-            live.retain(|k, _| last_use.get(k.as_str()).is_some_and(|&p| p > pos) || outputs.contains(k));
+            live.retain(|k, _| {
+                last_use.get(k.as_str()).is_some_and(|&p| p > pos) || outputs.contains(k)
+            });
         }
         Ok(Self { folded, shapes })
     }
 }
 
 /// 2 × multiply-adds of the heavy operators, from the resolved shapes.
-fn count_flops(nodes: &[NodeProto], shapes: &HashMap<String, Vec<usize>>, consts: &HashMap<String, Tensor>) -> u64 {
-    let dims = |name: &str| shapes.get(name).cloned().or_else(|| consts.get(name).map(|t| t.dims().to_vec()));
+fn count_flops(
+    nodes: &[NodeProto],
+    shapes: &HashMap<String, Vec<usize>>,
+    consts: &HashMap<String, Tensor>,
+) -> u64 {
+    let dims = |name: &str| {
+        shapes
+            .get(name)
+            .cloned()
+            .or_else(|| consts.get(name).map(|t| t.dims().to_vec()))
+    };
     let mut total = 0u64;
     for n in nodes {
         let out = n.output.first().and_then(|o| dims(o));
-        let (Some(out), Some(w)) = (out, n.input.get(1).and_then(|w| dims(w))) else { continue };
+        let (Some(out), Some(w)) = (out, n.input.get(1).and_then(|w| dims(w))) else {
+            continue;
+        };
         let out_elems: u64 = out.iter().map(|&d| d as u64).product();
         total += match n.op_type.as_str() {
             "Conv" if w.len() == 4 => 2 * out_elems * (w[1] * w[2] * w[3]) as u64,
@@ -439,7 +562,9 @@ fn count_flops(nodes: &[NodeProto], shapes: &HashMap<String, Vec<usize>>, consts
             }
             "MatMul" | "Gemm" => {
                 let a = n.input.first().and_then(|x| dims(x)).unwrap_or_default();
-                let k = if n.op_type == "Gemm" && n.attribute.iter().any(|a| a.name == "transA" && a.i != 0) {
+                let k = if n.op_type == "Gemm"
+                    && n.attribute.iter().any(|a| a.name == "transA" && a.i != 0)
+                {
                     a.first().copied().unwrap_or(0)
                 } else {
                     a.last().copied().unwrap_or(0)
@@ -501,9 +626,9 @@ fn assemble(
         let fresh = !slot_of.contains_key(o);
         let s = slot(o, &mut slot_of);
         if fresh {
-            let c = consts
-                .get(o)
-                .ok_or_else(|| OnnxError::Graph(format!("output `{o}` is not produced by any node")))?;
+            let c = consts.get(o).ok_or_else(|| {
+                OnnxError::Graph(format!("output `{o}` is not produced by any node"))
+            })?;
             const_slots.push((s, c.clone()));
         }
         out_slots.push(s);

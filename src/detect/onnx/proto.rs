@@ -121,7 +121,11 @@ pub fn element_count(name: &str, dims: &[i64]) -> Result<u64, OnnxError> {
 
 /// A `TensorProto` (initializer or constant) as a Candle tensor on `device`.
 pub fn tensor(t: &TensorProto, device: &Device) -> Result<Tensor, OnnxError> {
-    let name = if t.name.is_empty() { "<constant>" } else { &t.name };
+    let name = if t.name.is_empty() {
+        "<constant>"
+    } else {
+        &t.name
+    };
     let err = |message: String| OnnxError::Tensor {
         name: name.to_string(),
         message,
@@ -165,7 +169,12 @@ fn from_raw(
         dt::UINT8 | dt::INT8 | dt::BOOL => 1,
         12 => 4,
         13 => 8,
-        other => return Err(format!("element type {} is not supported", dtype_name(other))),
+        other => {
+            return Err(format!(
+                "element type {} is not supported",
+                dtype_name(other)
+            ));
+        }
     };
     if raw.len() != n * width {
         return Err(format!(
@@ -177,7 +186,9 @@ fn from_raw(
     let chunks = raw.chunks_exact(width);
     let t = match code {
         dt::FLOAT => Tensor::from_vec(
-            chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(),
+            chunks
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect::<Vec<_>>(),
             dims,
             device,
         ),
@@ -244,7 +255,12 @@ fn half_to_f32(h: u16) -> f32 {
 }
 
 /// Decode the typed repeated fields (`float_data`, `int64_data`, …).
-fn from_typed(t: &TensorProto, n: usize, dims: &[usize], device: &Device) -> Result<Tensor, String> {
+fn from_typed(
+    t: &TensorProto,
+    n: usize,
+    dims: &[usize],
+    device: &Device,
+) -> Result<Tensor, String> {
     let check = |len: usize| {
         if len == n {
             Ok(())
@@ -274,7 +290,10 @@ fn from_typed(t: &TensorProto, n: usize, dims: &[usize], device: &Device) -> Res
         dt::FLOAT16 => {
             check(t.int32_data.len())?;
             Tensor::from_vec(
-                t.int32_data.iter().map(|&v| half_to_f32(v as u16)).collect::<Vec<_>>(),
+                t.int32_data
+                    .iter()
+                    .map(|&v| half_to_f32(v as u16))
+                    .collect::<Vec<_>>(),
                 dims,
                 device,
             )
@@ -290,7 +309,10 @@ fn from_typed(t: &TensorProto, n: usize, dims: &[usize], device: &Device) -> Res
         dt::INT32 | dt::INT8 | 4 | 5 => {
             check(t.int32_data.len())?;
             Tensor::from_vec(
-                t.int32_data.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
+                t.int32_data
+                    .iter()
+                    .map(|&v| i64::from(v))
+                    .collect::<Vec<_>>(),
                 dims,
                 device,
             )
@@ -303,7 +325,12 @@ fn from_typed(t: &TensorProto, n: usize, dims: &[usize], device: &Device) -> Res
                 device,
             )
         }
-        other => return Err(format!("element type {} is not supported", dtype_name(other))),
+        other => {
+            return Err(format!(
+                "element type {} is not supported",
+                dtype_name(other)
+            ));
+        }
     };
     t.map_err(|e| e.to_string())
 }
@@ -364,9 +391,10 @@ impl<'a> Attrs<'a> {
     }
 
     pub fn string_or(&self, name: &str, default: &str) -> Result<String, String> {
-        Ok(self
-            .get(name, at::STRING)?
-            .map_or_else(|| default.to_string(), |a| String::from_utf8_lossy(&a.s).into_owned()))
+        Ok(self.get(name, at::STRING)?.map_or_else(
+            || default.to_string(),
+            |a| String::from_utf8_lossy(&a.s).into_owned(),
+        ))
     }
 
     pub fn tensor(&self, name: &str) -> Result<Option<&'a TensorProto>, String> {
@@ -391,7 +419,9 @@ impl<'a> Attrs<'a> {
         } else if let Some(v) = self.ints("value_ints").map_err(bad)? {
             Tensor::new(v, device)
         } else {
-            return Err(bad("Constant without a value (sparse and string constants are not supported)".into()));
+            return Err(bad(
+                "Constant without a value (sparse and string constants are not supported)".into(),
+            ));
         };
         made.map_err(|e| bad(e.to_string()))
     }

@@ -15,14 +15,17 @@ pub fn parse(
     Ok(match node.op_type.as_str() {
         "Where" => Op::Where,
         "Clip" => Op::Clip {
-            min: (opset < 11).then(|| a.float_or("min", f32::NEG_INFINITY)).transpose()?,
-            max: (opset < 11).then(|| a.float_or("max", f32::INFINITY)).transpose()?,
+            min: (opset < 11)
+                .then(|| a.float_or("min", f32::NEG_INFINITY))
+                .transpose()?,
+            max: (opset < 11)
+                .then(|| a.float_or("max", f32::INFINITY))
+                .transpose()?,
         },
         "Cast" => {
             let code = a.int("to")?.ok_or("Cast without `to`")? as i32;
-            let to = proto::compute_dtype(code).ok_or_else(|| {
-                format!("Cast to {} is not supported", proto::dtype_name(code))
-            })?;
+            let to = proto::compute_dtype(code)
+                .ok_or_else(|| format!("Cast to {} is not supported", proto::dtype_name(code)))?;
             Op::Cast {
                 to,
                 to_bool: code == proto::dt::BOOL,
@@ -30,7 +33,10 @@ pub fn parse(
         }
         "Constant" => Op::Constant(a.constant(device).map_err(bad)?),
         "ConstantOfShape" => Op::ConstantOfShape(match a.tensor("value")? {
-            Some(t) => proto::tensor(t, device).map_err(bad)?.flatten_all().map_err(|e| e.to_string())?,
+            Some(t) => proto::tensor(t, device)
+                .map_err(bad)?
+                .flatten_all()
+                .map_err(|e| e.to_string())?,
             None => Tensor::new(&[0f32], device).map_err(|e| e.to_string())?,
         }),
         "Shape" => Op::Shape {
@@ -44,8 +50,12 @@ pub fn parse(
         "Flatten" => Op::Flatten {
             axis: a.int_or("axis", 1)?,
         },
-        "Squeeze" => Op::Squeeze { axes: a.ints("axes")? },
-        "Unsqueeze" => Op::Unsqueeze { axes: a.ints("axes")? },
+        "Squeeze" => Op::Squeeze {
+            axes: a.ints("axes")?,
+        },
+        "Unsqueeze" => Op::Unsqueeze {
+            axes: a.ints("axes")?,
+        },
         "Transpose" => Op::Transpose {
             perm: a
                 .ints("perm")?
@@ -91,11 +101,15 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Option<Result<Vec<Tensor>>> {
         Op::Unsqueeze { axes } => unsqueeze(inputs, axes.as_deref()),
         Op::Transpose { perm } => transpose(inputs, perm.as_deref()),
         Op::Concat { axis: a } => concat(inputs, *a),
-        Op::Split { axis: a, split, outputs } => return Some(split_op(inputs, *a, split.as_deref(), *outputs)),
+        Op::Split {
+            axis: a,
+            split,
+            outputs,
+        } => return Some(split_op(inputs, *a, split.as_deref(), *outputs)),
         Op::Slice => slice(inputs),
-        Op::SliceAttrs { starts, ends, axes } => req(inputs, 0).and_then(|x| {
-            slice_with(x, starts, ends, axes.as_deref(), None)
-        }),
+        Op::SliceAttrs { starts, ends, axes } => {
+            req(inputs, 0).and_then(|x| slice_with(x, starts, ends, axes.as_deref(), None))
+        }
         Op::Gather { axis: a } => gather(inputs, *a),
         Op::GatherElements { axis: a } => gather_elements(inputs, *a),
         Op::Expand => expand(inputs),
@@ -157,7 +171,11 @@ fn reshape(inputs: &[Option<Tensor>], allowzero: bool) -> Result<Tensor> {
         dims[i] = x.elem_count() / known;
     }
     if dims.iter().product::<usize>() != x.elem_count() {
-        candle_core::bail!("Reshape: cannot reshape {:?} ({} elements) into {spec:?}", x.dims(), x.elem_count());
+        candle_core::bail!(
+            "Reshape: cannot reshape {:?} ({} elements) into {spec:?}",
+            x.dims(),
+            x.elem_count()
+        );
     }
     x.reshape(dims)
 }
@@ -181,7 +199,10 @@ fn axes_of(inputs: &[Option<Tensor>], attr: Option<&[i64]>) -> Result<Option<Vec
 fn squeeze(inputs: &[Option<Tensor>], attr: Option<&[i64]>) -> Result<Tensor> {
     let x = req(inputs, 0)?;
     let axes = match axes_of(inputs, attr)? {
-        Some(a) => a.iter().map(|&v| axis(v, x.rank())).collect::<Result<Vec<_>>>()?,
+        Some(a) => a
+            .iter()
+            .map(|&v| axis(v, x.rank()))
+            .collect::<Result<Vec<_>>>()?,
         None => (0..x.rank()).filter(|&i| x.dims()[i] == 1).collect(),
     };
     let dims: Vec<usize> = x
@@ -201,7 +222,8 @@ fn squeeze(inputs: &[Option<Tensor>], attr: Option<&[i64]>) -> Result<Tensor> {
 
 fn unsqueeze(inputs: &[Option<Tensor>], attr: Option<&[i64]>) -> Result<Tensor> {
     let x = req(inputs, 0)?;
-    let axes = axes_of(inputs, attr)?.ok_or_else(|| candle_core::Error::Msg("Unsqueeze without axes".into()))?;
+    let axes = axes_of(inputs, attr)?
+        .ok_or_else(|| candle_core::Error::Msg("Unsqueeze without axes".into()))?;
     let out_rank = x.rank() + axes.len();
     let mut axes = axes
         .iter()
@@ -229,7 +251,9 @@ fn transpose(inputs: &[Option<Tensor>], perm: Option<&[usize]>) -> Result<Tensor
 
 fn concat(inputs: &[Option<Tensor>], a: i64) -> Result<Tensor> {
     let all: Vec<&Tensor> = inputs.iter().flatten().collect();
-    let first = *all.first().ok_or_else(|| candle_core::Error::Msg("Concat of nothing".into()))?;
+    let first = *all
+        .first()
+        .ok_or_else(|| candle_core::Error::Msg("Concat of nothing".into()))?;
     let ax = axis(a, first.rank())?;
     // Zero-length parts (empty shape tensors) are legal in ONNX; Candle refuses some.
     let parts: Vec<&Tensor> = all.iter().copied().filter(|t| t.elem_count() > 0).collect();
@@ -254,7 +278,9 @@ fn split_op(
             // Equal parts; with opset 18's num_outputs the last may be smaller.
             let n = outputs.max(1);
             let each = total.div_ceil(n);
-            (0..n).map(|i| each.min(total.saturating_sub(i * each))).collect()
+            (0..n)
+                .map(|i| each.min(total.saturating_sub(i * each)))
+                .collect()
         }
     };
     if sizes.iter().sum::<usize>() != total {
@@ -273,8 +299,16 @@ fn slice(inputs: &[Option<Tensor>]) -> Result<Tensor> {
     let x = req(inputs, 0)?;
     let starts = ints(req(inputs, 1)?)?;
     let ends = ints(req(inputs, 2)?)?;
-    let axes = inputs.get(3).and_then(Option::as_ref).map(ints).transpose()?;
-    let steps = inputs.get(4).and_then(Option::as_ref).map(ints).transpose()?;
+    let axes = inputs
+        .get(3)
+        .and_then(Option::as_ref)
+        .map(ints)
+        .transpose()?;
+    let steps = inputs
+        .get(4)
+        .and_then(Option::as_ref)
+        .map(ints)
+        .transpose()?;
     slice_with(x, &starts, &ends, axes.as_deref(), steps.as_deref())
 }
 

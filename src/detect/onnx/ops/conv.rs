@@ -29,11 +29,17 @@ pub struct ConvOp {
     pub fast: Option<Arc<FastConv>>,
 }
 
-fn pair(v: Option<Vec<i64>>, default: usize, what: &str) -> std::result::Result<(usize, usize), String> {
+fn pair(
+    v: Option<Vec<i64>>,
+    default: usize,
+    what: &str,
+) -> std::result::Result<(usize, usize), String> {
     match v.as_deref() {
         None => Ok((default, default)),
         Some([a, b]) if *a > 0 && *b > 0 => Ok((*a as usize, *b as usize)),
-        Some(other) => Err(format!("`{what}` {other:?}: only 2-D convolutions are supported")),
+        Some(other) => Err(format!(
+            "`{what}` {other:?}: only 2-D convolutions are supported"
+        )),
     }
 }
 
@@ -44,7 +50,11 @@ impl ConvOp {
             Some([t, l, b, r]) if [*t, *l, *b, *r].iter().all(|v| *v >= 0) => {
                 [*t as usize, *l as usize, *b as usize, *r as usize]
             }
-            Some(other) => return Err(format!("`pads` {other:?}: only 2-D convolutions are supported")),
+            Some(other) => {
+                return Err(format!(
+                    "`pads` {other:?}: only 2-D convolutions are supported"
+                ));
+            }
         };
         let auto_pad = match a.string_or("auto_pad", "NOTSET")?.as_str() {
             "NOTSET" | "VALID" => None,
@@ -53,7 +63,10 @@ impl ConvOp {
             other => return Err(format!("auto_pad `{other}` is not supported")),
         };
         Ok(Self {
-            kernel: a.ints("kernel_shape")?.map(|k| pair(Some(k), 1, "kernel_shape")).transpose()?,
+            kernel: a
+                .ints("kernel_shape")?
+                .map(|k| pair(Some(k), 1, "kernel_shape"))
+                .transpose()?,
             strides: pair(a.ints("strides")?, 1, "strides")?,
             pads,
             dilations: pair(a.ints("dilations")?, 1, "dilations")?,
@@ -68,7 +81,10 @@ impl ConvOp {
     /// Fix the weights (and fold a following BatchNorm's `scale, bias, mean, var, eps` into them).
     pub fn bind(&mut self, w: Tensor, b: Option<Tensor>, device: &Device) -> Result<()> {
         if w.dtype() != candle_core::DType::F32 {
-            candle_core::bail!("the weight is {}; Conv takes float weights", onnx_type_name(w.dtype()));
+            candle_core::bail!(
+                "the weight is {}; Conv takes float weights",
+                onnx_type_name(w.dtype())
+            );
         }
         let (co, _, kh, kw) = w.dims4()?;
         if let Some(k) = self.kernel
@@ -78,8 +94,12 @@ impl ConvOp {
         }
         let [t, l, bo, r] = self.pads;
         let symmetric = t == l && t == bo && t == r;
-        if device.is_cpu() && kh == kw && self.strides.0 == self.strides.1 && symmetric
-            && self.dilations == (1, 1) && self.auto_pad.is_none()
+        if device.is_cpu()
+            && kh == kw
+            && self.strides.0 == self.strides.1
+            && symmetric
+            && self.dilations == (1, 1)
+            && self.auto_pad.is_none()
         {
             let bias = match &b {
                 Some(b) => super::floats(b)?,
@@ -144,11 +164,18 @@ impl ConvOp {
             None => (req(inputs, 1)?.clone(), inputs.get(2).cloned().flatten()),
         };
         if w.dtype() != candle_core::DType::F32 {
-            candle_core::bail!("the weight is {}; Conv takes float weights", onnx_type_name(w.dtype()));
+            candle_core::bail!(
+                "the weight is {}; Conv takes float weights",
+                onnx_type_name(w.dtype())
+            );
         }
         let (c, want) = (x.dims4()?.1, w.dims4()?.1 * self.group);
         if c != want {
-            candle_core::bail!("the input has {c} channels, the weights {:?} with {} group(s) expect {want}", w.dims(), self.group);
+            candle_core::bail!(
+                "the input has {c} channels, the weights {:?} with {} group(s) expect {want}",
+                w.dims(),
+                self.group
+            );
         }
         let y = self.candle_conv(x, &w)?;
         let y = match b {
@@ -169,15 +196,28 @@ impl ConvOp {
             };
             let ph = same(h, kh, self.strides.0, self.dilations.0);
             let pw = same(wd, kw, self.strides.1, self.dilations.1);
-            (t, b) = if upper { (ph / 2, ph - ph / 2) } else { (ph - ph / 2, ph / 2) };
-            (l, r) = if upper { (pw / 2, pw - pw / 2) } else { (pw - pw / 2, pw / 2) };
+            (t, b) = if upper {
+                (ph / 2, ph - ph / 2)
+            } else {
+                (ph - ph / 2, ph / 2)
+            };
+            (l, r) = if upper {
+                (pw / 2, pw - pw / 2)
+            } else {
+                (pw - pw / 2, pw / 2)
+            };
         }
         let x = x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?;
         if self.strides.0 != self.strides.1 || self.dilations.0 != self.dilations.1 {
             candle_core::bail!("Conv: different strides or dilations per axis are not supported");
         }
-        x.contiguous()?
-            .conv2d(&w.contiguous()?, 0, self.strides.0, self.dilations.0, self.group)
+        x.contiguous()?.conv2d(
+            &w.contiguous()?,
+            0,
+            self.strides.0,
+            self.dilations.0,
+            self.group,
+        )
     }
 }
 
@@ -220,8 +260,12 @@ impl ConvTransposeOp {
         let same = |name: &str, default: i64| -> std::result::Result<usize, String> {
             match a.ints(name)?.as_deref() {
                 None => Ok(default as usize),
-                Some(v) if !v.is_empty() && v.iter().all(|x| *x == v[0] && *x >= 0) => Ok(v[0] as usize),
-                Some(v) => Err(format!("ConvTranspose `{name}` {v:?}: only equal values per axis are supported")),
+                Some(v) if !v.is_empty() && v.iter().all(|x| *x == v[0] && *x >= 0) => {
+                    Ok(v[0] as usize)
+                }
+                Some(v) => Err(format!(
+                    "ConvTranspose `{name}` {v:?}: only equal values per axis are supported"
+                )),
             }
         };
         if a.ints("output_shape")?.is_some() {
@@ -238,7 +282,13 @@ impl ConvTransposeOp {
     pub fn eval(&self, inputs: &[Option<Tensor>]) -> Result<Tensor> {
         let x = req(inputs, 0)?.contiguous()?;
         let w = req(inputs, 1)?.contiguous()?;
-        let y = x.conv_transpose2d(&w, self.pad, self.output_padding, self.stride, self.dilation)?;
+        let y = x.conv_transpose2d(
+            &w,
+            self.pad,
+            self.output_padding,
+            self.stride,
+            self.dilation,
+        )?;
         match inputs.get(2).and_then(Option::as_ref) {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),

@@ -4,7 +4,64 @@ use candle_core::{DType, Result, Tensor};
 
 use super::{Binary, Unary, floats};
 
+/// Large f32 tensors on the CPU: element-wise work split across the rayon pool (Candle's CPU
+/// element-wise ops run on one thread).
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// `f` over a contiguous f32 CPU tensor's values, in parallel; `None` when `x` is not one.
+fn par_map(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Option<Result<Tensor>> {
+    use rayon::prelude::*;
+    if x.dtype() != DType::F32 || x.elem_count() < PARALLEL_MIN {
+        return None;
+    }
+    let (storage, layout) = x.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
+        return None;
+    };
+    let out: Vec<f32> = v[start..end]
+        .par_iter()
+        .with_min_len(4096)
+        .map(|&a| f(a))
+        .collect();
+    Some(Tensor::from_vec(out, x.shape(), x.device()))
+}
+
+/// `f` over two same-shape contiguous f32 CPU tensors, in parallel; `None` otherwise.
+fn par_zip(x: &Tensor, y: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Option<Result<Tensor>> {
+    use rayon::prelude::*;
+    if x.dtype() != DType::F32
+        || y.dtype() != DType::F32
+        || x.dims() != y.dims()
+        || x.elem_count() < PARALLEL_MIN
+    {
+        return None;
+    }
+    let (sa, la) = x.storage_and_layout();
+    let (sb, lb) = y.storage_and_layout();
+    let (a0, a1) = la.contiguous_offsets()?;
+    let (b0, b1) = lb.contiguous_offsets()?;
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(a)) = &*sa else {
+        return None;
+    };
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(b)) = &*sb else {
+        return None;
+    };
+    let out: Vec<f32> = a[a0..a1]
+        .par_iter()
+        .with_min_len(4096)
+        .zip(b[b0..b1].par_iter())
+        .map(|(&p, &q)| f(p, q))
+        .collect();
+    Some(Tensor::from_vec(out, x.shape(), x.device()))
+}
+
 pub fn unary(u: Unary, x: &Tensor) -> Result<Tensor> {
+    if u == Unary::Sigmoid
+        && let Some(r) = par_map(x, |v| 1.0 / (1.0 + crate::detect::conv::fast_exp(-v)))
+    {
+        return r;
+    }
     match u {
         Unary::Identity => Ok(x.clone()),
         Unary::Sigmoid => candle_nn::ops::sigmoid(x),
@@ -36,6 +93,16 @@ pub fn unary(u: Unary, x: &Tensor) -> Result<Tensor> {
 }
 
 pub fn binary(b: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let fast = match b {
+        Binary::Add => par_zip(x, y, |p, q| p + q),
+        Binary::Sub => par_zip(x, y, |p, q| p - q),
+        Binary::Mul => par_zip(x, y, |p, q| p * q),
+        Binary::Div => par_zip(x, y, |p, q| p / q),
+        _ => None,
+    };
+    if let Some(r) = fast {
+        return r;
+    }
     match b {
         Binary::Add => x.broadcast_add(y),
         Binary::Sub => x.broadcast_sub(y),
@@ -79,7 +146,9 @@ fn pow(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 
 /// Both tensors broadcast to their common shape.
 pub fn broadcast_pair(x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
-    let shape = x.shape().broadcast_shape_binary_op(y.shape(), "broadcast")?;
+    let shape = x
+        .shape()
+        .broadcast_shape_binary_op(y.shape(), "broadcast")?;
     Ok((x.broadcast_as(&shape)?, y.broadcast_as(&shape)?))
 }
 
@@ -94,7 +163,11 @@ fn modulo(x: &Tensor, y: &Tensor, fmod: bool) -> Result<Tensor> {
             .zip(&b)
             .map(|(a, b)| {
                 let r = a % b;
-                if !fmod && r != 0.0 && (r < 0.0) != (*b < 0.0) { r + b } else { r }
+                if !fmod && r != 0.0 && (r < 0.0) != (*b < 0.0) {
+                    r + b
+                } else {
+                    r
+                }
             })
             .collect();
         return Tensor::from_vec(v, shape, x.device())?.to_dtype(x.dtype());
@@ -105,7 +178,14 @@ fn modulo(x: &Tensor, y: &Tensor, fmod: bool) -> Result<Tensor> {
         if *b == 0 {
             candle_core::bail!("integer Mod by zero");
         }
-        v.push(a.rem_euclid(*b) + if *b < 0 && a.rem_euclid(*b) != 0 { *b } else { 0 });
+        v.push(
+            a.rem_euclid(*b)
+                + if *b < 0 && a.rem_euclid(*b) != 0 {
+                    *b
+                } else {
+                    0
+                },
+        );
     }
     Tensor::from_vec(v, shape, x.device())?.to_dtype(x.dtype())
 }

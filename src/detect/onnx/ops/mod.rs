@@ -14,16 +14,83 @@ pub use conv::ConvOp;
 
 /// Operators per the default ONNX domain that vigil implements, for messages and `inspect`.
 pub const SUPPORTED: &[&str] = &[
-    "Abs", "Add", "And", "ArgMax", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
-    "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div", "Dropout", "Equal",
-    "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "Gemm",
-    "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample",
-    "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "LeakyRelu", "Less",
-    "LessOrEqual", "Log", "MatMul", "Max", "MaxPool", "Min", "Mod", "Mul", "Neg",
-    "NonMaxSuppression", "Not", "Or", "Pad", "Pow", "Range", "Reciprocal", "ReduceMax",
-    "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid",
-    "Sin", "Size", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh",
-    "Tile", "TopK", "Transpose", "Unsqueeze", "Where", "Xor",
+    "Abs",
+    "Add",
+    "And",
+    "ArgMax",
+    "BatchNormalization",
+    "Cast",
+    "Ceil",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "ConvTranspose",
+    "Cos",
+    "Div",
+    "Dropout",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Floor",
+    "Gather",
+    "GatherElements",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
+    "GridSample",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "MatMul",
+    "Max",
+    "MaxPool",
+    "Min",
+    "Mod",
+    "Mul",
+    "Neg",
+    "NonMaxSuppression",
+    "Not",
+    "Or",
+    "Pad",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Shape",
+    "Sigmoid",
+    "Sin",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Softplus",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Tile",
+    "TopK",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+    "Xor",
 ];
 
 /// Element-wise functions of one tensor.
@@ -88,45 +155,110 @@ pub enum Op {
     Binary(Binary),
     /// Max/Min over more than two inputs.
     Variadic(Binary),
-    Clip { min: Option<f32>, max: Option<f32> },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
     Where,
-    Cast { to: DType, to_bool: bool },
+    Cast {
+        to: DType,
+        to_bool: bool,
+    },
     Constant(Tensor),
     ConstantOfShape(Tensor),
-    Shape { start: i64, end: Option<i64> },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
     Size,
-    Reshape { allowzero: bool },
-    Flatten { axis: i64 },
-    Squeeze { axes: Option<Vec<i64>> },
-    Unsqueeze { axes: Option<Vec<i64>> },
-    Transpose { perm: Option<Vec<usize>> },
-    Concat { axis: i64 },
-    Split { axis: i64, split: Option<Vec<i64>>, outputs: usize },
+    Reshape {
+        allowzero: bool,
+    },
+    Flatten {
+        axis: i64,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Transpose {
+        perm: Option<Vec<usize>>,
+    },
+    Concat {
+        axis: i64,
+    },
+    Split {
+        axis: i64,
+        split: Option<Vec<i64>>,
+        outputs: usize,
+    },
     /// opset ≥ 10: starts/ends/axes/steps are inputs.
     Slice,
     /// opset < 10: attributes.
-    SliceAttrs { starts: Vec<i64>, ends: Vec<i64>, axes: Option<Vec<i64>> },
-    Gather { axis: i64 },
-    GatherElements { axis: i64 },
+    SliceAttrs {
+        starts: Vec<i64>,
+        ends: Vec<i64>,
+        axes: Option<Vec<i64>>,
+    },
+    Gather {
+        axis: i64,
+    },
+    GatherElements {
+        axis: i64,
+    },
     Expand,
     Tile,
     Range,
-    Pad { mode: special::PadMode, pads: Option<Vec<i64>>, value: f32 },
+    Pad {
+        mode: special::PadMode,
+        pads: Option<Vec<i64>>,
+        value: f32,
+    },
     Conv(Box<ConvOp>),
     ConvTranspose(Box<conv::ConvTransposeOp>),
     MaxPool(special::Pool),
     GlobalPool(Reduce),
-    BatchNorm { epsilon: f32 },
+    BatchNorm {
+        epsilon: f32,
+    },
     Resize(special::ResizeOp),
-    Softmax { axis: i64, legacy: bool },
+    Softmax {
+        axis: i64,
+        legacy: bool,
+    },
     MatMul,
-    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
-    LayerNorm { axis: i64, epsilon: f32 },
-    Reduce { kind: Reduce, axes: Option<Vec<i64>>, keepdims: bool, axes_input: bool, noop_empty: bool },
-    ArgMax { axis: i64, keepdims: bool },
-    TopK { axis: i64, largest: bool, k: Option<usize> },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    LayerNorm {
+        axis: i64,
+        epsilon: f32,
+    },
+    Reduce {
+        kind: Reduce,
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+        axes_input: bool,
+        noop_empty: bool,
+    },
+    ArgMax {
+        axis: i64,
+        keepdims: bool,
+    },
+    TopK {
+        axis: i64,
+        largest: bool,
+        k: Option<usize>,
+    },
     GridSample(special::GridSampleOp),
-    NonMaxSuppression { center_point_box: bool },
+    NonMaxSuppression {
+        center_point_box: bool,
+    },
 }
 
 /// Why a node cannot be parsed.
@@ -152,7 +284,11 @@ impl From<String> for ParseError {
 
 impl Op {
     /// Parse `node` as of `opset` (the model's default-domain opset).
-    pub fn parse(node: &NodeProto, opset: i64, device: &Device) -> std::result::Result<Op, ParseError> {
+    pub fn parse(
+        node: &NodeProto,
+        opset: i64,
+        device: &Device,
+    ) -> std::result::Result<Op, ParseError> {
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(ParseError::Unsupported);
         }
@@ -162,13 +298,16 @@ impl Op {
         }
         if let Some(b) = binary(node.op_type.as_str(), &a)? {
             let variadic = matches!(b, Binary::Max | Binary::Min) && node.input.len() != 2;
-            return Ok(if variadic { Op::Variadic(b) } else { Op::Binary(b) });
+            return Ok(if variadic {
+                Op::Variadic(b)
+            } else {
+                Op::Binary(b)
+            });
         }
-        array::parse(node, opset, &a, device)
-            .or_else(|e| match e {
-                ParseError::Unsupported => special::parse(node, opset, &a),
-                other => Err(other),
-            })
+        array::parse(node, opset, &a, device).or_else(|e| match e {
+            ParseError::Unsupported => special::parse(node, opset, &a),
+            other => Err(other),
+        })
     }
 
     /// Evaluate on `inputs` (`None` for an omitted optional input).
@@ -185,7 +324,11 @@ impl Op {
                 one(acc)
             }
             Op::Clip { min, max } => one(math::clip(inputs, *min, *max)?),
-            Op::Where => one(math::where_(req(inputs, 0)?, req(inputs, 1)?, req(inputs, 2)?)?),
+            Op::Where => one(math::where_(
+                req(inputs, 0)?,
+                req(inputs, 1)?,
+                req(inputs, 2)?,
+            )?),
             Op::Cast { to, to_bool } => one(math::cast(req(inputs, 0)?, *to, *to_bool)?),
             Op::Conv(c) => one(c.eval(inputs)?),
             Op::ConvTranspose(c) => one(c.eval(inputs)?),

@@ -96,7 +96,10 @@ pub fn parse(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<Op,
         "TopK" => Op::TopK {
             axis: a.int_or("axis", -1)?,
             largest: a.int_or("largest", 1)? != 0,
-            k: (opset < 10).then(|| a.int_or("k", 1)).transpose()?.map(|k| k.max(0) as usize),
+            k: (opset < 10)
+                .then(|| a.int_or("k", 1))
+                .transpose()?
+                .map(|k| k.max(0) as usize),
         },
         "GridSample" => Op::GridSample(parse_grid_sample(a)?),
         "NonMaxSuppression" => Op::NonMaxSuppression {
@@ -108,15 +111,23 @@ pub fn parse(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<Op,
 }
 
 fn parse_pool(a: &Attrs) -> std::result::Result<Pool, String> {
-    let k = a.ints("kernel_shape")?.ok_or("MaxPool without kernel_shape")?;
+    let k = a
+        .ints("kernel_shape")?
+        .ok_or("MaxPool without kernel_shape")?;
     let two = |v: &[i64], what: &str| match v {
         [x, y] if *x > 0 && *y > 0 => Ok((*x as usize, *y as usize)),
-        _ => Err(format!("MaxPool `{what}` {v:?}: only 2-D pooling is supported")),
+        _ => Err(format!(
+            "MaxPool `{what}` {v:?}: only 2-D pooling is supported"
+        )),
     };
-    if a.ints("dilations")?.is_some_and(|d| d.iter().any(|v| *v != 1)) {
+    if a.ints("dilations")?
+        .is_some_and(|d| d.iter().any(|v| *v != 1))
+    {
         return Err("MaxPool with dilations is not supported".into());
     }
-    if a.string_or("auto_pad", "NOTSET")? != "NOTSET" && a.string_or("auto_pad", "NOTSET")? != "VALID" {
+    if a.string_or("auto_pad", "NOTSET")? != "NOTSET"
+        && a.string_or("auto_pad", "NOTSET")? != "VALID"
+    {
         return Err("MaxPool auto_pad SAME_* is not supported; export with explicit pads".into());
     }
     let pads = match a.ints("pads")?.as_deref() {
@@ -124,7 +135,11 @@ fn parse_pool(a: &Attrs) -> std::result::Result<Pool, String> {
         Some([t, l, b, r]) if [*t, *l, *b, *r].iter().all(|v| *v >= 0) => {
             [*t as usize, *l as usize, *b as usize, *r as usize]
         }
-        Some(other) => return Err(format!("MaxPool `pads` {other:?}: only 2-D pooling is supported")),
+        Some(other) => {
+            return Err(format!(
+                "MaxPool `pads` {other:?}: only 2-D pooling is supported"
+            ));
+        }
     };
     Ok(Pool {
         kernel: two(&k, "kernel_shape")?,
@@ -138,14 +153,25 @@ fn parse_resize(a: &Attrs) -> std::result::Result<ResizeOp, String> {
     let mode = match a.string_or("mode", "nearest")?.as_str() {
         "nearest" => ResizeMode::Nearest,
         "linear" | "bilinear" => ResizeMode::Linear,
-        other => return Err(format!("Resize mode `{other}` is not supported (nearest, linear)")),
+        other => {
+            return Err(format!(
+                "Resize mode `{other}` is not supported (nearest, linear)"
+            ));
+        }
     };
-    let coord = match a.string_or("coordinate_transformation_mode", "half_pixel")?.as_str() {
+    let coord = match a
+        .string_or("coordinate_transformation_mode", "half_pixel")?
+        .as_str()
+    {
         "asymmetric" => Coord::Asymmetric,
         "half_pixel" => Coord::HalfPixel,
         "pytorch_half_pixel" => Coord::PytorchHalfPixel,
         "align_corners" => Coord::AlignCorners,
-        other => return Err(format!("Resize coordinate_transformation_mode `{other}` is not supported")),
+        other => {
+            return Err(format!(
+                "Resize coordinate_transformation_mode `{other}` is not supported"
+            ));
+        }
     };
     let nearest = match a.string_or("nearest_mode", "round_prefer_floor")?.as_str() {
         "floor" => Nearest::Floor,
@@ -157,7 +183,11 @@ fn parse_resize(a: &Attrs) -> std::result::Result<ResizeOp, String> {
     if a.int_or("antialias", 0)? != 0 {
         return Err("Resize with antialias is not supported".into());
     }
-    Ok(ResizeOp { mode, coord, nearest })
+    Ok(ResizeOp {
+        mode,
+        coord,
+        nearest,
+    })
 }
 
 fn parse_reduce(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<Op, String> {
@@ -168,7 +198,11 @@ fn parse_reduce(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<
         _ => Reduce::Min,
     };
     // ReduceSum took its axes as an input from opset 13, the others from 18.
-    let axes_input = if kind == Reduce::Sum { opset >= 13 } else { opset >= 18 };
+    let axes_input = if kind == Reduce::Sum {
+        opset >= 13
+    } else {
+        opset >= 18
+    };
     Ok(Op::Reduce {
         kind,
         axes: if axes_input { None } else { a.ints("axes")? },
@@ -187,7 +221,11 @@ fn parse_grid_sample(a: &Attrs) -> std::result::Result<GridSampleOp, String> {
     let border = match a.string_or("padding_mode", "zeros")?.as_str() {
         "zeros" => false,
         "border" => true,
-        other => return Err(format!("GridSample padding_mode `{other}` is not supported")),
+        other => {
+            return Err(format!(
+                "GridSample padding_mode `{other}` is not supported"
+            ));
+        }
     };
     Ok(GridSampleOp {
         bilinear,
@@ -219,12 +257,29 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
         Op::BatchNorm { epsilon } => batch_norm(inputs, *epsilon)?,
         Op::Resize(r) => resize(inputs, r)?,
         Op::Softmax { axis: a, legacy } => softmax(x, *a, *legacy)?,
-        Op::MatMul => x.contiguous()?.broadcast_matmul(&req(inputs, 1)?.contiguous()?)?,
-        Op::Gemm { alpha, beta, trans_a, trans_b } => gemm(inputs, *alpha, *beta, *trans_a, *trans_b)?,
+        Op::MatMul => x
+            .contiguous()?
+            .broadcast_matmul(&req(inputs, 1)?.contiguous()?)?,
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => gemm(inputs, *alpha, *beta, *trans_a, *trans_b)?,
         Op::LayerNorm { axis: a, epsilon } => layer_norm(inputs, *a, *epsilon)?,
-        Op::Reduce { kind, axes, keepdims, axes_input, noop_empty } => {
+        Op::Reduce {
+            kind,
+            axes,
+            keepdims,
+            axes_input,
+            noop_empty,
+        } => {
             let axes = if *axes_input {
-                inputs.get(1).and_then(Option::as_ref).map(ints).transpose()?
+                inputs
+                    .get(1)
+                    .and_then(Option::as_ref)
+                    .map(ints)
+                    .transpose()?
             } else {
                 axes.clone()
             };
@@ -235,7 +290,11 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
             let m = x.argmax_keepdim(ax)?.to_dtype(DType::I64)?;
             if *keepdims { m } else { m.squeeze(ax)? }
         }
-        Op::TopK { axis: a, largest, k } => return topk(inputs, *a, *largest, *k),
+        Op::TopK {
+            axis: a,
+            largest,
+            k,
+        } => return topk(inputs, *a, *largest, *k),
         Op::GridSample(g) => grid_sample(x, req(inputs, 1)?, g)?,
         Op::NonMaxSuppression { center_point_box } => nms(inputs, *center_point_box)?,
         Op::Pad { mode, pads, value } => pad(inputs, *mode, pads.as_deref(), *value)?,
@@ -248,7 +307,10 @@ fn max_pool(x: &Tensor, p: &Pool) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let out_len = |n: usize, k: usize, s: usize, lo: usize, hi: usize| -> Result<usize> {
         let span = (n + lo + hi).checked_sub(k).ok_or_else(|| {
-            candle_core::Error::Msg(format!("MaxPool: window {k} larger than padded input {}", n + lo + hi))
+            candle_core::Error::Msg(format!(
+                "MaxPool: window {k} larger than padded input {}",
+                n + lo + hi
+            ))
         })?;
         let mut o = if p.ceil { span.div_ceil(s) } else { span / s } + 1;
         // A last window starting in the trailing padding is dropped (as PyTorch and ONNX Runtime do).
@@ -265,24 +327,27 @@ fn max_pool(x: &Tensor, p: &Pool) -> Result<Tensor> {
     let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; b * c * oh * ow];
     use rayon::prelude::*;
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
-        let s = &src[plane * h * w..(plane + 1) * h * w];
-        for oy in 0..oh {
-            let y0 = (oy * sh) as isize - t as isize;
-            let ys = y0.max(0) as usize..((y0 + kh as isize).min(h as isize)).max(0) as usize;
-            for ox in 0..ow {
-                let x0 = (ox * sw) as isize - l as isize;
-                let xs = x0.max(0) as usize..((x0 + kw as isize).min(w as isize)).max(0) as usize;
-                let mut m = f32::NEG_INFINITY;
-                for y in ys.clone() {
-                    for v in &s[y * w + xs.start..y * w + xs.end.max(xs.start)] {
-                        m = m.max(*v);
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let s = &src[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..oh {
+                let y0 = (oy * sh) as isize - t as isize;
+                let ys = y0.max(0) as usize..((y0 + kh as isize).min(h as isize)).max(0) as usize;
+                for ox in 0..ow {
+                    let x0 = (ox * sw) as isize - l as isize;
+                    let xs =
+                        x0.max(0) as usize..((x0 + kw as isize).min(w as isize)).max(0) as usize;
+                    let mut m = f32::NEG_INFINITY;
+                    for y in ys.clone() {
+                        for v in &s[y * w + xs.start..y * w + xs.end.max(xs.start)] {
+                            m = m.max(*v);
+                        }
                     }
+                    dst[oy * ow + ox] = m;
                 }
-                dst[oy * ow + ox] = m;
             }
-        }
-    });
+        });
     Tensor::from_vec(out, (b, c, oh, ow), x.device())
 }
 
@@ -298,7 +363,9 @@ fn batch_norm(inputs: &[Option<Tensor>], eps: f32) -> Result<Tensor> {
     let mean = shape(req(inputs, 3)?)?;
     let var = shape(req(inputs, 4)?)?;
     let k = scale.broadcast_div(&(var + f64::from(eps))?.sqrt()?)?;
-    x.broadcast_sub(&mean)?.broadcast_mul(&k)?.broadcast_add(&bias)
+    x.broadcast_sub(&mean)?
+        .broadcast_mul(&k)?
+        .broadcast_add(&bias)
 }
 
 fn softmax(x: &Tensor, a: i64, legacy: bool) -> Result<Tensor> {
@@ -371,7 +438,9 @@ fn layer_norm(inputs: &[Option<Tensor>], a: i64, eps: f32) -> Result<Tensor> {
     let mean = flat.mean_keepdim(1)?;
     let centered = flat.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(1)?;
-    let normed = centered.broadcast_div(&(var + f64::from(eps))?.sqrt()?)?.reshape(x.dims())?;
+    let normed = centered
+        .broadcast_div(&(var + f64::from(eps))?.sqrt()?)?
+        .reshape(x.dims())?;
     let scaled = normed.broadcast_mul(req(inputs, 1)?)?;
     match inputs.get(2).and_then(Option::as_ref) {
         Some(b) => scaled.broadcast_add(b),
@@ -379,9 +448,18 @@ fn layer_norm(inputs: &[Option<Tensor>], a: i64, eps: f32) -> Result<Tensor> {
     }
 }
 
-fn reduce(x: &Tensor, kind: Reduce, axes: Option<Vec<i64>>, keep: bool, noop_empty: bool) -> Result<Tensor> {
+fn reduce(
+    x: &Tensor,
+    kind: Reduce,
+    axes: Option<Vec<i64>>,
+    keep: bool,
+    noop_empty: bool,
+) -> Result<Tensor> {
     let mut axes: Vec<usize> = match axes {
-        Some(a) if !a.is_empty() => a.iter().map(|&v| axis(v, x.rank())).collect::<Result<_>>()?,
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|&v| axis(v, x.rank()))
+            .collect::<Result<_>>()?,
         _ if noop_empty => return Ok(x.clone()),
         _ => (0..x.rank()).collect(),
     };
@@ -402,7 +480,12 @@ fn reduce(x: &Tensor, kind: Reduce, axes: Option<Vec<i64>>, keep: bool, noop_emp
     Ok(t)
 }
 
-fn topk(inputs: &[Option<Tensor>], a: i64, largest: bool, k_attr: Option<usize>) -> Result<Vec<Tensor>> {
+fn topk(
+    inputs: &[Option<Tensor>],
+    a: i64,
+    largest: bool,
+    k_attr: Option<usize>,
+) -> Result<Vec<Tensor>> {
     let x = req(inputs, 0)?;
     let k = match k_attr {
         Some(k) => k,
@@ -416,7 +499,10 @@ fn topk(inputs: &[Option<Tensor>], a: i64, largest: bool, k_attr: Option<usize>)
     let last = x.rank() - 1;
     let moved = x.transpose(ax, last)?.contiguous()?;
     let rows = moved.elem_count() / n.max(1);
-    let v = moved.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let v = moved
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
     let mut vals = Vec::with_capacity(rows * k);
     let mut idx = Vec::with_capacity(rows * k);
     let mut order: Vec<usize> = Vec::with_capacity(n);
@@ -441,7 +527,9 @@ fn topk(inputs: &[Option<Tensor>], a: i64, largest: bool, k_attr: Option<usize>)
         .to_dtype(x.dtype())?
         .transpose(ax, last)?
         .contiguous()?;
-    let idx = Tensor::from_vec(idx, dims, x.device())?.transpose(ax, last)?.contiguous()?;
+    let idx = Tensor::from_vec(idx, dims, x.device())?
+        .transpose(ax, last)?
+        .contiguous()?;
     Ok(vec![vals, idx])
 }
 
@@ -463,7 +551,11 @@ fn nearest_index(x: f32, n: usize, m: Nearest) -> usize {
         Nearest::Floor => x.floor(),
         Nearest::Ceil => x.ceil(),
         Nearest::RoundPreferFloor => {
-            if (x - x.floor() - 0.5).abs() < f32::EPSILON { x.floor() } else { x.round() }
+            if (x - x.floor() - 0.5).abs() < f32::EPSILON {
+                x.floor()
+            } else {
+                x.round()
+            }
         }
         Nearest::RoundPreferCeil => (x + 0.5).floor(),
     };
@@ -474,21 +566,38 @@ fn nearest_index(x: f32, n: usize, m: Nearest) -> usize {
 fn resize_target(inputs: &[Option<Tensor>], x: &Tensor) -> Result<[(usize, f32); 2]> {
     let r = x.rank();
     let dims = x.dims();
-    let sizes = inputs.get(3).and_then(Option::as_ref).filter(|t| t.elem_count() > 0);
-    let scales = inputs.get(2).and_then(Option::as_ref).filter(|t| t.elem_count() > 0);
+    let sizes = inputs
+        .get(3)
+        .and_then(Option::as_ref)
+        .filter(|t| t.elem_count() > 0);
+    let scales = inputs
+        .get(2)
+        .and_then(Option::as_ref)
+        .filter(|t| t.elem_count() > 0);
     let (out, sc): (Vec<usize>, Vec<f32>) = if let Some(s) = sizes {
         let s = super::array::to_dims(&ints(s)?)?;
-        let sc = s.iter().zip(dims).map(|(o, i)| *o as f32 / *i as f32).collect();
+        let sc = s
+            .iter()
+            .zip(dims)
+            .map(|(o, i)| *o as f32 / *i as f32)
+            .collect();
         (s, sc)
     } else if let Some(s) = scales {
         let s = floats(s)?;
-        let o = s.iter().zip(dims).map(|(s, i)| (*i as f32 * s).floor() as usize).collect();
+        let o = s
+            .iter()
+            .zip(dims)
+            .map(|(s, i)| (*i as f32 * s).floor() as usize)
+            .collect();
         (o, s)
     } else {
         candle_core::bail!("Resize needs scales or sizes");
     };
     if out.len() != r || out[..r - 2] != dims[..r - 2] {
-        candle_core::bail!("Resize: only the last two axes can be resized ({:?} → {out:?})", dims);
+        candle_core::bail!(
+            "Resize: only the last two axes can be resized ({:?} → {out:?})",
+            dims
+        );
     }
     super::array::to_dims(&out.iter().map(|&v| v as i64).collect::<Vec<_>>())?;
     Ok([(out[r - 2], sc[r - 2]), (out[r - 1], sc[r - 1])])
@@ -524,20 +633,26 @@ fn resize(inputs: &[Option<Tensor>], op: &ResizeOp) -> Result<Tensor> {
     let (ty, tx) = (taps(oh, h, sh), taps(ow, w, sw));
     let mut out = vec![0f32; planes * oh * ow];
     use rayon::prelude::*;
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, dst)| {
-        let s = &src[p * h * w..(p + 1) * h * w];
-        for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
-            for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
-                let top = s[y0 * w + x0] * (1.0 - fx) + s[y0 * w + x1] * fx;
-                let v = if fy == 0.0 {
-                    top
-                } else {
-                    top * (1.0 - fy) + (s[y1 * w + x0] * (1.0 - fx) + s[y1 * w + x1] * fx) * fy
-                };
-                dst[oy * ow + ox] = if fx == 0.0 && fy == 0.0 { s[y0 * w + x0] } else { v };
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(p, dst)| {
+            let s = &src[p * h * w..(p + 1) * h * w];
+            for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
+                for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
+                    let top = s[y0 * w + x0] * (1.0 - fx) + s[y0 * w + x1] * fx;
+                    let v = if fy == 0.0 {
+                        top
+                    } else {
+                        top * (1.0 - fy) + (s[y1 * w + x0] * (1.0 - fx) + s[y1 * w + x1] * fx) * fy
+                    };
+                    dst[oy * ow + ox] = if fx == 0.0 && fy == 0.0 {
+                        s[y0 * w + x0]
+                    } else {
+                        v
+                    };
+                }
             }
-        }
-    });
+        });
     let mut od = dims;
     let r = od.len();
     od[r - 2] = oh;
@@ -549,7 +664,11 @@ fn grid_sample(x: &Tensor, grid: &Tensor, g: &GridSampleOp) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (gn, oh, ow, two) = grid.dims4()?;
     if gn != n || two != 2 {
-        candle_core::bail!("GridSample: grid {:?} for input {:?}", grid.dims(), x.dims());
+        candle_core::bail!(
+            "GridSample: grid {:?} for input {:?}",
+            grid.dims(),
+            x.dims()
+        );
     }
     let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let gv = grid.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
@@ -588,7 +707,11 @@ fn grid_sample(x: &Tensor, grid: &Tensor, g: &GridSampleOp) -> Result<Tensor> {
                         + sample(plane, y0 + 1, x0) * (1.0 - fx) * fy
                         + sample(plane, y0 + 1, x0 + 1) * fx * fy
                 } else {
-                    sample(plane, gy.round_ties_even() as isize, gx.round_ties_even() as isize)
+                    sample(
+                        plane,
+                        gy.round_ties_even() as isize,
+                        gx.round_ties_even() as isize,
+                    )
                 };
                 out[(b * c + ch) * oh * ow + p] = v;
             }
@@ -605,10 +728,22 @@ fn nms(inputs: &[Option<Tensor>], center: bool) -> Result<Tensor> {
     let (nb, nbox, four) = boxes.dims3()?;
     let (sb, nc, sn) = scores.dims3()?;
     if four != 4 || sb != nb || sn != nbox {
-        candle_core::bail!("NonMaxSuppression: boxes {:?}, scores {:?}", boxes.dims(), scores.dims());
+        candle_core::bail!(
+            "NonMaxSuppression: boxes {:?}, scores {:?}",
+            boxes.dims(),
+            scores.dims()
+        );
     }
-    let opt = |i: usize| inputs.get(i).and_then(Option::as_ref).filter(|t| t.elem_count() > 0);
-    let max_out = opt(2).map(ints).transpose()?.map_or(0, |v| v[0].max(0) as usize);
+    let opt = |i: usize| {
+        inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .filter(|t| t.elem_count() > 0)
+    };
+    let max_out = opt(2)
+        .map(ints)
+        .transpose()?
+        .map_or(0, |v| v[0].max(0) as usize);
     let iou_thr = opt(3).map(floats).transpose()?.map_or(0.0, |v| v[0]);
     let score_thr = opt(4).map(floats).transpose()?.map(|v| v[0]);
     let bv = boxes.flatten_all()?.to_vec1::<f32>()?;
@@ -616,9 +751,19 @@ fn nms(inputs: &[Option<Tensor>], center: bool) -> Result<Tensor> {
     let corners = |b: usize, i: usize| -> [f32; 4] {
         let v = &bv[(b * nbox + i) * 4..(b * nbox + i) * 4 + 4];
         if center {
-            [v[0] - v[2] / 2.0, v[1] - v[3] / 2.0, v[0] + v[2] / 2.0, v[1] + v[3] / 2.0]
+            [
+                v[0] - v[2] / 2.0,
+                v[1] - v[3] / 2.0,
+                v[0] + v[2] / 2.0,
+                v[1] + v[3] / 2.0,
+            ]
         } else {
-            [v[0].min(v[2]), v[1].min(v[3]), v[0].max(v[2]), v[1].max(v[3])]
+            [
+                v[0].min(v[2]),
+                v[1].min(v[3]),
+                v[0].max(v[2]),
+                v[1].max(v[3]),
+            ]
         }
     };
     let iou = |a: [f32; 4], b: [f32; 4]| {
@@ -632,14 +777,19 @@ fn nms(inputs: &[Option<Tensor>], center: bool) -> Result<Tensor> {
     for b in 0..nb {
         for cl in 0..nc {
             let s = &sv[(b * nc + cl) * nbox..(b * nc + cl + 1) * nbox];
-            let mut order: Vec<usize> = (0..nbox).filter(|&i| score_thr.is_none_or(|t| s[i] > t)).collect();
+            let mut order: Vec<usize> = (0..nbox)
+                .filter(|&i| score_thr.is_none_or(|t| s[i] > t))
+                .collect();
             order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
             let mut kept: Vec<usize> = Vec::new();
             for i in order {
                 if kept.len() >= max_out {
                     break;
                 }
-                if kept.iter().all(|&k| iou(corners(b, k), corners(b, i)) <= iou_thr) {
+                if kept
+                    .iter()
+                    .all(|&k| iou(corners(b, k), corners(b, i)) <= iou_thr)
+                {
                     kept.push(i);
                     sel.extend([b as i64, cl as i64, i as i64]);
                 }
@@ -650,19 +800,31 @@ fn nms(inputs: &[Option<Tensor>], center: bool) -> Result<Tensor> {
     Tensor::from_vec(sel, (n, 3), boxes.device())
 }
 
-fn pad(inputs: &[Option<Tensor>], mode: PadMode, attr: Option<&[i64]>, value: f32) -> Result<Tensor> {
+fn pad(
+    inputs: &[Option<Tensor>],
+    mode: PadMode,
+    attr: Option<&[i64]>,
+    value: f32,
+) -> Result<Tensor> {
     let x = req(inputs, 0)?;
     let r = x.rank();
     let pads = match attr {
         Some(p) => p.to_vec(),
         None => ints(req(inputs, 1)?)?,
     };
-    let value = match inputs.get(2).and_then(Option::as_ref).filter(|t| t.elem_count() > 0) {
+    let value = match inputs
+        .get(2)
+        .and_then(Option::as_ref)
+        .filter(|t| t.elem_count() > 0)
+    {
         Some(v) => floats(v)?[0],
         None => value,
     };
     let axes: Vec<usize> = match inputs.get(3).and_then(Option::as_ref) {
-        Some(a) => ints(a)?.iter().map(|&v| axis(v, r)).collect::<Result<_>>()?,
+        Some(a) => ints(a)?
+            .iter()
+            .map(|&v| axis(v, r))
+            .collect::<Result<_>>()?,
         None => (0..r).collect(),
     };
     if pads.len() != 2 * axes.len() {
@@ -707,5 +869,6 @@ fn reflect(t: &Tensor, ax: usize, lo: usize, hi: usize) -> Result<Tensor> {
     let mut idx: Vec<i64> = (1..=lo).rev().map(|i| i as i64).collect();
     idx.extend(0..n as i64);
     idx.extend((0..hi).map(|i| (n - 2 - i) as i64));
-    t.contiguous()?.index_select(&Tensor::new(idx, t.device())?, ax)
+    t.contiguous()?
+        .index_select(&Tensor::new(idx, t.device())?, ax)
 }
