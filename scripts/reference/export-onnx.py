@@ -123,6 +123,8 @@ VARIANTS = {
     # Ultralytics' dynamic=True: batch, height and width symbolic, the shape arithmetic in the
     # graph (vigil fixes the dims at load and folds it).
     "yolov8-micro-dynamic": ("yolov8-micro", "dynamic", 17),
+    # Ultralytics' nms=True: NMS in the graph (end to end, `[1, 300, 6]` x1 y1 x2 y2 score class).
+    "yolov8-micro-nms": ("yolov8-micro", "nms", 17),
     # yolov7's export.py with --grid (no --end2end): Detect's decode in the graph, one output.
     "yolov7-micro-grid": ("yolov7-micro", "grid", 12),
 }
@@ -210,7 +212,7 @@ def rtdetr_micro(d, width):
     return d
 
 
-def export_ultralytics(name, cfg, size, opset, width, work, dynamic=False):
+def export_ultralytics(name, cfg, size, opset, width, work, dynamic=False, nms=False):
     from ultralytics import RTDETR, YOLO
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
@@ -242,7 +244,7 @@ def export_ultralytics(name, cfg, size, opset, width, work, dynamic=False):
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             f = y.export(format="onnx", imgsz=size, opset=opset, simplify=False, dynamic=dynamic,
-                         half=False, batch=1, device="cpu", nms=False)
+                         half=False, batch=1, device="cpu", nms=nms)
     finally:
         os.chdir(cwd)
     f = Path(work) / f
@@ -601,6 +603,9 @@ def detections(family, outs, size, cfg=None):
     out = outs[0][1]
     if family in OFFICIAL:
         d, how = detections_official(family, outs, size, cfg)
+    elif family == "ultralytics" and out.shape[-1] == 6:  # nms=True: already suppressed
+        d = out[0][out[0][:, 4] > CONF]
+        how = f"end to end (NMS in the graph): rows with score > {CONF}, as Ultralytics' end2end postprocess"
     elif family == "ultralytics":
         from ultralytics.utils.nms import non_max_suppression
         d = non_max_suppression(torch.from_numpy(out), conf_thres=CONF, iou_thres=IOU, max_det=300,
@@ -749,7 +754,7 @@ def main(names):
             if family in ("ultralytics", "rtdetr"):
                 import ultralytics
                 f, extra = export_ultralytics(name, cfg, size, opset, width, work,
-                                              dynamic=variant == "dynamic")
+                                              dynamic=variant == "dynamic", nms=variant == "nms")
                 micro = (f" with channels x{width}, depth 0.33, AIFI 64/4 heads, decoder hd 32 nq 100 "
                          f"nh 4, 2 layers, ffn 64 (rtdetr_micro)" if family == "rtdetr" else
                          f" with width {width}, max_channels {MICRO_MAX_CHANNELS}, nc={MICRO_NC}, "
@@ -799,6 +804,8 @@ def main(names):
                     prov["variant"] = f"onnx.version_converter.convert_version(opset {vopset})"
                 elif variant == "initializers_as_inputs":
                     prov["variant"] = "exported with keep_initializers_as_inputs=True"
+                elif variant == "nms":
+                    prov["variant"] = "exported with nms=True (NMS in the graph, end to end)"
                 elif variant == "dynamic":
                     prov["variant"] = "exported with dynamic=True (batch, height, width symbolic)"
                 elif variant == "grid":

@@ -44,7 +44,18 @@ fn family(model: &str) -> (Decoder, FamilyNms) {
         max,
         none: false,
     };
-    if model.starts_with("yolox") {
+    if model.ends_with("-nms") {
+        // NMS in the graph: the rows are the detections.
+        (
+            Decoder::NmsIncluded,
+            FamilyNms {
+                class_shift: 0.0,
+                plus_one: false,
+                max: 300,
+                none: true,
+            },
+        )
+    } else if model.starts_with("yolox") {
         (
             Decoder::Yolox,
             FamilyNms {
@@ -171,7 +182,7 @@ fn check_model(name: &str) -> Result<String, String> {
             ));
         }
         let r = &reference[off..off + n];
-        let err = if name.starts_with("rtdetr") {
+        let err = if name.starts_with("rtdetr") || name.ends_with("-nms") {
             rel_err_rows(&ours, r, 6)
         } else {
             rel_err(&ours, r)

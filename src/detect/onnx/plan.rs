@@ -498,24 +498,34 @@ impl DryRun {
         let mut folded = HashSet::new();
         let mut shapes = HashMap::new();
         shapes.insert(input_name.to_string(), shape.to_vec());
+        // Tensors whose shape depends on the data (NonZero, NMS, and what follows them): their
+        // `Shape` is not a constant.
+        let mut data_shaped: HashSet<&str> = HashSet::new();
         for (pos, &i) in sorted.iter().enumerate() {
             let n = &nodes[i];
             let mut args = Vec::with_capacity(n.input.len());
             let mut all_const = true;
-            for inp in &n.input {
+            let mut values_shape_output = false;
+            for (k, inp) in n.input.iter().enumerate() {
                 if inp.is_empty() {
                     args.push(None);
                 } else if let Some(c) = consts.get(inp) {
                     args.push(Some(c.clone()));
                 } else {
                     all_const = false;
+                    values_shape_output |= ops[i].shape_from_input(k);
                     args.push(live.get(inp).cloned());
                 }
             }
             let outs = ops[i]
                 .eval(&args)
                 .map_err(|e| node_error(&node_name(n), &n.op_type, &e))?;
-            let fold = all_const || ops[i].is_shape_of();
+            let input_data_shaped = n.input.iter().any(|x| data_shaped.contains(x.as_str()));
+            let fold = all_const || (ops[i].is_shape_of() && !input_data_shaped);
+            if !fold && (input_data_shaped || values_shape_output || ops[i].data_dependent_shape())
+            {
+                data_shaped.extend(n.output.iter().map(String::as_str));
+            }
             for (name, t) in n.output.iter().zip(outs) {
                 shapes.insert(name.clone(), t.dims().to_vec());
                 if fold {

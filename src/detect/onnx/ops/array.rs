@@ -81,6 +81,15 @@ pub fn parse(
         "GatherElements" => Op::GatherElements {
             axis: a.int_or("axis", 0)?,
         },
+        "GatherND" if a.int_or("batch_dims", 0)? != 0 => {
+            return Err("GatherND with batch_dims is not supported".into());
+        }
+        "GatherND" => Op::GatherNd,
+        "ScatterND" if a.string_or("reduction", "none")? != "none" => {
+            return Err("ScatterND with a reduction is not supported".into());
+        }
+        "ScatterND" => Op::ScatterNd,
+        "NonZero" => Op::NonZero,
         "Expand" => Op::Expand,
         "Tile" => Op::Tile,
         "Range" => Op::Range,
@@ -112,6 +121,9 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Option<Result<Vec<Tensor>>> {
         }
         Op::Gather { axis: a } => gather(inputs, *a),
         Op::GatherElements { axis: a } => gather_elements(inputs, *a),
+        Op::GatherNd => gather_nd(inputs),
+        Op::ScatterNd => scatter_nd(inputs),
+        Op::NonZero => non_zero(inputs),
         Op::Expand => expand(inputs),
         Op::Tile => tile(inputs),
         Op::Range => range(inputs),
@@ -429,4 +441,114 @@ fn range(inputs: &[Option<Tensor>]) -> Result<Tensor> {
     let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as i64;
     to_dims(&[n])?;
     Tensor::new((0..n).map(|i| s + i * d).collect::<Vec<_>>(), dev)?.to_dtype(start.dtype())
+}
+
+/// Row-major strides of `dims`.
+fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * dims[i + 1];
+    }
+    s
+}
+
+/// The flat offsets the last axis of `indices` (each a `k`-tuple into `dims`) points at.
+fn nd_offsets(indices: &[i64], k: usize, dims: &[usize]) -> Result<Vec<usize>> {
+    let st = strides(dims);
+    indices
+        .chunks_exact(k.max(1))
+        .map(|ix| {
+            ix.iter().enumerate().try_fold(0usize, |acc, (d, &v)| {
+                let n = dims[d] as i64;
+                let v = if v < 0 { v + n } else { v };
+                if v < 0 || v >= n {
+                    candle_core::bail!("index {v} out of range for dim {d} of {dims:?}");
+                }
+                Ok(acc + v as usize * st[d])
+            })
+        })
+        .collect()
+}
+
+/// `GatherND` (batch_dims 0): slices of `data` picked by the index tuples on `indices`' last axis.
+fn gather_nd(inputs: &[Option<Tensor>]) -> Result<Tensor> {
+    let data = req(inputs, 0)?;
+    let idx = req(inputs, 1)?;
+    let k = *idx.dims().last().unwrap_or(&0);
+    if k > data.rank() {
+        candle_core::bail!("GatherND: index tuples of {k} into rank {}", data.rank());
+    }
+    let slice: usize = data.dims()[k..].iter().product();
+    let offsets = nd_offsets(&ints(idx)?, k, &data.dims()[..k])?;
+    let flat = data.flatten_all()?;
+    let picks: Vec<i64> = offsets
+        .iter()
+        .flat_map(|&o| (o * slice..(o + 1) * slice).map(|v| v as i64))
+        .collect();
+    let mut dims = idx.dims()[..idx.rank() - 1].to_vec();
+    dims.extend_from_slice(&data.dims()[k..]);
+    flat.index_select(&Tensor::new(picks, data.device())?, 0)?
+        .reshape(dims)
+}
+
+/// `ScatterND` (no reduction): a copy of `data` with the indexed slices replaced by `updates`.
+fn scatter_nd(inputs: &[Option<Tensor>]) -> Result<Tensor> {
+    let data = req(inputs, 0)?;
+    let idx = req(inputs, 1)?;
+    let updates = req(inputs, 2)?;
+    let k = *idx.dims().last().unwrap_or(&0);
+    if k > data.rank() {
+        candle_core::bail!("ScatterND: index tuples of {k} into rank {}", data.rank());
+    }
+    let slice: usize = data.dims()[k..].iter().product();
+    let offsets = nd_offsets(&ints(idx)?, k, &data.dims()[..k])?;
+    if updates.elem_count() != offsets.len() * slice {
+        candle_core::bail!(
+            "ScatterND: {} updates for {} slices of {slice}",
+            updates.elem_count(),
+            offsets.len()
+        );
+    }
+    let dtype = data.dtype();
+    if dtype == DType::I64 {
+        let mut v = ints(data)?;
+        let u = ints(updates)?;
+        for (i, &o) in offsets.iter().enumerate() {
+            v[o * slice..(o + 1) * slice].copy_from_slice(&u[i * slice..(i + 1) * slice]);
+        }
+        return Tensor::from_vec(v, data.dims(), data.device());
+    }
+    let mut v = data.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let u = updates
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    for (i, &o) in offsets.iter().enumerate() {
+        v[o * slice..(o + 1) * slice].copy_from_slice(&u[i * slice..(i + 1) * slice]);
+    }
+    Tensor::from_vec(v, data.dims(), data.device())?.to_dtype(dtype)
+}
+
+/// `NonZero`: `[rank, count]` indices of the non-zero elements, row-major.
+fn non_zero(inputs: &[Option<Tensor>]) -> Result<Tensor> {
+    let x = req(inputs, 0)?;
+    let dims = x.dims().to_vec();
+    let st = strides(&dims);
+    let nz: Vec<usize> = x
+        .ne(0f64)?
+        .flatten_all()?
+        .to_vec1::<u8>()?
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v != 0)
+        .map(|(i, _)| i)
+        .collect();
+    let rank = dims.len().max(1);
+    let mut out = vec![0i64; rank * nz.len()];
+    for (j, &flat) in nz.iter().enumerate() {
+        for d in 0..dims.len() {
+            out[d * nz.len() + j] = ((flat / st[d]) % dims[d]) as i64;
+        }
+    }
+    Tensor::from_vec(out, (rank, nz.len()), x.device())
 }

@@ -205,6 +205,9 @@ pub enum Op {
     Gather {
         axis: i64,
     },
+    GatherNd,
+    ScatterNd,
+    NonZero,
     GatherElements {
         axis: i64,
     },
@@ -336,6 +339,29 @@ impl Op {
                 Some(r) => r,
                 None => special::eval(self, inputs),
             },
+        }
+    }
+
+    /// Whether the output's shape depends on the input values themselves (not their shapes).
+    pub fn data_dependent_shape(&self) -> bool {
+        matches!(self, Op::NonZero | Op::NonMaxSuppression { .. })
+    }
+
+    /// Whether input `k`'s values (when not a constant) decide the output's shape.
+    pub fn shape_from_input(&self, k: usize) -> bool {
+        match self {
+            Op::ConstantOfShape(_) | Op::Range => true,
+            Op::Reshape { .. }
+            | Op::Expand
+            | Op::Tile
+            | Op::Slice
+            | Op::Pad { .. }
+            | Op::TopK { .. } => k >= 1,
+            Op::Split { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Reduce { .. } => {
+                k >= 1
+            }
+            Op::Resize(_) => k >= 2,
+            _ => false,
         }
     }
 
