@@ -75,6 +75,13 @@ pub fn parse(
             axes: a.ints("axes")?,
         },
         "Slice" => Op::Slice,
+        _ => return parse_indexing(node, a),
+    })
+}
+
+/// Gathering, scattering and generating operators.
+fn parse_indexing(node: &NodeProto, a: &Attrs) -> std::result::Result<Op, ParseError> {
+    Ok(match node.op_type.as_str() {
         "Gather" => Op::Gather {
             axis: a.int_or("axis", 0)?,
         },
