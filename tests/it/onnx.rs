@@ -526,3 +526,132 @@ fn vigil_check_reports_an_unknown_operator() {
         "{text}"
     );
 }
+
+/// `vigil model inspect`: parameters are the initializers' elements (the oracle's inventory), and
+/// YOLOv8n's count and FLOPs are Ultralytics' published 3,151,904 and 8.7 G at 640 (here at 160:
+/// 8.744 G / 16).
+#[test]
+fn model_inspect_counts_parameters_and_flops() {
+    let inspect = |path: &Path| -> Value {
+        let out = super::common::vigil()
+            .args(["model", "inspect", "--json"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let micro = inspect(&golden().join("yolov8-micro.onnx"));
+    let ops: Value = serde_json::from_str(
+        &std::fs::read_to_string(golden().join("yolov8-micro.ops.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        micro["parameters"].as_u64().unwrap(),
+        ops["initializer_bytes"].as_u64().unwrap() / 4
+    );
+    assert_eq!(micro["output_shapes"], serde_json::json!([[1, 24, 525]]));
+    assert_eq!(micro["operators"]["Conv"], 64);
+    let big = golden().join("big/yolov8n.onnx");
+    if !big.is_file() {
+        eprintln!(
+            "skipped the YOLOv8n half: {} is missing (make onnx-fixtures)",
+            big.display()
+        );
+        return;
+    }
+    let n = inspect(&big);
+    assert_eq!(n["parameters"], 3_151_904);
+    let flops = n["flops"].as_f64().unwrap();
+    assert!((flops / (8.744e9 / 16.0) - 1.0).abs() < 0.01, "{flops}");
+}
+
+/// `vigil model run-raw`: a `.npy` in, every output in an `.npz` out, equal to ONNX Runtime's.
+#[test]
+fn model_run_raw_writes_every_output_to_npz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let x = read_f32(&golden().join("input-1x3x160x160.f32"));
+    let npy = tmp.path().join("x.npy");
+    {
+        use npyz::WriterBuilder;
+        let f = std::fs::File::create(&npy).unwrap();
+        let mut w = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&[1, 3, 160, 160])
+            .writer(f)
+            .begin_nd()
+            .unwrap();
+        w.extend(x).unwrap();
+        w.finish().unwrap();
+    }
+    let npz = tmp.path().join("y.npz");
+    let out = super::common::vigil()
+        .args(["model", "run-raw"])
+        .arg(golden().join("yolov7-micro.onnx"))
+        .arg("--input")
+        .arg(&npy)
+        .arg("--out")
+        .arg(&npz)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden().join("yolov7-micro.json")).unwrap())
+            .unwrap();
+    let reference = read_f32(&golden().join("yolov7-micro.f32"));
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&npz).unwrap()).unwrap();
+    for t in meta["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let entry = zip.by_name(&format!("{name}.npy")).unwrap();
+        let arr = npyz::NpyFile::new(std::io::BufReader::new(entry)).unwrap();
+        let shape: Vec<u64> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(arr.shape(), shape.as_slice(), "{name}");
+        let ours: Vec<f32> = arr.into_vec().unwrap();
+        let off = t["offset"].as_u64().unwrap() as usize;
+        let err = rel_err(&ours, &reference[off..off + ours.len()]);
+        assert!(err <= 1e-3, "{name}: {err}");
+    }
+}
+
+/// An ONNX manifest without `classes:` takes Ultralytics' `names` metadata; `vigil detect` runs it.
+#[test]
+fn manifest_classes_come_from_ultralytics_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.yaml");
+    std::fs::write(
+        &m,
+        format!(
+            "name: micro\nonnx: {}\ndecoder: yolov8\n",
+            golden().join("yolov8-micro.onnx").display()
+        ),
+    )
+    .unwrap();
+    let info = vigil::detect::manifest::ModelInfo::load(&m).unwrap();
+    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(info.classes, want);
+    assert_eq!(info.input, (160, 160));
+    let out = super::common::vigil()
+        .args(["detect", "--json", "--model"])
+        .arg(&m)
+        .arg(super::common::asset("images/dog.jpg"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -252,3 +252,24 @@ pub fn parse_names(s: &str) -> Option<Vec<String>> {
         .all(|(i, (k, _))| i == *k)
         .then(|| out.into_iter().map(|(_, v)| v).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ultralytics_names_metadata_parses_in_key_order() {
+        let names =
+            parse_names("{1: 'bicycle', 0: \"person\", 2: 'traffic light', 3: \"o'clock\"}");
+        assert_eq!(
+            names.unwrap(),
+            vec!["person", "bicycle", "traffic light", "o'clock"]
+        );
+        assert!(
+            parse_names("{0: 'a', 2: 'c'}").is_none(),
+            "a gap in the keys"
+        );
+        assert!(parse_names("['a', 'b']").is_none());
+        assert!(parse_names("{0: 'unterminated}").is_none());
+    }
+}
