@@ -29,7 +29,7 @@ test: deps assets onnx-fixtures
 # is reported and the tests that need these files skip, saying so.
 .PHONY: onnx-fixtures
 onnx-fixtures: assets
-	@scripts/reference/onnx-fixtures || echo "onnx-fixtures: FAILED: the ONNX end-to-end and full-size parity tests will skip"
+	@timeout 1200 scripts/reference/onnx-fixtures || echo "onnx-fixtures: FAILED or timed out: the ONNX end-to-end and full-size parity tests will skip"
 
 
 # One run of `vigil bench` (detector vs OpenCV DNN on the same weights, decode floor, whole

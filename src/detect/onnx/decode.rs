@@ -338,7 +338,11 @@ fn end_to_end(
         4 => {
             let num = per(0)?.first().copied().unwrap_or(0.0).max(0.0) as usize;
             let (boxes, scores, classes) = (per(1)?, per(2)?, per(3)?);
-            for i in 0..num.min(scores.len()) {
+            let n = num
+                .min(scores.len())
+                .min(classes.len())
+                .min(boxes.len() / 4);
+            for i in 0..n {
                 let bx = &boxes[i * 4..i * 4 + 4];
                 if scores[i] >= threshold {
                     out.push(cand(
@@ -447,6 +451,15 @@ fn yolov3(
             net: p.input,
         };
         let raw: Vec<f32> = t.get(b)?.flatten_all()?.to_vec1()?;
+        let want = head.anchors.len() * (5 + p.classes) * gh * gw;
+        if raw.len() != want {
+            candle_core::bail!(
+                "yolov3: output {:?} does not hold {} anchors × (5 + {} classes)",
+                t.dims(),
+                head.anchors.len(),
+                p.classes
+            );
+        }
         head.decode(&raw, (gh, gw), threshold, out);
     }
     Ok(())

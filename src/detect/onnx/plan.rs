@@ -261,6 +261,13 @@ fn known_names(model: &ModelProto) -> HashSet<String> {
 fn order(nodes: &[NodeProto], known: &HashSet<String>) -> Result<Vec<usize>, OnnxError> {
     let mut producer: HashMap<&str, usize> = HashMap::new();
     for (i, n) in nodes.iter().enumerate() {
+        if n.output.iter().all(String::is_empty) {
+            return Err(OnnxError::Graph(format!(
+                "node `{}` ({}) has no outputs",
+                node_name(n),
+                n.op_type
+            )));
+        }
         for o in n.output.iter().filter(|o| !o.is_empty()) {
             if known.contains(o) || producer.insert(o, i).is_some() {
                 return Err(OnnxError::Graph(format!(

@@ -148,6 +148,16 @@ fn constant_of_shape(value: &Tensor, shape: Result<&Tensor>) -> Result<Tensor> {
     value.reshape(())?.broadcast_as(dims)?.contiguous()
 }
 
+/// Refuse an output shape over the element bound before anything is allocated for it.
+pub fn bounded(dims: &[usize]) -> Result<()> {
+    let v: Vec<i64> = dims
+        .iter()
+        .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
+        .collect();
+    proto::element_count("output", &v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Ok(())
+}
+
 /// Dims from i64 values, refusing negatives and sizes over the element bound.
 pub fn to_dims(v: &[i64]) -> Result<Vec<usize>> {
     proto::element_count("shape", v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -277,7 +287,14 @@ fn concat(inputs: &[Option<Tensor>], a: i64) -> Result<Tensor> {
     // Zero-length parts (empty shape tensors) are legal in ONNX; Candle refuses some.
     let parts: Vec<&Tensor> = all.iter().copied().filter(|t| t.elem_count() > 0).collect();
     if parts.is_empty() {
-        return Ok(first.clone());
+        // All empty: still the concatenated shape (a frame with no candidates in an end-to-end
+        // NMS graph concatenates [0, 2] and [0, 2] into [0, 4]).
+        let mut dims = first.dims().to_vec();
+        dims[ax] = all
+            .iter()
+            .map(|t| t.dims().get(ax).copied().unwrap_or(0))
+            .sum();
+        return Tensor::zeros(dims, first.dtype(), first.device());
     }
     Tensor::cat(&parts, ax)
 }
@@ -339,6 +356,11 @@ fn slice_with(
     axes: Option<&[i64]>,
     steps: Option<&[i64]>,
 ) -> Result<Tensor> {
+    let n = starts.len();
+    if ends.len() != n || axes.is_some_and(|a| a.len() != n) || steps.is_some_and(|s| s.len() != n)
+    {
+        candle_core::bail!("Slice: starts, ends, axes and steps differ in length");
+    }
     let mut t = x.clone();
     for (i, (&s, &e)) in starts.iter().zip(ends).enumerate() {
         let ax = axis(axes.map_or(i as i64, |a| a[i]), x.rank())?;
@@ -357,7 +379,10 @@ fn slice_with(
             }
             (s..e).step_by(step as usize).collect()
         } else {
-            let (s, e) = (s.clamp(-1, dim - 1), e.clamp(-1, dim - 1));
+            if dim == 0 {
+                continue;
+            }
+            let (s, e) = (s.clamp(0, dim - 1), e.clamp(-1, dim - 1));
             let mut v = Vec::new();
             let mut k = s;
             while k > e {
@@ -422,12 +447,23 @@ fn expand(inputs: &[Option<Tensor>]) -> Result<Tensor> {
     let shape = x
         .shape()
         .broadcast_shape_binary_op(&candle_core::Shape::from(want), "Expand")?;
+    bounded(shape.dims())?;
     x.broadcast_as(shape)?.contiguous()
 }
 
 fn tile(inputs: &[Option<Tensor>]) -> Result<Tensor> {
     let x = req(inputs, 0)?;
     let reps = to_dims(&ints(req(inputs, 1)?)?)?;
+    if reps.len() != x.rank() {
+        candle_core::bail!("Tile: {} repeats for rank {}", reps.len(), x.rank());
+    }
+    bounded(
+        &x.dims()
+            .iter()
+            .zip(&reps)
+            .map(|(d, r)| d * r)
+            .collect::<Vec<_>>(),
+    )?;
     x.repeat(reps)
 }
 
@@ -437,7 +473,11 @@ fn range(inputs: &[Option<Tensor>]) -> Result<Tensor> {
     if start.dtype() == DType::F32 {
         let v = |i| super::floats(req(inputs, i)?).map(|v| v[0]);
         let (s, l, d) = (v(0)?, v(1)?, v(2)?);
-        let n = ((l - s) / d).ceil().max(0.0) as usize;
+        let n = ((l - s) / d).ceil();
+        if !n.is_finite() {
+            candle_core::bail!("Range: start {s}, limit {l}, delta {d} give no finite length");
+        }
+        let n = to_dims(&[n.max(0.0) as i64])?[0];
         return Tensor::new((0..n).map(|i| s + i as f32 * d).collect::<Vec<_>>(), dev);
     }
     let v = |i| ints(req(inputs, i)?).map(|v| v[0]);
@@ -481,6 +521,9 @@ fn nd_offsets(indices: &[i64], k: usize, dims: &[usize]) -> Result<Vec<usize>> {
 fn gather_nd(inputs: &[Option<Tensor>]) -> Result<Tensor> {
     let data = req(inputs, 0)?;
     let idx = req(inputs, 1)?;
+    if idx.rank() == 0 {
+        candle_core::bail!("GatherND: indices must have rank ≥ 1");
+    }
     let k = *idx.dims().last().unwrap_or(&0);
     if k > data.rank() {
         candle_core::bail!("GatherND: index tuples of {k} into rank {}", data.rank());
@@ -503,6 +546,9 @@ fn scatter_nd(inputs: &[Option<Tensor>]) -> Result<Tensor> {
     let data = req(inputs, 0)?;
     let idx = req(inputs, 1)?;
     let updates = req(inputs, 2)?;
+    if idx.rank() == 0 {
+        candle_core::bail!("ScatterND: indices must have rank ≥ 1");
+    }
     let k = *idx.dims().last().unwrap_or(&0);
     if k > data.rank() {
         candle_core::bail!("ScatterND: index tuples of {k} into rank {}", data.rank());

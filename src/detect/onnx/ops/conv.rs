@@ -47,7 +47,11 @@ impl ConvOp {
     pub fn parse(a: &Attrs) -> std::result::Result<Self, String> {
         let pads = match a.ints("pads")?.as_deref() {
             None => [0; 4],
-            Some([t, l, b, r]) if [*t, *l, *b, *r].iter().all(|v| *v >= 0) => {
+            Some([t, l, b, r])
+                if [*t, *l, *b, *r]
+                    .iter()
+                    .all(|v| (0..=super::special::MAX_PAD).contains(v)) =>
+            {
                 [*t as usize, *l as usize, *b as usize, *r as usize]
             }
             Some(other) => {

@@ -93,6 +93,13 @@ pub fn unary(u: Unary, x: &Tensor) -> Result<Tensor> {
 }
 
 pub fn binary(b: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let shape = x
+        .shape()
+        .broadcast_shape_binary_op(y.shape(), "broadcast")?;
+    super::array::bounded(shape.dims())?;
+    if b == Binary::Div && x.dtype() != DType::F32 {
+        return int_div(x, y);
+    }
     let fast = match b {
         Binary::Add => par_zip(x, y, |p, q| p + q),
         Binary::Sub => par_zip(x, y, |p, q| p - q),
@@ -121,6 +128,21 @@ pub fn binary(b: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         Binary::Xor => x.ne(0u8)?.broadcast_ne(&y.ne(0u8)?),
         Binary::Mod { fmod } => modulo(x, y, fmod),
     }
+}
+
+/// Integer division (truncating, as ONNX Runtime), refusing a zero divisor instead of panicking.
+fn int_div(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let (x, y) = broadcast_pair(x, y)?;
+    let (a, b) = (super::ints(&x)?, super::ints(&y)?);
+    let v = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| {
+            a.checked_div(*b)
+                .ok_or_else(|| candle_core::Error::Msg(format!("integer Div of {a} by {b}")))
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    Tensor::from_vec(v, x.shape(), x.device())?.to_dtype(x.dtype())
 }
 
 /// `x^y`. A scalar exponent (the common case: `(2σ)²` in YOLOv5's head, `x^2` in a hand-written
@@ -202,11 +224,23 @@ pub fn clip(inputs: &[Option<Tensor>], min: Option<f32>, max: Option<f32>) -> Re
     let lo = bound(1, min)?.unwrap_or(f32::NEG_INFINITY);
     let hi = bound(2, max)?.unwrap_or(f32::INFINITY);
     if x.dtype() == DType::F32 {
-        return x.clamp(lo, hi);
+        // ONNX: min > max gives max everywhere.
+        return x.maximum(lo)?.minimum(hi);
     }
+    let int_bound = |i: usize| -> Result<Option<i64>> {
+        inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|t| super::ints(t).map(|v| v[0]))
+            .transpose()
+    };
+    let (lo, hi) = (
+        int_bound(1)?.unwrap_or(i64::MIN),
+        int_bound(2)?.unwrap_or(i64::MAX),
+    );
     let v: Vec<i64> = super::ints(x)?
         .into_iter()
-        .map(|v| (v as f32).clamp(lo, hi) as i64)
+        .map(|v| v.max(lo).min(hi))
         .collect();
     Tensor::from_vec(v, x.shape(), x.device())?.to_dtype(x.dtype())
 }
@@ -216,6 +250,7 @@ pub fn where_(cond: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         .shape()
         .broadcast_shape_binary_op(x.shape(), "where")?
         .broadcast_shape_binary_op(y.shape(), "where")?;
+    super::array::bounded(shape.dims())?;
     cond.ne(0u8)?
         .broadcast_as(&shape)?
         .where_cond(&x.broadcast_as(&shape)?, &y.broadcast_as(&shape)?)

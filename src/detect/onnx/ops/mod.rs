@@ -300,7 +300,9 @@ impl Op {
             return Ok(Op::Unary(u));
         }
         if let Some(b) = binary(node.op_type.as_str(), &a)? {
-            let variadic = matches!(b, Binary::Max | Binary::Min) && node.input.len() != 2;
+            let variadic = matches!(b, Binary::Max | Binary::Min | Binary::Add)
+                && node.op_type != "Add"
+                && node.input.len() != 2;
             return Ok(if variadic {
                 Op::Variadic(b)
             } else {
@@ -448,4 +450,126 @@ fn binary(op: &str, a: &Attrs) -> std::result::Result<Option<Binary>, String> {
         },
         _ => return Ok(None),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32], dims: &[usize]) -> Option<Tensor> {
+        Some(Tensor::from_vec(v.to_vec(), dims, &Device::Cpu).unwrap())
+    }
+
+    fn i(v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::new(v, &Device::Cpu).unwrap())
+    }
+
+    fn f32s(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// A frame with no candidates in an end-to-end NMS graph: empty parts keep the concatenated shape.
+    #[test]
+    fn concat_of_empty_parts_has_the_concatenated_shape() {
+        let e = t(&[], &[0, 2]);
+        let out = Op::Concat { axis: -1 }.eval(&[e.clone(), e]).unwrap();
+        assert_eq!(out[0].dims(), &[0, 4]);
+    }
+
+    #[test]
+    fn sum_takes_every_input() {
+        let x = t(&[1.0, 2.0], &[2]);
+        let out = Op::Variadic(Binary::Add)
+            .eval(&[x.clone(), x.clone(), x])
+            .unwrap();
+        assert_eq!(f32s(&out[0]), vec![3.0, 6.0]);
+    }
+
+    #[test]
+    fn slice_with_a_negative_step_clamps_its_start_into_the_axis() {
+        let x = t(&[1.0, 2.0, 3.0], &[3]);
+        let out = Op::Slice
+            .eval(&[x, i(&[-4]), i(&[i64::MIN]), i(&[0]), i(&[-1])])
+            .unwrap();
+        assert_eq!(f32s(&out[0]), vec![1.0]);
+        let x = t(&[1.0, 2.0, 3.0], &[3]);
+        let out = Op::Slice
+            .eval(&[x, i(&[5]), i(&[i64::MIN]), i(&[0]), i(&[-2])])
+            .unwrap();
+        assert_eq!(f32s(&out[0]), vec![3.0, 1.0]);
+    }
+
+    /// What a hostile graph asks for is refused, never allocated or panicked on.
+    #[test]
+    fn hostile_sizes_and_values_are_errors() {
+        let wide = t(&vec![0.0; 1 << 16], &[1 << 16, 1]);
+        let tall = t(&vec![0.0; 1 << 16], &[1, 1 << 16]);
+        assert!(
+            Op::Binary(Binary::Add).eval(&[wide, tall]).is_err(),
+            "2^32 elements"
+        );
+        let f = |v: f32| t(&[v], &[]);
+        assert!(
+            Op::Range.eval(&[f(0.0), f(1.0), f(0.0)]).is_err(),
+            "zero delta"
+        );
+        assert!(
+            Op::Range.eval(&[f(0.0), f(1e12), f(1.0)]).is_err(),
+            "1e12 elements"
+        );
+        assert!(
+            Op::Binary(Binary::Div).eval(&[i(&[1]), i(&[0])]).is_err(),
+            "integer division by zero"
+        );
+        let x = t(&[0.0; 4], &[1, 1, 2, 2]);
+        assert!(
+            Op::Tile
+                .eval(&[x.clone(), i(&[1 << 20, 1 << 20, 1, 1])])
+                .is_err()
+        );
+        assert!(Op::Expand.eval(&[x, i(&[1 << 20, 1 << 20, 2, 2])]).is_err());
+        assert!(
+            Op::GatherNd
+                .eval(&[
+                    t(&[1.0], &[1]),
+                    Some(Tensor::new(0i64, &Device::Cpu).unwrap())
+                ])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn integer_clip_allows_min_above_max() {
+        let out = Op::Clip {
+            min: None,
+            max: None,
+        }
+        .eval(&[i(&[1, 7, 20]), i(&[5]), i(&[3])])
+        .unwrap();
+        assert_eq!(out[0].to_vec1::<i64>().unwrap(), vec![3, 3, 3]);
+    }
+
+    /// Pads beyond the kernel make windows entirely in the padding: no panic.
+    #[test]
+    fn max_pool_with_pads_past_the_input_does_not_panic() {
+        let p = special::Pool {
+            kernel: (1, 1),
+            strides: (1, 1),
+            pads: [0, 0, 0, 2],
+            ceil: false,
+        };
+        let out = Op::MaxPool(p)
+            .eval(&[t(&[1.0, 2.0], &[1, 1, 1, 2])])
+            .unwrap();
+        assert_eq!(out[0].dims(), &[1, 1, 1, 4]);
+    }
+
+    #[test]
+    fn matmul_promotes_vectors() {
+        let a = t(&[1.0, 2.0], &[2]);
+        let b = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]);
+        let out = Op::MatMul.eval(&[a, b]).unwrap();
+        assert_eq!(out[0].dims(), &[3]);
+        assert_eq!(f32s(&out[0]), vec![3.0, 2.0, 2.0]);
+    }
 }

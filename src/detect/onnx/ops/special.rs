@@ -7,6 +7,9 @@ use super::super::proto::{Attrs, NodeProto};
 use super::conv::{ConvOp, ConvTransposeOp};
 use super::{Op, ParseError, Reduce, axis, floats, ints, req};
 
+/// Largest pad a Conv or MaxPool may declare (real models pad by a few pixels).
+pub const MAX_PAD: i64 = 1 << 12;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PadMode {
     Constant,
@@ -132,7 +135,7 @@ fn parse_pool(a: &Attrs) -> std::result::Result<Pool, String> {
     }
     let pads = match a.ints("pads")?.as_deref() {
         None => [0; 4],
-        Some([t, l, b, r]) if [*t, *l, *b, *r].iter().all(|v| *v >= 0) => {
+        Some([t, l, b, r]) if [*t, *l, *b, *r].iter().all(|v| (0..=MAX_PAD).contains(v)) => {
             [*t as usize, *l as usize, *b as usize, *r as usize]
         }
         Some(other) => {
@@ -257,9 +260,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
         Op::BatchNorm { epsilon } => batch_norm(inputs, *epsilon)?,
         Op::Resize(r) => resize(inputs, r)?,
         Op::Softmax { axis: a, legacy } => softmax(x, *a, *legacy)?,
-        Op::MatMul => x
-            .contiguous()?
-            .broadcast_matmul(&req(inputs, 1)?.contiguous()?)?,
+        Op::MatMul => matmul(x, req(inputs, 1)?)?,
         Op::Gemm {
             alpha,
             beta,
@@ -324,6 +325,10 @@ fn max_pool(x: &Tensor, p: &Pool) -> Result<Tensor> {
     let (sh, sw) = p.strides;
     let oh = out_len(h, kh, sh, t, bo)?;
     let ow = out_len(w, kw, sw, l, r)?;
+    super::array::bounded(&[b, c, oh, ow])?;
+    if b * c * oh * ow == 0 {
+        return Tensor::zeros((b, c, oh, ow), DType::F32, x.device());
+    }
     let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; b * c * oh * ow];
     use rayon::prelude::*;
@@ -333,11 +338,12 @@ fn max_pool(x: &Tensor, p: &Pool) -> Result<Tensor> {
             let s = &src[plane * h * w..(plane + 1) * h * w];
             for oy in 0..oh {
                 let y0 = (oy * sh) as isize - t as isize;
-                let ys = y0.max(0) as usize..((y0 + kh as isize).min(h as isize)).max(0) as usize;
+                let ys = (y0.max(0) as usize).min(h)
+                    ..((y0 + kh as isize).min(h as isize)).max(0) as usize;
                 for ox in 0..ow {
                     let x0 = (ox * sw) as isize - l as isize;
-                    let xs =
-                        x0.max(0) as usize..((x0 + kw as isize).min(w as isize)).max(0) as usize;
+                    let xs = (x0.max(0) as usize).min(w)
+                        ..((x0 + kw as isize).min(w as isize)).max(0) as usize;
                     let mut m = f32::NEG_INFINITY;
                     for y in ys.clone() {
                         for v in &s[y * w + xs.start..y * w + xs.end.max(xs.start)] {
@@ -393,6 +399,9 @@ fn softmax_inner_axis(x: &Tensor, ax: usize) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (outer, n) = (dims[..ax].iter().product::<usize>(), dims[ax]);
     let inner: usize = dims[ax + 1..].iter().product();
+    if n * inner == 0 {
+        return Ok(x.clone());
+    }
     let mut v = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     use rayon::prelude::*;
     v.par_chunks_mut(n * inner).for_each(|block| {
@@ -413,6 +422,40 @@ fn softmax_inner_axis(x: &Tensor, ax: usize) -> Result<Tensor> {
     });
     debug_assert_eq!(v.len(), outer * n * inner);
     Tensor::from_vec(v, dims, x.device())
+}
+
+/// numpy `matmul`: 1-D operands promoted and their axis dropped again; the output bounded.
+fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (a2, b2) = (
+        if a.rank() == 1 {
+            a.unsqueeze(0)?
+        } else {
+            a.clone()
+        },
+        if b.rank() == 1 {
+            b.unsqueeze(1)?
+        } else {
+            b.clone()
+        },
+    );
+    if a2.rank() < 2 || b2.rank() < 2 {
+        candle_core::bail!("MatMul of a scalar");
+    }
+    let (m, n) = (a2.dims()[a2.rank() - 2], b2.dims()[b2.rank() - 1]);
+    let batch = a2.dims()[..a2.rank() - 2]
+        .iter()
+        .product::<usize>()
+        .max(b2.dims()[..b2.rank() - 2].iter().product());
+    super::array::bounded(&[batch, m, n])?;
+    let mut y = a2.contiguous()?.broadcast_matmul(&b2.contiguous()?)?;
+    if b.rank() == 1 {
+        y = y.squeeze(y.rank() - 1)?;
+    }
+    if a.rank() == 1 {
+        let at = y.rank() - if b.rank() == 1 { 1 } else { 2 };
+        y = y.squeeze(at)?;
+    }
+    Ok(y)
 }
 
 fn gemm(inputs: &[Option<Tensor>], alpha: f32, beta: f32, ta: bool, tb: bool) -> Result<Tensor> {
@@ -605,7 +648,16 @@ fn resize_target(inputs: &[Option<Tensor>], x: &Tensor) -> Result<[(usize, f32);
 
 fn resize(inputs: &[Option<Tensor>], op: &ResizeOp) -> Result<Tensor> {
     let x = req(inputs, 0)?;
+    if x.rank() < 2 {
+        candle_core::bail!("Resize of a rank-{} tensor", x.rank());
+    }
     let [(oh, sh), (ow, sw)] = resize_target(inputs, x)?;
+    if x.elem_count() == 0 || oh * ow == 0 {
+        let mut dims = x.dims().to_vec();
+        let r = dims.len();
+        (dims[r - 2], dims[r - 1]) = (oh, ow);
+        return Tensor::zeros(dims, x.dtype(), x.device());
+    }
     let dims = x.dims().to_vec();
     let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
     let planes = x.elem_count() / (h * w).max(1);
@@ -830,6 +882,14 @@ fn pad(
     if pads.len() != 2 * axes.len() {
         candle_core::bail!("Pad: {} pads for {} axes", pads.len(), axes.len());
     }
+    let mut out_dims: Vec<i64> = x.dims().iter().map(|&d| d as i64).collect();
+    for (i, &ax) in axes.iter().enumerate() {
+        out_dims[ax] = out_dims[ax]
+            .saturating_add(pads[i])
+            .saturating_add(pads[i + axes.len()])
+            .max(0);
+    }
+    super::array::to_dims(&out_dims)?;
     let mut t = x.clone();
     for (i, &ax) in axes.iter().enumerate() {
         let (lo, hi) = (pads[i], pads[i + axes.len()]);
