@@ -468,11 +468,15 @@ fn yolov3_tiny_onnx_gives_the_darknet_detections_on_vtest() {
     assert!(matched > 2000, "only {matched} detections over vtest");
 }
 
+/// IoU of two `[x1, y1, x2, y2]` boxes, by the library's own rule.
 fn box_iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    let xyxy = |v: [f32; 4]| vigil::frame::Xyxy {
+        x1: v[0],
+        y1: v[1],
+        x2: v[2],
+        y2: v[3],
+    };
+    xyxy(a).iou(&xyxy(b))
 }
 
 /// `vigil check` reads an ONNX manifest's model: a good one passes, an unknown operator is
