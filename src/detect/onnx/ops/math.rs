@@ -148,7 +148,13 @@ fn int_div(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 /// `x^y`. A scalar exponent (the common case: `(2σ)²` in YOLOv5's head, `x^2` in a hand-written
 /// LayerNorm) takes the exact fast paths; otherwise element by element.
 fn pow(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
+    // The result takes the base's type (an integer base stays integer).
+    let base_type = x.dtype();
+    pow_f32(&x.to_dtype(DType::F32)?, y)?.to_dtype(base_type)
+}
+
+fn pow_f32(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let x = x.clone();
     if y.elem_count() == 1 {
         let e = floats(y)?[0];
         return match e {
@@ -178,7 +184,7 @@ pub fn broadcast_pair(x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
 fn modulo(x: &Tensor, y: &Tensor, fmod: bool) -> Result<Tensor> {
     let (x, y) = broadcast_pair(x, y)?;
     let shape = x.shape().clone();
-    if x.dtype() == DType::F32 || fmod {
+    if x.dtype() == DType::F32 {
         let (a, b) = (floats(&x)?, floats(&y)?);
         let v: Vec<f32> = a
             .iter()
@@ -200,14 +206,14 @@ fn modulo(x: &Tensor, y: &Tensor, fmod: bool) -> Result<Tensor> {
         if *b == 0 {
             candle_core::bail!("integer Mod by zero");
         }
-        v.push(
-            a.rem_euclid(*b)
-                + if *b < 0 && a.rem_euclid(*b) != 0 {
-                    *b
-                } else {
-                    0
-                },
-        );
+        v.push(if fmod {
+            // C's fmod: the dividend's sign (Rust's `%`; only MIN % -1 overflows, to 0).
+            a.checked_rem(*b).unwrap_or(0)
+        } else {
+            // Python's %: the divisor's sign.
+            let r = a.rem_euclid(*b);
+            if *b < 0 && r != 0 { r + b } else { r }
+        });
     }
     Tensor::from_vec(v, shape, x.device())?.to_dtype(x.dtype())
 }

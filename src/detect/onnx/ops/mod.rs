@@ -565,6 +565,21 @@ mod tests {
     }
 
     #[test]
+    fn integer_pow_and_fmod_stay_integer_and_exact() {
+        let big = 16_777_217i64; // 2^24 + 1: not representable in f32
+        let out = Op::Binary(Binary::Mod { fmod: true })
+            .eval(&[i(&[big, -7]), i(&[2, 3])])
+            .unwrap();
+        assert_eq!(out[0].to_vec1::<i64>().unwrap(), vec![1, -1]);
+        let out = Op::Binary(Binary::Mod { fmod: false })
+            .eval(&[i(&[-7]), i(&[3])])
+            .unwrap();
+        assert_eq!(out[0].to_vec1::<i64>().unwrap(), vec![2]);
+        let out = Op::Binary(Binary::Pow).eval(&[i(&[3]), i(&[2])]).unwrap();
+        assert_eq!(out[0].to_vec1::<i64>().unwrap(), vec![9]);
+    }
+
+    #[test]
     fn matmul_promotes_vectors() {
         let a = t(&[1.0, 2.0], &[2]);
         let b = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]);

@@ -153,6 +153,12 @@ fn parse_pool(a: &Attrs) -> std::result::Result<Pool, String> {
 }
 
 fn parse_resize(a: &Attrs) -> std::result::Result<ResizeOp, String> {
+    if a.string_or("keep_aspect_ratio_policy", "stretch")? != "stretch" {
+        return Err("Resize keep_aspect_ratio_policy other than `stretch` is not supported".into());
+    }
+    if a.ints("axes")?.is_some() {
+        return Err("Resize with `axes` is not supported; export with full scales or sizes".into());
+    }
     let mode = match a.string_or("mode", "nearest")?.as_str() {
         "nearest" => ResizeMode::Nearest,
         "linear" | "bilinear" => ResizeMode::Linear,
