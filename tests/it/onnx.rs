@@ -659,3 +659,30 @@ fn manifest_classes_come_from_ultralytics_metadata() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `decoder:` that does not fit the model is a load error naming the model's outputs.
+#[test]
+fn a_decoder_that_does_not_fit_is_a_load_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.yaml");
+    std::fs::write(
+        &m,
+        format!(
+            "name: wrong\nonnx: {}\ndecoder: rtdetr\n",
+            golden().join("yolov8-micro.onnx").display()
+        ),
+    )
+    .unwrap();
+    let out = super::common::vigil()
+        .args(["detect", "--model"])
+        .arg(&m)
+        .arg(super::common::asset("images/dog.jpg"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("decoder `rtdetr` does not fit the model's outputs [[1, 24, 525]]"),
+        "{text}"
+    );
+}

@@ -57,6 +57,39 @@ pub struct DecodeParams {
     pub strides: Vec<usize>,
 }
 
+/// Whether a model's output shapes (as resolved at load) fit `d`: a wrong `decoder:` in a manifest
+/// is a load error naming what the model gives, not a failure on every frame.
+pub fn check(d: Decoder, shapes: &[Vec<usize>], classes: usize) -> Result<(), String> {
+    let first = shapes.first().map(Vec::as_slice).unwrap_or(&[]);
+    let ok = match d {
+        Decoder::Raw => true,
+        Decoder::Yolov8 => shapes.len() == 1 && first.len() == 3 && first[1] > 4,
+        Decoder::Yolov5 | Decoder::Yolov7 if first.len() == 5 => {
+            shapes.iter().all(|s| s.len() == 5 && s[4] > 5)
+        }
+        Decoder::Yolov5 | Decoder::Yolov6 | Decoder::Yolov7 | Decoder::Yolox => {
+            shapes.len() == 1 && first.len() == 3 && first[2] > 5
+        }
+        Decoder::DamoYolo => shapes.len() == 2 && shapes.iter().all(|s| s.len() == 3),
+        Decoder::Rtdetr => shapes.len() == 1 && first.len() == 3 && first[2] == 6,
+        Decoder::NmsIncluded => shapes.len() == 4 || shapes.len() == 1 && first.last() == Some(&6),
+        Decoder::Yolov3 => shapes
+            .iter()
+            .all(|s| s.len() == 4 && s[1] % (5 + classes) == 0),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "decoder `{}` does not fit the model's outputs {shapes:?} (see the decoders in README, \"Bring your own ONNX model\")",
+            serde_json::to_value(d)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ))
+    }
+}
+
 /// Candidates of image `b` with score ≥ `threshold`.
 pub fn decode(
     d: Decoder,

@@ -129,6 +129,15 @@ impl OnnxDetector {
                     cause,
                 }
             })?;
+        decode::check(
+            settings.decoder,
+            &model.summary.output_shapes,
+            info.classes.len(),
+        )
+        .map_err(|message| DetectError::Onnx {
+            model: info.name.clone(),
+            cause: OnnxError::Graph(message),
+        })?;
         Ok(Self {
             info: info.clone(),
             settings,
