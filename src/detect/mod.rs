@@ -206,8 +206,9 @@ impl ModelFamily for DarknetDetector {
     }
 }
 
-/// Load a darknet-family model as its concrete type (tests reach its raw heads).
-pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector, DetectError> {
+/// The manifest's weights file (darknet weights or ONNX file) is there and, where the manifest
+/// gives a checksum, is the file it names.
+pub fn check_weights(info: &ModelInfo) -> Result<(), DetectError> {
     if !info.weights.is_file() {
         return Err(DetectError::Weights {
             model: info.name.clone(),
@@ -229,6 +230,12 @@ pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector
             message,
         })?;
     }
+    Ok(())
+}
+
+/// Load a darknet-family model as its concrete type (tests reach its raw heads).
+pub fn load_darknet(info: &ModelInfo, device: &Device) -> Result<DarknetDetector, DetectError> {
+    check_weights(info)?;
     let net = darknet::DarknetNet::load(&info.cfg, &info.weights, device).map_err(|cause| {
         DetectError::Darknet {
             model: info.name.clone(),

@@ -479,18 +479,40 @@ fn box_iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     xyxy(a).iou(&xyxy(b))
 }
 
+/// A model manifest `NAME.yaml` in `dir` naming `onnx`, with `rest` (decoder, normalize, …).
+fn onnx_manifest(dir: &Path, name: &str, onnx: &Path, rest: &str) -> PathBuf {
+    let m = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &m,
+        format!("name: {name}\nonnx: {}\n{rest}", onnx.display()),
+    )
+    .unwrap();
+    m
+}
+
+/// Run `vigil ARGS…`; its output, after checking it exited 0.
+fn vigil_ok(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = super::common::vigil().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `vigil check` reads an ONNX manifest's model: a good one passes, an unknown operator is
 /// reported with its node, operator and opset.
 #[test]
 fn vigil_check_reports_an_unknown_operator() {
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, onnx: &Path| {
-        let m = tmp.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &m,
-            format!("name: {name}\nonnx: {}\ndecoder: yolox\nnormalize: {{scale: 1, channels: bgr}}\nclasses: {}\n", onnx.display(), root().join("models/coco.names").display()),
-        )
-        .unwrap();
+        let classes = root().join("models/coco.names");
+        let rest = format!(
+            "decoder: yolox\nnormalize: {{scale: 1, channels: bgr}}\nclasses: {}\n",
+            classes.display()
+        );
+        let m = onnx_manifest(tmp.path(), name, onnx, &rest);
         let p = tmp.path().join(format!("{name}-pipeline.yaml"));
         std::fs::write(
             &p,
@@ -500,16 +522,7 @@ fn vigil_check_reports_an_unknown_operator() {
         p
     };
     let good = write("good", &golden().join("yolox-micro.onnx"));
-    let out = super::common::vigil()
-        .arg("check")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    vigil_ok(&["check".as_ref(), good.as_ref()]);
     let bad = write(
         "bad",
         &root().join("tests/corpus/onnx/unknown-op-foobar.onnx"),
@@ -537,16 +550,12 @@ fn vigil_check_reports_an_unknown_operator() {
 #[test]
 fn model_inspect_counts_parameters_and_flops() {
     let inspect = |path: &Path| -> Value {
-        let out = super::common::vigil()
-            .args(["model", "inspect", "--json"])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = vigil_ok(&[
+            "model".as_ref(),
+            "inspect".as_ref(),
+            "--json".as_ref(),
+            path.as_ref(),
+        ]);
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let micro = inspect(&golden().join("yolov8-micro.onnx"));
@@ -593,20 +602,16 @@ fn model_run_raw_writes_every_output_to_npz() {
         w.finish().unwrap();
     }
     let npz = tmp.path().join("y.npz");
-    let out = super::common::vigil()
-        .args(["model", "run-raw"])
-        .arg(golden().join("yolov7-micro.onnx"))
-        .arg("--input")
-        .arg(&npy)
-        .arg("--out")
-        .arg(&npz)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let model = golden().join("yolov7-micro.onnx");
+    vigil_ok(&[
+        "model".as_ref(),
+        "run-raw".as_ref(),
+        model.as_ref(),
+        "--input".as_ref(),
+        npy.as_ref(),
+        "--out".as_ref(),
+        npz.as_ref(),
+    ]);
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(golden().join("yolov7-micro.json")).unwrap())
             .unwrap();
@@ -634,45 +639,36 @@ fn model_run_raw_writes_every_output_to_npz() {
 #[test]
 fn manifest_classes_come_from_ultralytics_metadata() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = tmp.path().join("m.yaml");
-    std::fs::write(
-        &m,
-        format!(
-            "name: micro\nonnx: {}\ndecoder: yolov8\n",
-            golden().join("yolov8-micro.onnx").display()
-        ),
-    )
-    .unwrap();
+    let m = onnx_manifest(
+        tmp.path(),
+        "micro",
+        &golden().join("yolov8-micro.onnx"),
+        "decoder: yolov8\n",
+    );
     let info = vigil::detect::manifest::ModelInfo::load(&m).unwrap();
     let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     assert_eq!(info.classes, want);
     assert_eq!(info.input, (160, 160));
-    let out = super::common::vigil()
-        .args(["detect", "--json", "--model"])
-        .arg(&m)
-        .arg(super::common::asset("images/dog.jpg"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dog = super::common::asset("images/dog.jpg");
+    vigil_ok(&[
+        "detect".as_ref(),
+        "--json".as_ref(),
+        "--model".as_ref(),
+        m.as_ref(),
+        dog.as_ref(),
+    ]);
 }
 
 /// A `decoder:` that does not fit the model is a load error naming the model's outputs.
 #[test]
 fn a_decoder_that_does_not_fit_is_a_load_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = tmp.path().join("m.yaml");
-    std::fs::write(
-        &m,
-        format!(
-            "name: wrong\nonnx: {}\ndecoder: rtdetr\n",
-            golden().join("yolov8-micro.onnx").display()
-        ),
-    )
-    .unwrap();
+    let m = onnx_manifest(
+        tmp.path(),
+        "wrong",
+        &golden().join("yolov8-micro.onnx"),
+        "decoder: rtdetr\n",
+    );
     let out = super::common::vigil()
         .args(["detect", "--model"])
         .arg(&m)

@@ -99,18 +99,10 @@ pub fn decode(
     p: &DecodeParams,
 ) -> candle_core::Result<Vec<Candidate>> {
     let one = |i: usize| -> candle_core::Result<(Vec<usize>, Vec<f32>)> {
-        let t = outputs
-            .get(i)
-            .ok_or_else(|| {
-                candle_core::Error::Msg(format!("decoder {d:?}: the model has no output {i}"))
-            })?
-            .get(b)?;
-        Ok((
-            t.dims().to_vec(),
-            t.flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1()?,
-        ))
+        let t = outputs.get(i).ok_or_else(|| {
+            candle_core::Error::Msg(format!("decoder {d:?}: the model has no output {i}"))
+        })?;
+        Ok((t.get(b)?.dims().to_vec(), image_values(t, b)?))
     };
     let mut out = Vec::new();
     match d {
@@ -159,6 +151,14 @@ pub fn decode(
         Decoder::Yolov3 => yolov3(outputs, b, threshold, p, &mut out)?,
     }
     Ok(out)
+}
+
+/// Image `b`'s values of an output, flat, as f32.
+fn image_values(t: &Tensor, b: usize) -> candle_core::Result<Vec<f32>> {
+    t.get(b)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()
 }
 
 /// The two dims of one image's 2-D output.
@@ -304,10 +304,9 @@ fn damo(
     } else {
         (0, 1)
     };
-    let boxes: Vec<f32> = outputs[bi].get(b)?.flatten_all()?.to_vec1()?;
-    let scores_t = outputs[si].get(b)?;
-    let classes = *scores_t.dims().last().unwrap_or(&0);
-    let scores: Vec<f32> = scores_t.flatten_all()?.to_vec1()?;
+    let boxes = image_values(&outputs[bi], b)?;
+    let classes = *outputs[si].dims().last().unwrap_or(&0);
+    let scores = image_values(&outputs[si], b)?;
     // DAMO-YOLO's own post-processing is multi-label: every (box, class) pair over the threshold.
     for (bx, sc) in boxes
         .chunks_exact(4)
@@ -337,13 +336,7 @@ fn end_to_end(
     threshold: f32,
     out: &mut Vec<Candidate>,
 ) -> candle_core::Result<()> {
-    let per = |i: usize| -> candle_core::Result<Vec<f32>> {
-        outputs[i]
-            .get(b)?
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()
-    };
+    let per = |i: usize| image_values(&outputs[i], b);
     match outputs.len() {
         1 => {
             let cols = *outputs[0].dims().last().unwrap_or(&0);
@@ -483,7 +476,7 @@ fn yolov3(
             new_coords: false,
             net: p.input,
         };
-        let raw: Vec<f32> = t.get(b)?.flatten_all()?.to_vec1()?;
+        let raw = image_values(t, b)?;
         let want = head.anchors.len() * (5 + p.classes) * gh * gw;
         if raw.len() != want {
             candle_core::bail!(

@@ -10,7 +10,7 @@ use super::decode::{self, DecodeParams, Decoder};
 use super::{OnnxError, OnnxModel};
 use crate::detect::head::Candidate;
 use crate::detect::manifest::ModelInfo;
-use crate::detect::{DetectError, Detector, ModelFamily, verify_sha256};
+use crate::detect::{DetectError, Detector, ModelFamily, check_weights};
 use crate::frame::ModelInput;
 
 /// Channel order the model was trained on.
@@ -72,6 +72,8 @@ pub struct OnnxSettings {
 pub struct OnnxDetector {
     info: ModelInfo,
     settings: OnnxSettings,
+    /// What the decoder needs besides the tensors, made once at load.
+    params: DecodeParams,
     model: OnnxModel,
     device: Device,
 }
@@ -115,13 +117,7 @@ impl OnnxDetector {
             model: info.name.clone(),
             cause: OnnxError::Graph("the manifest has no `onnx:` settings".into()),
         })?;
-        if let Some(sha) = &info.weights_sha256 {
-            verify_sha256(&info.weights, sha).map_err(|message| DetectError::Weights {
-                model: info.name.clone(),
-                path: info.weights.display().to_string(),
-                message,
-            })?;
-        }
+        check_weights(info)?;
         let model =
             OnnxModel::load(&info.weights, 1, Some(info.input), device).map_err(|cause| {
                 DetectError::Onnx {
@@ -138,9 +134,16 @@ impl OnnxDetector {
             model: info.name.clone(),
             cause: OnnxError::Graph(message),
         })?;
+        let params = DecodeParams {
+            classes: info.classes.len(),
+            input: (info.input.0 as usize, info.input.1 as usize),
+            anchors: settings.anchors.clone(),
+            strides: settings.strides.clone(),
+        };
         Ok(Self {
             info: info.clone(),
             settings,
+            params,
             model,
             device: device.clone(),
         })
@@ -181,15 +184,6 @@ impl OnnxDetector {
             &self.device,
         )?)
     }
-
-    fn params(&self) -> DecodeParams {
-        DecodeParams {
-            classes: self.info.classes.len(),
-            input: (self.info.input.0 as usize, self.info.input.1 as usize),
-            anchors: self.settings.anchors.clone(),
-            strides: self.settings.strides.clone(),
-        }
-    }
 }
 
 impl Detector for OnnxDetector {
@@ -198,7 +192,6 @@ impl Detector for OnnxDetector {
         inputs: &[&ModelInput],
         threshold: f32,
     ) -> Result<Vec<Vec<Candidate>>, DetectError> {
-        let params = self.params();
         let mut all = Vec::with_capacity(inputs.len());
         for input in inputs {
             let outputs = self
@@ -213,7 +206,7 @@ impl Detector for OnnxDetector {
                 &outputs,
                 0,
                 threshold,
-                &params,
+                &self.params,
             )?);
         }
         Ok(all)
