@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 pub type StreamId = Arc<str>;
 
 /// A decoded picture: tightly packed 8-bit BGR (OpenCV's channel order), `width * 3` bytes a row.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Image {
     pub width: u32,
     pub height: u32,

@@ -64,7 +64,8 @@ enum Command {
     },
     /// Run every pipeline file of a folder as a service: each pipeline isolated, hot reload on
     /// SIGHUP and on file changes (a bad file is rejected, the running pipeline keeps going),
-    /// HTTP /healthz /readyz /metrics /pipelines, systemd notify and watchdog.
+    /// the web console and its API (tokens: `vigil token create`), /healthz /readyz /metrics,
+    /// systemd notify and watchdog.
     Serve {
         /// Folder of pipeline files.
         #[arg(long, default_value = "/etc/vigil/pipelines")]
@@ -85,6 +86,20 @@ enum Command {
         /// threads; see README, "Limits"). A file that would pass it is rejected.
         #[arg(long, default_value_t = vigil::service::DEFAULT_MAX_SOURCES)]
         max_sources: usize,
+        /// What the service writes: API tokens and the pipelines created through the API
+        /// (`STATE_DIR/pipelines`, read beside --config-dir). Default: $STATE_DIRECTORY (systemd's
+        /// StateDirectory=), else /var/lib/vigil.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Serve /metrics without a token (for a scraper that cannot send one; it shows counts,
+        /// never video or configuration).
+        #[arg(long)]
+        metrics_public: bool,
+    },
+    /// API tokens of `vigil serve` (stored hashed in STATE_DIR/tokens.json).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Detect objects in still images and print them.
     Detect {
@@ -234,6 +249,75 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (once: only its hash is kept).
+    Create {
+        /// What the token may do: admin (everything) or viewer (read only).
+        #[arg(long)]
+        role: vigil::service::auth::Role,
+        /// A name to tell it by (and to revoke it by). Default: ROLE-N.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// List tokens (names, roles, creation time; never the tokens).
+    List {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Revoke a token by name (a running service notices at once).
+    Revoke {
+        name: String,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    use vigil::service::auth;
+    let dir = |d: Option<PathBuf>| d.unwrap_or_else(vigil::service::default_state_dir);
+    match command {
+        TokenCommand::Create {
+            role,
+            name,
+            state_dir,
+        } => {
+            let dir = dir(state_dir);
+            let name = match name {
+                Some(n) => n,
+                None => format!("{role}-{}", auth::read_tokens(&dir)?.len() + 1),
+            };
+            let token = auth::create_token(&dir, &name, role)?;
+            eprintln!(
+                "created {role} token `{name}` in {}; it is shown only now:",
+                auth::tokens_file(&dir).display()
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { state_dir } => {
+            for t in auth::read_tokens(&dir(state_dir))? {
+                println!(
+                    "{}\t{}\tcreated {}",
+                    t.name,
+                    t.role,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.created)
+                    )
+                );
+            }
+        }
+        TokenCommand::Revoke { name, state_dir } => {
+            if !auth::revoke_token(&dir(state_dir), &name)? {
+                anyhow::bail!("no token named `{name}`");
+            }
+            eprintln!("revoked `{name}`");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
 enum ModelCommand {
     /// Inputs, outputs (shapes resolved), operators, parameters, FLOPs and metadata.
     Inspect {
@@ -360,6 +444,8 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             poll,
             drain_timeout,
             max_sources,
+            state_dir,
+            metrics_public,
         } => {
             vigil::service::serve(vigil::service::ServeOptions {
                 config_dir,
@@ -367,6 +453,8 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
                 poll,
                 drain_timeout,
                 max_sources,
+                state_dir: state_dir.unwrap_or_else(vigil::service::default_state_dir),
+                metrics_public,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -386,6 +474,7 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Model { command } => model_command(command),
+        Command::Token { command } => token_command(command),
         Command::Bench {
             pipeline,
             repeats,

@@ -111,6 +111,11 @@ pub struct SourceLive {
     pub state: Arc<StateCell>,
     /// Times the source came back after losing its stream.
     pub reconnects: Arc<std::sync::atomic::AtomicU64>,
+    /// Set from outside (the console's "stop"): frames are decoded and dropped at ingest, so
+    /// nothing is analysed or recorded, while the connection stays up for a quick resume.
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
+    /// The newest reason the source lost its stream or failed (URI credentials redacted).
+    pub last_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Initialise GStreamer once per process.
@@ -152,6 +157,9 @@ pub fn run(
     } else {
         live.state.set(supervisor::SourceState::Connecting);
         let r = pull_all(&run, &mut report);
+        if let Err(e) = &r {
+            *crate::flow::lock(&live.last_error) = Some(e.to_string());
+        }
         live.state.set(if r.is_ok() {
             supervisor::SourceState::Stopped
         } else {
@@ -228,6 +236,7 @@ fn supervise(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
             Ok(()) => "the stream ended".to_string(),
             Err(e) => e.to_string(),
         };
+        *crate::flow::lock(&live.last_error) = Some(why.clone());
         if src.reconnect.retries.is_some_and(|r| failures > r) {
             live.state.set(SourceState::Failed);
             tracing::error!(source = %src.id, attempts = failures, "giving up: {why}");
@@ -524,6 +533,9 @@ impl Puller<'_> {
             live.state.set(supervisor::SourceState::Running);
         }
         crate::fault::check("ingest", report.frames).map_err(|m| self.error(m))?;
+        if live.paused.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
         let started = Instant::now();
         let lost = self.gaps.lost_before(sample);
         if lost > 0 {

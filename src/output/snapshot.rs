@@ -27,6 +27,13 @@ pub fn jpegs(
     Ok((full, crop))
 }
 
+/// The whole frame as the overlay draws it (boxes, track ids, trails, zones and lines), as JPEG:
+/// what the console's live view shows.
+pub fn annotated_jpeg(frame: &Frame, classes: &[String]) -> opencv::Result<Vec<u8>> {
+    let pixels = super::overlay::frame_pixels(frame, classes, true)?;
+    jpeg(&pixels, frame.image.width, frame.image.height, None)
+}
+
 fn jpeg(bgr: &[u8], w: u32, h: u32, crop: Option<Rect>) -> opencv::Result<Vec<u8>> {
     let mut pixels = bgr.to_vec();
     let mat = Mat::new_rows_cols_with_bytes_mut::<Vec3b>(h as i32, w as i32, &mut pixels)?;

@@ -66,6 +66,14 @@ impl LatencyHistogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
+    /// Every bucket's count now (to take the quantiles of an interval: [`quantile_between`]).
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// The `q` quantile (0..=1) in milliseconds (upper edge of its bucket); `None` when empty.
     pub fn quantile_ms(&self, q: f64) -> Option<u64> {
         let n = self.count();
@@ -82,6 +90,29 @@ impl LatencyHistogram {
         }
         Some(LATENCY_BUCKETS as u64)
     }
+}
+
+/// The `q` quantile (ms, upper bucket edge) of what was recorded between two snapshots of one
+/// histogram; `None` when nothing was.
+pub fn quantile_between(before: &[u64], after: &[u64], q: f64) -> Option<u64> {
+    let diff: Vec<u64> = after
+        .iter()
+        .zip(before.iter().chain(std::iter::repeat(&0)))
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let n: u64 = diff.iter().sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (ms, c) in diff.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(ms as u64 + 1);
+        }
+    }
+    None
 }
 
 /// Stage names of outputs start with this (`output mp4 out/cam.mp4`).
@@ -103,6 +134,13 @@ pub struct SourceMetrics {
     pub first_edge: Arc<EdgeStats>,
     /// Capture → metadata latency.
     pub latency: LatencyHistogram,
+    /// Paused from outside (see [`crate::ingest::SourceLive::paused`]).
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Why the source last lost its stream (see [`crate::ingest::SourceLive::last_error`]).
+    pub last_error: Arc<Mutex<Option<String>>>,
+    /// The newest frame handed to the outputs, tracks and regions on it (the console's live
+    /// view encodes it on demand: nothing is encoded while nobody watches).
+    pub latest: Mutex<Option<crate::frame::Frame>>,
 }
 
 impl SourceMetrics {
@@ -111,6 +149,8 @@ impl SourceMetrics {
         crate::ingest::SourceLive {
             state: self.state.clone(),
             reconnects: self.reconnects.clone(),
+            paused: self.paused.clone(),
+            last_error: self.last_error.clone(),
         }
     }
 }
@@ -150,6 +190,9 @@ impl PipelineMetrics {
                         processed: Arc::default(),
                         first_edge: Arc::new(EdgeStats::default()),
                         latency: LatencyHistogram::default(),
+                        paused: Arc::default(),
+                        last_error: Arc::default(),
+                        latest: Mutex::new(None),
                     })
                 })
                 .collect(),

@@ -191,6 +191,8 @@ struct FanOut {
     analytics: Option<Analytics>,
     /// What the overlay shows, rebuilt when an event or the frame size changes it.
     view: Option<(u32, u32, Arc<RegionsView>)>,
+    /// Where the newest frame is left for whoever watches live (the source's metrics).
+    source: Arc<crate::runtime::metrics::SourceMetrics>,
 }
 
 impl FanOut {
@@ -216,6 +218,8 @@ impl FanOut {
     }
 
     fn send_now(&mut self, frame: &Frame) {
+        // a clone is a few small vectors and an `Arc` of the pixels
+        *lock(&self.source.latest) = Some(frame.clone());
         self.outputs.retain(|(name, o)| {
             let alive = o.send(Msg::Item(frame.clone())).is_ok();
             if !alive {
@@ -256,6 +260,7 @@ pub fn post_stage(w: PostWiring) -> Result<(), StageError> {
         held: None,
         analytics: (!w.analytics.is_empty()).then(|| Analytics::new(w.analytics)),
         view: None,
+        source: w.source.clone(),
     };
     let track = Track {
         rx: w.rx,

@@ -14,10 +14,16 @@
 //! - Stop (SIGTERM/SIGINT): every pipeline drains and finalizes within `drain_timeout`; a second
 //!   signal exits at once.
 
+pub mod api;
+pub mod auth;
+pub mod console;
+pub mod history;
 pub mod http;
+pub mod live;
+pub mod media;
 pub mod prom;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +47,19 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Sources of every pipeline file together (see [`DEFAULT_MAX_SOURCES`]).
     pub max_sources: usize,
+    /// Where the service keeps what it writes: API tokens (`tokens.json`) and the pipelines
+    /// created through the API (`pipelines/`, read beside `config_dir`).
+    pub state_dir: PathBuf,
+    /// `/metrics` without a token (for a Prometheus that cannot send one).
+    pub metrics_public: bool,
+}
+
+/// The state folder when none is given: systemd's `StateDirectory=` (`$STATE_DIRECTORY`), else
+/// `/var/lib/vigil`.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/vigil"))
 }
 
 /// Default total of sources across every pipeline file of `vigil serve` (`--max-sources`): from
@@ -100,6 +119,8 @@ pub struct Entry {
     pub blocked_at: Option<u64>,
     /// Times this file was (re)started.
     pub starts: u64,
+    /// Written through the API (under the state folder): the API may change and delete it.
+    pub managed: bool,
 }
 
 /// The pipelines of a `vigil serve`, shared with the HTTP endpoints.
@@ -116,6 +137,14 @@ pub struct Service {
     pub started_at: SystemTime,
     /// The events of every pipeline (`/events`, `/events/stream`, `/metrics`).
     pub events: Arc<crate::runtime::events::EventHub>,
+    /// Tokens, console sessions, login limits.
+    pub auth: auth::Auth,
+    /// One reconcile at a time (the folder poll and the API both run them).
+    reconciling: Mutex<()>,
+    /// `(pipeline, source)` paused through the API; kept across restarts of the pipeline.
+    pub paused: Mutex<BTreeSet<(String, String)>>,
+    /// The last hour of each source (the console's charts).
+    pub history: Mutex<history::History>,
 }
 
 /// The pipeline files of `dir` (`*.yaml`, `*.yml`, not hidden), sorted, with their contents' hash.
@@ -142,7 +171,6 @@ pub fn pipeline_files(dir: &Path) -> Result<BTreeMap<PathBuf, String>, ServeErro
 impl Service {
     pub fn new(opts: ServeOptions) -> Self {
         Self {
-            opts,
             entries: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -151,12 +179,52 @@ impl Service {
             generation: AtomicU64::new(0),
             started_at: SystemTime::now(),
             events: Arc::default(),
+            auth: auth::Auth::new(&opts.state_dir),
+            reconciling: Mutex::new(()),
+            paused: Mutex::default(),
+            history: Mutex::default(),
+            opts,
         }
+    }
+
+    /// Where pipelines created through the API are written (read beside `config_dir`).
+    pub fn managed_dir(&self) -> PathBuf {
+        self.opts.state_dir.join("pipelines")
+    }
+
+    /// The pipeline files of the config folder and of the API's folder (missing: none).
+    fn all_files(&self) -> Result<BTreeMap<PathBuf, String>, ServeError> {
+        let mut files = pipeline_files(&self.opts.config_dir)?;
+        let managed = self.managed_dir();
+        if managed.is_dir() {
+            files.extend(pipeline_files(&managed)?);
+        }
+        Ok(files)
+    }
+
+    /// Sources paused through the API stay paused when their pipeline restarts.
+    fn apply_paused(&self, e: &Entry) {
+        let paused = lock(&self.paused);
+        for s in &e.metrics.sources {
+            let key = (e.name.clone(), s.id.clone());
+            s.paused.store(paused.contains(&key), Ordering::Relaxed);
+        }
+    }
+
+    /// Sample every running pipeline's sources into the history.
+    pub fn sample_history(&self) {
+        let pipelines: Vec<_> = lock(&self.entries)
+            .values()
+            .filter(|e| e.state == PipelineState::Running)
+            .map(|e| (e.name.clone(), e.metrics.clone()))
+            .collect();
+        lock(&self.history).sample(&pipelines);
     }
 
     /// Bring the running pipelines in line with the folder. Returns how many files were rejected.
     pub fn reconcile(&self) -> Result<usize, ServeError> {
-        let files = pipeline_files(&self.opts.config_dir)?;
+        let _one_at_a_time = lock(&self.reconciling);
+        let files = self.all_files()?;
         let mut rejected = 0;
         // removed files: stop their pipelines
         let gone: Vec<PathBuf> = lock(&self.entries)
@@ -226,6 +294,8 @@ impl Service {
                         &self.events,
                     );
                     e.starts = starts + 1;
+                    e.managed = file.starts_with(self.managed_dir());
+                    self.apply_paused(&e);
                     lock(&self.entries).insert(file, e);
                     self.generation.fetch_add(1, Ordering::Relaxed);
                 }
@@ -257,7 +327,7 @@ impl Service {
 
     /// Why `plan` (of `file`) cannot run beside the other files' pipelines, if so: another holds
     /// its name (listed and not rejected), or together they would pass `max_sources`.
-    fn blocked_by_others(&self, file: &Path, plan: &Plan) -> Option<String> {
+    pub(crate) fn blocked_by_others(&self, file: &Path, plan: &Plan) -> Option<String> {
         let entries = lock(&self.entries);
         let others = || entries.iter().filter(|(f, _)| *f != file);
         if let Some((other, _)) =
@@ -309,6 +379,7 @@ impl Service {
             rejected_sha256: None,
             blocked_at: None,
             starts: 0,
+            managed: file.starts_with(self.managed_dir()),
         });
         if e.state == PipelineState::Rejected {
             e.error = Some(text.clone());
@@ -529,6 +600,7 @@ fn start(
         rejected_sha256: None,
         blocked_at: None,
         starts: 1,
+        managed: false,
     }
 }
 
@@ -584,6 +656,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     signal_hook::flag::register(SIGHUP, hup.clone()).map_err(ServeError::Signal)?;
 
     let service = Arc::new(Service::new(opts.clone()));
+    prepare_state_dir(&service);
     let http = http::start(service.clone(), opts.http)?;
     service.reconcile()?;
     service.ready.store(true, Ordering::Relaxed);
@@ -598,9 +671,14 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let mut last_feed = Instant::now();
     let mut last_poll = Instant::now();
     let mut stuck_logged = false;
+    let mut last_sample = Instant::now();
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         service.reap();
+        if last_sample.elapsed() >= history::INTERVAL {
+            last_sample = Instant::now();
+            service.sample_history();
+        }
         let reload = hup.swap(false, Ordering::Relaxed);
         if reload || last_poll.elapsed() >= opts.poll {
             last_poll = Instant::now();
@@ -637,6 +715,17 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Ok(())
     } else {
         Err(ServeError::Undrained(undrained.join("; ")))
+    }
+}
+
+/// Make the API's pipeline folder, and say how to get in when no token exists yet.
+fn prepare_state_dir(service: &Service) {
+    let managed = service.managed_dir();
+    if let Err(e) = std::fs::create_dir_all(&managed) {
+        tracing::warn!(dir = %managed.display(), "cannot create the API's pipeline folder ({e}): pipelines cannot be created through the API");
+    }
+    if service.auth.token_count() == 0 {
+        tracing::warn!(state_dir = %service.opts.state_dir.display(), "no API token yet: the console and the API answer 401 until one exists (vigil token create --role admin --state-dir {})", service.opts.state_dir.display());
     }
 }
 

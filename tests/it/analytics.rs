@@ -476,6 +476,7 @@ fn serve_streams_events_and_counts_them_in_metrics() {
         .args(["serve", "--config-dir"])
         .arg(&conf)
         .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(super::service::state_args(&conf, http))
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -486,7 +487,12 @@ fn serve_streams_events_and_counts_them_in_metrics() {
         sse.is_some()
     });
     let mut sse = sse.unwrap();
-    write!(sse, "GET /events/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let token = super::service::token_of(http);
+    write!(
+        sse,
+        "GET /events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
     sse.set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let mut reader = BufReader::new(sse);

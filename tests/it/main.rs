@@ -15,6 +15,8 @@ mod config_corpus;
 mod config_docs;
 mod config_files;
 mod config_fuzz;
+mod console_api;
+mod console_browser;
 mod darknet_parity;
 mod demo;
 mod detect_parity;

@@ -252,6 +252,7 @@ pub(super) fn serve(
         .args(["serve", "--config-dir"])
         .arg(dir)
         .args(["--http", &format!("127.0.0.1:{http}"), "--poll", poll])
+        .args(state_args(dir, http))
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
@@ -261,13 +262,45 @@ pub(super) fn serve(
     Reaped(child)
 }
 
-/// A plain HTTP GET: `(status, body)`.
+/// Admin tokens of the `vigil serve`s the tests started, by HTTP port ([`get`] sends them).
+fn tokens() -> &'static Mutex<std::collections::HashMap<u16, String>> {
+    static TOKENS: std::sync::OnceLock<Mutex<std::collections::HashMap<u16, String>>> =
+        std::sync::OnceLock::new();
+    TOKENS.get_or_init(Mutex::default)
+}
+
+/// The admin token of the `vigil serve` on `port` (see [`state_args`]).
+pub(super) fn token_of(port: u16) -> String {
+    tokens().lock().unwrap()[&port].clone()
+}
+
+/// `--state-dir` for a `vigil serve` of config folder `dir` on `port` (a hidden folder inside
+/// `dir`, which the service does not read as a pipeline), with an admin token that [`get`] sends.
+pub(super) fn state_args(dir: &Path, port: u16) -> [String; 2] {
+    let state = dir.join(".state");
+    let token = vigil::service::auth::create_token(
+        &state,
+        &format!("tests-{port}"),
+        vigil::service::auth::Role::Admin,
+    )
+    .unwrap();
+    tokens().lock().unwrap().insert(port, token);
+    ["--state-dir".into(), state.display().to_string()]
+}
+
+/// A plain HTTP GET, with the admin token of the service on `port`: `(status, body)`.
 pub(super) fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let auth = tokens()
+        .lock()
+        .unwrap()
+        .get(&port)
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();

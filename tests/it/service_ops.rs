@@ -55,6 +55,7 @@ fn serve_answering(dir: &Path, http: u16, log: &Path, extra: &[&str]) -> Reaped 
         .args(["serve", "--config-dir"])
         .arg(dir)
         .args(["--http", &format!("127.0.0.1:{http}"), "--poll", "500ms"])
+        .args(super::service::state_args(dir, http))
         .args(extra)
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
