@@ -46,6 +46,14 @@ bench: deps assets build
 soak: deps assets build
 	/usr/bin/python3 scripts/soak --minutes $${SOAK_MINUTES:-30}
 
+# The console's screenshots in docs/console/, as the browser tests (tests/it/console_browser.rs)
+# leave them (headless Chromium; the campus video with a line, a zone and clips), made small by
+# Pillow from the oracle venv (`make onnx-fixtures` builds it).
+.PHONY: screenshots
+screenshots: deps assets
+	$(CARGO) test --release --locked --test it console_browser -- --nocapture
+	.venv-onnx/bin/python scripts/shrink-png target/console-screenshots docs/console
+
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings

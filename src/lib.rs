@@ -2,6 +2,7 @@
 
 pub mod analytics;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod event;

@@ -222,8 +222,13 @@ fn console_login_live_view_add_break_and_delete_a_camera() {
     b.go(&format!("{site}/"));
     b.type_into("#token", &token_of(http));
     b.click("#login-submit");
+    b.wait_js(
+        "the login",
+        "return !!document.querySelector('#nav-grid') && location.hash !== '#/login';",
+        Duration::from_secs(60),
+    );
     let tile = ".camera-tile[data-pipeline='lobby'] img.live";
-    b.find(tile, Duration::from_secs(30));
+    b.find(tile, Duration::from_secs(60));
     b.wait_js(
         "the live view's first frame",
         &format!("const i = document.querySelector(\"{tile}\"); return !!i && i.naturalWidth > 0;"),
@@ -236,7 +241,6 @@ fn console_login_live_view_add_break_and_delete_a_camera() {
         first, second,
         "the live view should move: two screenshots of the video are equal"
     );
-    b.save_screenshot(&shots().join("grid.png"));
 
     // add a camera through the editor
     b.go(&format!("{site}/#/editor"));
@@ -371,4 +375,65 @@ fn live_latency(b: &Browser, site: &str) {
         garbled * 10 < all.len(),
         "most time codes do not decode: {all:?}"
     );
+}
+
+/// The campus video with a line, a zone, an events output and clips (as `pipelines/events.yaml`).
+fn campus(clips: &Path) -> String {
+    format!(
+        "name: campus\nsources:\n  - id: path\n    uri: file:{}\n    lines:\n      - name: middle\n\
+         \x20       points: [[0.5, 0.3], [0.5, 1.0]]\n        coords: normalized\n        classes: [person]\n\
+         \x20       left_to_right: westbound\n        right_to_left: eastbound\n    zones:\n\
+         \x20     - name: left_path\n        points: [[0.0, 0.4], [0.3, 0.4], [0.3, 1.0], [0.0, 1.0]]\n\
+         \x20       coords: normalized\n        classes: [person]\n        min_dwell: 3s\n\
+         detector:\n  model: {}\ntracker:\n  kind: bytetrack\nanalytics:\n  count_every: 10s\n\
+         outputs:\n  - kind: clips\n    path: {}\n    pre_roll: 2s\n    post_roll: 2s\n",
+        super::common::asset("vtest.avi").display(),
+        model().display(),
+        clips.display()
+    )
+}
+
+#[test]
+fn console_shows_events_clips_and_counts_of_real_video() {
+    let _heavy = heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("campus.yaml"), campus(&dir.path().join("clips"))).unwrap();
+    let http = free_port();
+    let log = dir.path().join("serve.log");
+    let child = serve(&conf, http, "500ms", &log, &[]);
+    let Some(b) = Browser::start() else { return };
+    let site = format!("http://127.0.0.1:{http}");
+    wait_for("two clips with snapshots", Duration::from_secs(300), || {
+        super::service::get(http, "/api/clips").is_some_and(|(_, body)| {
+            serde_json::from_str::<Vec<Value>>(&body).is_ok_and(|c| c.iter().filter(|c| c["snapshot"].is_string()).count() >= 2)
+        })
+    });
+    b.go(&format!("{site}/"));
+    b.type_into("#token", &token_of(http));
+    b.click("#login-submit");
+    b.wait_js("the login", "return !!document.querySelector('#nav-grid') && location.hash !== '#/login';", Duration::from_secs(60));
+    let tile = ".camera-tile[data-pipeline='campus'] img.live";
+    b.find(tile, Duration::from_secs(60));
+    b.wait_js("a frame", &format!("const i = document.querySelector(\"{tile}\"); return !!i && i.naturalWidth > 0;"), Duration::from_secs(60));
+    b.save_screenshot(&shots().join("grid.png"));
+
+    b.go(&format!("{site}/#/camera/campus/path"));
+    b.wait_js("the camera page", "const i = document.querySelector('img.live'); return !!i && i.naturalWidth > 0;", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    b.save_screenshot(&shots().join("camera.png"));
+
+    b.go(&format!("{site}/#/events"));
+    b.wait_js("event rows", "return document.querySelectorAll('#events-table tbody tr td:nth-child(3)').length >= 2;", Duration::from_secs(60));
+    b.wait_js("clip snapshots", "const i = document.querySelector('#clips img'); return !!i && i.complete && i.naturalWidth > 0;", Duration::from_secs(60));
+    b.click("#clips .clip");
+    // the player reads the MP4 through Range requests; metadata loaded means it is playable
+    b.wait_js("the clip to play", "const v = document.querySelector('#clip-player'); return !!v && v.readyState >= 1 && v.duration > 0;", Duration::from_secs(60));
+    b.save_screenshot(&shots().join("events.png"));
+
+    b.go(&format!("{site}/#/counts"));
+    b.wait_js("count rows", "return document.querySelectorAll('#counters tbody tr td').length > 1;", Duration::from_secs(60));
+    b.save_screenshot(&shots().join("counts.png"));
+    sigterm(&child.0);
 }

@@ -278,14 +278,21 @@ pub(super) fn token_of(port: u16) -> String {
 /// `dir`, which the service does not read as a pipeline), with an admin token that [`get`] sends.
 pub(super) fn state_args(dir: &Path, port: u16) -> [String; 2] {
     let state = dir.join(".state");
+    register_token(&state, port);
+    ["--state-dir".into(), state.display().to_string()]
+}
+
+/// Create an admin token in `state` for the service that will answer on `port` ([`get`] sends it).
+pub(super) fn register_token(state: &Path, port: u16) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
     let token = vigil::service::auth::create_token(
-        &state,
-        &format!("tests-{port}"),
+        state,
+        &format!("tests-{port}-{n}"),
         vigil::service::auth::Role::Admin,
     )
     .unwrap();
     tokens().lock().unwrap().insert(port, token);
-    ["--state-dir".into(), state.display().to_string()]
 }
 
 /// A plain HTTP GET, with the admin token of the service on `port`: `(status, body)`.

@@ -378,7 +378,10 @@ fn rtsp_udp_session_binds_its_ports_to_the_listen_address() {
 
 /// The shipped unit's `ExecStartPre` and `ExecStart` command lines, pointed at this build, the
 /// folder `conf` and HTTP on `http`.
-fn unit_commands(conf: &Path, http: u16) -> (Vec<String>, Vec<String>) {
+/// The unit's commands with its paths made the test's (`state`: its StateDirectory, where a
+/// token for `http` is created).
+fn unit_commands(conf: &Path, state: &Path, http: u16) -> (Vec<String>, Vec<String>) {
+    super::service::register_token(state, http);
     let unit =
         std::fs::read_to_string(super::common::root().join("systemd/vigil.service")).unwrap();
     let line = |key: &str| -> Vec<String> {
@@ -389,6 +392,7 @@ fn unit_commands(conf: &Path, http: u16) -> (Vec<String>, Vec<String>) {
         l.replace("/usr/local/bin/vigil", env!("CARGO_BIN_EXE_vigil"))
             .replace("/etc/vigil/pipelines", &conf.display().to_string())
             .replace("127.0.0.1:9090", &format!("127.0.0.1:{http}"))
+            .replace("/var/lib/vigil", &state.display().to_string())
             .split_whitespace()
             .map(String::from)
             .collect()
@@ -536,7 +540,7 @@ fn unit_restarts_five_times_with_the_broker_down_and_delivers_everything_in_orde
     )
     .unwrap();
     let http = free_port();
-    let (pre, exec) = unit_commands(&conf, http);
+    let (pre, exec) = unit_commands(&conf, &state, http);
     let sock = dir.path().join("notify.sock");
     let said = notify_socket(&sock);
     let log = dir.path().join("serve.log");
