@@ -95,6 +95,15 @@ enum Command {
         /// never video or configuration).
         #[arg(long)]
         metrics_public: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// The pipelines of a cluster of `vigil serve --cluster` nodes, in etcd.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
     /// API tokens of `vigil serve` (stored hashed in STATE_DIR/tokens.json).
     Token {
@@ -246,6 +255,142 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// How to reach etcd.
+#[derive(clap::Args, Clone)]
+struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long = "etcd",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// etcd user, when etcd has authentication on (the password from --etcd-password-file).
+    #[arg(long)]
+    etcd_user: Option<String>,
+    #[arg(long, requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    fn access(&self) -> anyhow::Result<vigil::cluster::store::EtcdAccess> {
+        let user = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(u), Some(f)) => Some((
+                u.clone(),
+                std::fs::read_to_string(f)?.trim_end().to_string(),
+            )),
+            (Some(u), None) => Some((u.clone(), String::new())),
+            _ => None,
+        };
+        Ok(vigil::cluster::store::EtcdAccess {
+            endpoints: self.endpoints.clone(),
+            user,
+        })
+    }
+}
+
+/// `vigil serve --cluster`.
+#[derive(clap::Args, Clone)]
+struct ClusterArgs {
+    /// Run as a node of a cluster: pipelines come from etcd at these endpoints (comma-separated),
+    /// not from --config-dir.
+    #[arg(long, value_delimiter = ',')]
+    cluster: Option<Vec<String>>,
+    /// This node's id (unique in the cluster). Default: the host name.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Streams (sources) this node runs at most. Default: --max-sources.
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// Where relative paths of cluster pipelines resolve. Default: the state folder.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The node's etcd lease: a node that dies is replaced within this (plus a second).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
+    #[arg(long)]
+    etcd_user: Option<String>,
+    #[arg(long, requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Validate pipeline files (like `vigil check`) and store them all, or nothing if one is bad.
+    Apply {
+        /// Pipeline files or folders.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a pipeline's text, or the names of all.
+    Get { name: Option<String> },
+    /// Remove a pipeline (its node stops it).
+    Delete { name: String },
+    /// Nodes, and which runs which pipeline.
+    Status,
+}
+
+fn cluster_command(command: ClusterCommand, etcd: &EtcdArgs) -> anyhow::Result<ExitCode> {
+    use vigil::cluster::cli;
+    let access = etcd.access()?;
+    match command {
+        ClusterCommand::Apply { files } => match cli::apply(&access, &files) {
+            Ok(names) => println!("applied: {}", names.join(", ")),
+            Err(vigil::cluster::ClusterError::Invalid(text)) => {
+                eprintln!("{text}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => return Err(e.into()),
+        },
+        ClusterCommand::Get { name } => print!("{}", cli::get(&access, name.as_deref())?),
+        ClusterCommand::Delete { name } => cli::delete(&access, &name)?,
+        ClusterCommand::Status => print!("{}", cli::status(&access)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vigil serve`, alone or as a cluster node.
+fn serve(opts: vigil::service::ServeOptions, c: &ClusterArgs) -> anyhow::Result<ExitCode> {
+    let Some(endpoints) = &c.cluster else {
+        vigil::service::serve(opts)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let node_id = match &c.node_id {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into()),
+    };
+    let etcd = EtcdArgs {
+        endpoints: endpoints.clone(),
+        etcd_user: c.etcd_user.clone(),
+        etcd_password_file: c.etcd_password_file.clone(),
+    };
+    let owned_dir = opts.state_dir.join("cluster");
+    let mut opts = opts;
+    // fencing: a cut-off node must have drained by 3/4 of the lease (cluster::agent)
+    opts.drain_timeout = opts.drain_timeout.min(c.lease_ttl / 4);
+    opts.cluster = Some(vigil::service::ClusterNode {
+        node_id: node_id.clone(),
+        owned_dir: owned_dir.clone(),
+        data_dir: c.data_dir.clone().unwrap_or_else(|| opts.state_dir.clone()),
+    });
+    let cfg = vigil::cluster::agent::AgentConfig {
+        access: etcd.access()?,
+        node: vigil::cluster::store::NodeInfo {
+            id: node_id,
+            capacity: c.capacity.unwrap_or(opts.max_sources),
+            http: opts.http.to_string(),
+        },
+        ttl: c.lease_ttl,
+        owned_dir,
+    };
+    vigil::service::serve_with(opts, |service| {
+        vigil::cluster::agent::start(service, cfg).map(Some)
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]
@@ -446,8 +591,9 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             max_sources,
             state_dir,
             metrics_public,
-        } => {
-            vigil::service::serve(vigil::service::ServeOptions {
+            cluster,
+        } => serve(
+            vigil::service::ServeOptions {
                 config_dir,
                 http,
                 poll,
@@ -455,9 +601,10 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
                 max_sources,
                 state_dir: state_dir.unwrap_or_else(vigil::service::default_state_dir),
                 metrics_public,
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+                cluster: None,
+            },
+            &cluster,
+        ),
         Command::Bench {
             model: Some(model),
             size,
@@ -475,6 +622,7 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
         }
         Command::Model { command } => model_command(command),
         Command::Token { command } => token_command(command),
+        Command::Cluster { command, etcd } => cluster_command(command, &etcd),
         Command::Bench {
             pipeline,
             repeats,

@@ -130,12 +130,16 @@ pub struct OutputContext {
     pub deterministic: bool,
     /// Append to what a previous run wrote (a reload of `vigil serve`) instead of replacing it.
     pub keep_existing: bool,
+    /// The cluster node running the pipeline, for its records.
+    pub node: Option<String>,
 }
 
 impl OutputContext {
     /// The metadata record of `frame` (JSONL, MQTT).
     pub fn record(&self, frame: &Frame) -> Record {
-        Record::of(frame, &self.pipeline, &self.classes, !self.deterministic)
+        let mut r = Record::of(frame, &self.pipeline, &self.classes, !self.deterministic);
+        r.node.clone_from(&self.node);
+        r
     }
 }
 

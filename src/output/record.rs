@@ -26,6 +26,9 @@ pub struct Record {
     /// Zone and line events of this frame (left out when there are none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    /// The cluster node that ran the pipeline (`vigil serve --cluster`; left out otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One event as outputs write it (the `events` output, MQTT): the analytics' [`Event`] with the
@@ -144,6 +147,7 @@ impl Record {
                 })
                 .collect(),
             events: frame.events.clone(),
+            node: None,
         }
     }
 }

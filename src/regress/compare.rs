@@ -236,6 +236,7 @@ mod tests {
                 })
                 .collect(),
             events: Vec::new(),
+            node: None,
         }
     }
 

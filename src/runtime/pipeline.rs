@@ -45,6 +45,8 @@ pub struct RunOptions {
     /// After a stop request, how long stages and file outputs may take to drain; then every edge
     /// closes, outputs finalize what they have, and the run ends naming what did not drain.
     pub drain_timeout: Duration,
+    /// The cluster node running this (`vigil serve --cluster`): written into every record.
+    pub node: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -53,6 +55,7 @@ impl Default for RunOptions {
             deterministic: false,
             keep_existing: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            node: None,
         }
     }
 }
@@ -415,6 +418,7 @@ impl SourceThreads<'_> {
                 source: plan.source.clone(),
                 deterministic: self.opts.deterministic,
                 keep_existing: self.opts.keep_existing,
+                node: self.opts.node.clone(),
             },
             metrics: self.metrics.clone(),
             drain_deadline: self.drain_deadline.clone(),

@@ -235,6 +235,9 @@ async fn put_pipeline(
 /// Validate, write atomically, reconcile; put the previous file back when the service refuses
 /// the new one.
 fn save_pipeline(s: &Service, name: &str, text: &str, who: &str) -> Response {
+    if let Some(r) = cluster_mode(s) {
+        return r;
+    }
     if let Some(st) = find_status(s, name).filter(|p| !p.managed) {
         return error(
             StatusCode::CONFLICT,
@@ -300,6 +303,16 @@ fn save_pipeline(s: &Service, name: &str, text: &str, who: &str) -> Response {
     }
 }
 
+/// In cluster mode pipelines live in etcd, not in this node's folders: 409 saying where.
+fn cluster_mode(s: &Service) -> Option<Response> {
+    s.opts.cluster.as_ref().map(|_| {
+        error(
+            StatusCode::CONFLICT,
+            "cluster mode: pipelines live in etcd; change them with `vigil cluster apply -f FILE` or `vigil cluster delete NAME`",
+        )
+    })
+}
+
 /// Put `previous` back (or remove the file when there was none) and reconcile again.
 fn roll_back(s: &Service, file: &Path, previous: Option<&[u8]>) {
     let undone = match previous {
@@ -340,6 +353,9 @@ async fn delete_pipeline(
     Admin(who): Admin,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
+    if let Some(r) = cluster_mode(&s) {
+        return r;
+    }
     let Some(st) = find_status(&s, &name) else {
         return error(StatusCode::NOT_FOUND, &format!("no pipeline `{name}`"));
     };

@@ -52,6 +52,19 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// `/metrics` without a token (for a Prometheus that cannot send one).
     pub metrics_public: bool,
+    /// Cluster mode (`vigil serve --cluster`): the pipelines this node owns, as the cluster
+    /// agent writes them, instead of `config_dir`.
+    pub cluster: Option<ClusterNode>,
+}
+
+/// What the service needs to know of cluster mode (the agent itself lives in `crate::cluster`).
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub node_id: String,
+    /// The folder the agent writes owned pipelines into.
+    pub owned_dir: PathBuf,
+    /// Where relative paths of cluster pipelines resolve (`--data-dir`).
+    pub data_dir: PathBuf,
 }
 
 /// The state folder when none is given: systemd's `StateDirectory=` (`$STATE_DIRECTORY`), else
@@ -77,6 +90,8 @@ pub enum ServeError {
     Gst(String),
     #[error("cannot handle signals")]
     Signal(#[source] std::io::Error),
+    #[error("{0}")]
+    Companion(String),
     #[error("stopped, but not everything drained in time: {0}")]
     Undrained(String),
 }
@@ -194,6 +209,9 @@ impl Service {
 
     /// The pipeline files of the config folder and of the API's folder (missing: none).
     fn all_files(&self) -> Result<BTreeMap<PathBuf, String>, ServeError> {
+        if let Some(c) = &self.opts.cluster {
+            return pipeline_files(&c.owned_dir);
+        }
         let mut files = pipeline_files(&self.opts.config_dir)?;
         let managed = self.managed_dir();
         if managed.is_dir() {
@@ -208,6 +226,32 @@ impl Service {
         for s in &e.metrics.sources {
             let key = (e.name.clone(), s.id.clone());
             s.paused.store(paused.contains(&key), Ordering::Relaxed);
+        }
+    }
+
+    /// Validate the pipeline file `file`. A cluster pipeline resolves its relative paths
+    /// against `--data-dir`, not against the folder the agent wrote it to.
+    fn load(&self, file: &Path) -> Result<Plan, config::ConfigError> {
+        let Some(c) = &self.opts.cluster else {
+            return config::load(file);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| config::ConfigError {
+            problems: vec![config::Problem {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read pipeline file: {e}"),
+            }],
+        })?;
+        let name = file.file_name().unwrap_or_default();
+        config::parse(&c.data_dir.join(name), &text)
+    }
+
+    /// Stop every pipeline now without waiting (cluster fencing: the lease may be lost); the
+    /// stages drain within their deadline on their own threads.
+    pub fn stop_all_now(&self) {
+        for e in lock(&self.entries).values() {
+            e.stop.store(true, Ordering::Relaxed);
         }
     }
 
@@ -243,7 +287,8 @@ impl Service {
             if self.unchanged(&file, &sha) {
                 continue;
             }
-            let loaded = config::load(&file)
+            let loaded = self
+                .load(&file)
                 .map_err(|problems| (problems.to_string(), false))
                 .and_then(|plan| match self.blocked_by_others(&file, &plan) {
                     Some(why) => Err((why, true)),
@@ -286,13 +331,13 @@ impl Service {
                         continue_seq(old, &mut plan);
                     }
                     continue_seq_of_jsonl(&mut plan);
-                    let mut e = start(
-                        file.clone(),
-                        sha,
-                        plan,
-                        self.opts.drain_timeout,
-                        &self.events,
-                    );
+                    let run = RunOptions {
+                        deterministic: false,
+                        keep_existing: true,
+                        drain_timeout: self.opts.drain_timeout,
+                        node: self.opts.cluster.as_ref().map(|c| c.node_id.clone()),
+                    };
+                    let mut e = start(file.clone(), sha, plan, run, &self.events);
                     e.starts = starts + 1;
                     e.managed = file.starts_with(self.managed_dir());
                     self.apply_paused(&e);
@@ -550,7 +595,7 @@ fn start(
     file: PathBuf,
     sha: String,
     plan: Plan,
-    drain_timeout: Duration,
+    run: RunOptions,
     events: &Arc<crate::runtime::events::EventHub>,
 ) -> Entry {
     let plan = Arc::new(plan);
@@ -566,15 +611,7 @@ fn start(
             let device = crate::detect::device(p.device).map_err(|e| e.to_string())?;
             let detector = crate::detect::load(&p.model, &device).map_err(|e| e.to_string())?;
             Ok(crate::runtime::pipeline::run_observed(
-                &p,
-                detector,
-                &s,
-                &RunOptions {
-                    deterministic: false,
-                    keep_existing: true,
-                    drain_timeout,
-                },
-                &m,
+                &p, detector, &s, &run, &m,
             ))
         });
     let (handle, state, error) = match handle {
@@ -648,6 +685,18 @@ pub fn stop_on_signals(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
 /// Run the service until SIGTERM/SIGINT: start, serve HTTP, reload on SIGHUP and file changes,
 /// feed systemd's watchdog while healthy, then drain everything.
 pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    serve_with(opts, |_| Ok(None))
+}
+
+/// What runs beside the service and is stopped after it has drained (the cluster agent).
+pub type Companion = Box<dyn FnOnce() + Send>;
+
+/// [`serve`], with `companion` started once the HTTP server is up (before the first reconcile);
+/// the function it returns runs after every pipeline has drained.
+pub fn serve_with(
+    opts: ServeOptions,
+    companion: impl FnOnce(Arc<Service>) -> Result<Option<Companion>, String>,
+) -> Result<(), ServeError> {
     use signal_hook::consts::SIGHUP;
     crate::ingest::init().map_err(ServeError::Gst)?;
     let term = Arc::new(AtomicBool::new(false));
@@ -658,6 +707,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let service = Arc::new(Service::new(opts.clone()));
     prepare_state_dir(&service);
     let http = http::start(service.clone(), opts.http)?;
+    let companion = companion(service.clone()).map_err(ServeError::Companion)?;
     service.reconcile()?;
     service.ready.store(true, Ordering::Relaxed);
     let n = lock(&service.entries).len();
@@ -710,6 +760,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     tracing::info!("stopping: draining every pipeline");
     notify(&[sd_notify::NotifyState::Stopping]);
     let undrained = service.shutdown();
+    if let Some(stop) = companion {
+        stop();
+    }
     http.stop();
     if undrained.is_empty() {
         Ok(())

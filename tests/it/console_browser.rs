@@ -407,25 +407,42 @@ fn console_shows_events_clips_and_counts_of_real_video() {
     let site = format!("http://127.0.0.1:{http}");
     wait_for("two clips with snapshots", Duration::from_secs(300), || {
         super::service::get(http, "/api/clips").is_some_and(|(_, body)| {
-            serde_json::from_str::<Vec<Value>>(&body).is_ok_and(|c| c.iter().filter(|c| c["snapshot"].is_string()).count() >= 2)
+            serde_json::from_str::<Vec<Value>>(&body)
+                .is_ok_and(|c| c.iter().filter(|c| c["snapshot"].is_string()).count() >= 2)
         })
     });
     b.go(&format!("{site}/"));
     b.type_into("#token", &token_of(http));
     b.click("#login-submit");
-    b.wait_js("the login", "return !!document.querySelector('#nav-grid') && location.hash !== '#/login';", Duration::from_secs(60));
+    b.wait_js(
+        "the login",
+        "return !!document.querySelector('#nav-grid') && location.hash !== '#/login';",
+        Duration::from_secs(60),
+    );
     let tile = ".camera-tile[data-pipeline='campus'] img.live";
     b.find(tile, Duration::from_secs(60));
-    b.wait_js("a frame", &format!("const i = document.querySelector(\"{tile}\"); return !!i && i.naturalWidth > 0;"), Duration::from_secs(60));
+    b.wait_js(
+        "a frame",
+        &format!("const i = document.querySelector(\"{tile}\"); return !!i && i.naturalWidth > 0;"),
+        Duration::from_secs(60),
+    );
     b.save_screenshot(&shots().join("grid.png"));
 
     b.go(&format!("{site}/#/camera/campus/path"));
-    b.wait_js("the camera page", "const i = document.querySelector('img.live'); return !!i && i.naturalWidth > 0;", Duration::from_secs(60));
+    b.wait_js(
+        "the camera page",
+        "const i = document.querySelector('img.live'); return !!i && i.naturalWidth > 0;",
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_secs(2));
     b.save_screenshot(&shots().join("camera.png"));
 
     b.go(&format!("{site}/#/events"));
-    b.wait_js("event rows", "return document.querySelectorAll('#events-table tbody tr td:nth-child(3)').length >= 2;", Duration::from_secs(60));
+    b.wait_js(
+        "event rows",
+        "return document.querySelectorAll('#events-table tbody tr td:nth-child(3)').length >= 2;",
+        Duration::from_secs(60),
+    );
     b.wait_js("clip snapshots", "const i = document.querySelector('#clips img'); return !!i && i.complete && i.naturalWidth > 0;", Duration::from_secs(60));
     b.click("#clips .clip");
     // the player reads the MP4 through Range requests; metadata loaded means it is playable
@@ -433,7 +450,11 @@ fn console_shows_events_clips_and_counts_of_real_video() {
     b.save_screenshot(&shots().join("events.png"));
 
     b.go(&format!("{site}/#/counts"));
-    b.wait_js("count rows", "return document.querySelectorAll('#counters tbody tr td').length > 1;", Duration::from_secs(60));
+    b.wait_js(
+        "count rows",
+        "return document.querySelectorAll('#counters tbody tr td').length > 1;",
+        Duration::from_secs(60),
+    );
     b.save_screenshot(&shots().join("counts.png"));
     sigterm(&child.0);
 }
