@@ -10,6 +10,7 @@
 mod analytics;
 mod bad_input;
 mod cli;
+mod cluster;
 mod common;
 mod config_corpus;
 mod config_docs;
