@@ -267,27 +267,58 @@ struct EtcdArgs {
         value_delimiter = ','
     )]
     endpoints: Vec<String>,
+    #[command(flatten)]
+    security: EtcdSecurity,
+}
+
+/// etcd's authentication and TLS, as a node or the `cluster` commands reach it.
+#[derive(clap::Args, Clone)]
+struct EtcdSecurity {
     /// etcd user, when etcd has authentication on (the password from --etcd-password-file).
     #[arg(long)]
     etcd_user: Option<String>,
     #[arg(long, requires = "etcd_user")]
     etcd_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed etcd's server certificate (https:// endpoints).
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) when etcd asks for one (`--client-cert-auth`), with --etcd-key.
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
-impl EtcdArgs {
-    fn access(&self) -> anyhow::Result<vigil::cluster::store::EtcdAccess> {
+impl EtcdSecurity {
+    fn access(&self, endpoints: &[String]) -> anyhow::Result<vigil::cluster::store::EtcdAccess> {
+        use anyhow::Context;
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| p.display().to_string());
         let user = match (&self.etcd_user, &self.etcd_password_file) {
             (Some(u), Some(f)) => Some((
                 u.clone(),
-                std::fs::read_to_string(f)?.trim_end().to_string(),
+                String::from_utf8_lossy(&read(f)?).trim_end().to_string(),
             )),
             (Some(u), None) => Some((u.clone(), String::new())),
             _ => None,
         };
+        let client_pem = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let ca_pem = self.etcd_ca.as_ref().map(read).transpose()?;
+        let tls = (ca_pem.is_some() || client_pem.is_some())
+            .then_some(vigil::cluster::store::EtcdTls { ca_pem, client_pem });
         Ok(vigil::cluster::store::EtcdAccess {
-            endpoints: self.endpoints.clone(),
+            endpoints: endpoints.to_vec(),
             user,
+            tls,
         })
+    }
+}
+
+impl EtcdArgs {
+    fn access(&self) -> anyhow::Result<vigil::cluster::store::EtcdAccess> {
+        self.security.access(&self.endpoints)
     }
 }
 
@@ -310,10 +341,8 @@ struct ClusterArgs {
     /// The node's etcd lease: a node that dies is replaced within this (plus a second).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     lease_ttl: std::time::Duration,
-    #[arg(long)]
-    etcd_user: Option<String>,
-    #[arg(long, requires = "etcd_user")]
-    etcd_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    security: EtcdSecurity,
 }
 
 #[derive(Subcommand)]
@@ -363,11 +392,6 @@ fn serve(opts: vigil::service::ServeOptions, c: &ClusterArgs) -> anyhow::Result<
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "node".into()),
     };
-    let etcd = EtcdArgs {
-        endpoints: endpoints.clone(),
-        etcd_user: c.etcd_user.clone(),
-        etcd_password_file: c.etcd_password_file.clone(),
-    };
     let owned_dir = opts.state_dir.join("cluster");
     let mut opts = opts;
     // fencing: a cut-off node must have drained by 3/4 of the lease (cluster::agent)
@@ -378,7 +402,7 @@ fn serve(opts: vigil::service::ServeOptions, c: &ClusterArgs) -> anyhow::Result<
         data_dir: c.data_dir.clone().unwrap_or_else(|| opts.state_dir.clone()),
     });
     let cfg = vigil::cluster::agent::AgentConfig {
-        access: etcd.access()?,
+        access: c.security.access(endpoints)?,
         node: vigil::cluster::store::NodeInfo {
             id: node_id,
             capacity: c.capacity.unwrap_or(opts.max_sources),

@@ -49,6 +49,17 @@ pub struct EtcdAccess {
     pub endpoints: Vec<String>,
     /// `(user, password)` when etcd has authentication on.
     pub user: Option<(String, String)>,
+    /// TLS to etcd (`https://` endpoints).
+    pub tls: Option<EtcdTls>,
+}
+
+/// Certificates for TLS to etcd, PEM.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// `(certificate, key)` when etcd asks clients for a certificate.
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 pub struct Store {
@@ -62,6 +73,16 @@ impl Store {
             .with_timeout(std::time::Duration::from_secs(2));
         if let Some((user, password)) = &access.user {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &access.tls {
+            let mut t = etcd_client::TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                t = t.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.client_pem {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(t);
         }
         let client = Client::connect(&access.endpoints, Some(options))
             .await

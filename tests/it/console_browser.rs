@@ -93,10 +93,13 @@ impl Browser {
             if let Some(id) = v["value"][ELEMENT].as_str() {
                 return id.to_string();
             }
-            assert!(
-                Instant::now() < deadline,
-                "no `{css}` after {timeout:?}: {v}"
-            );
+            if Instant::now() >= deadline {
+                let page = self.js(
+                    "return location.hash + ' | ' + document.body.innerText.slice(0, 600) \
+                     + ' | live images: ' + document.querySelectorAll('img.live').length;",
+                );
+                panic!("no `{css}` after {timeout:?}: {v}\npage: {page}");
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -285,6 +288,13 @@ fn console_login_live_view_add_break_and_delete_a_camera() {
     set_editor(&b, &camera("porch", "width=320&height=240"));
     b.click("#delete");
     b.click("#delete");
+    // the page answers once the service has stopped the pipeline (it drains first)
+    b.wait_js(
+        "the console to report the deletion",
+        "const s = document.querySelector('#save-status'); \
+         return location.hash === '#/editor' && !!s && s.textContent.includes('deleted');",
+        Duration::from_secs(60),
+    );
     wait_for("the camera to go", Duration::from_secs(60), || {
         super::service::pipelines(http)
             .iter()
