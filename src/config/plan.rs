@@ -109,6 +109,9 @@ impl Plan {
 pub struct SourceDetect {
     pub post: PostParams,
     pub every: u32,
+    /// The load governor's budget for frame age at the detector (`None`: not governed).
+    pub latency_budget: Option<std::time::Duration>,
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -452,6 +455,15 @@ fn source_detect(
     let every = o
         .and_then(|o| o.every.as_ref())
         .map_or(every, |e| every_of(c, e, "sources.detector.every"));
+    let latency_budget = o.and_then(|o| o.latency_budget.as_ref()).map(|b| {
+        if b.value.0.is_zero() {
+            c.at(
+                b.referenced,
+                "sources.detector.latency_budget must be above 0".into(),
+            );
+        }
+        b.value.0
+    });
     SourceDetect {
         post: PostParams {
             confidence,
@@ -459,6 +471,8 @@ fn source_detect(
             nms: pipeline.nms,
         },
         every,
+        latency_budget,
+        priority: o.and_then(|o| o.priority).unwrap_or(0),
     }
 }
 

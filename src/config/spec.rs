@@ -159,6 +159,14 @@ pub struct SourceDetectorSpec {
     /// Run the detector on every Nth frame of this source.
     #[serde(default)]
     pub every: Option<Spanned<u32>>,
+    /// Live latency budget, e.g. `500ms`: when this source's frames wait longer than this for the
+    /// detector, the load governor detects fewer of them (every 2nd, 4th, … 16th frame, the
+    /// tracker predicting in between), lowest `priority` first, and restores when load falls.
+    #[serde(default)]
+    pub latency_budget: Option<Spanned<super::units::HumanDuration>>,
+    /// Sources with a higher priority keep full detection longest. Default 0.
+    #[serde(default)]
+    pub priority: Option<i32>,
 }
 
 /// The object detector.

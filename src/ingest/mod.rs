@@ -222,7 +222,9 @@ fn supervise(run: &Run, report: &mut IngestReport) -> Result<(), IngestError> {
         live.state.set(SourceState::Connecting);
         let before = report.frames;
         let result = pull_all(run, report);
-        if stop.load(Ordering::Relaxed) {
+        // `max_frames` reached ends a live source too (it is not a lost stream to reconnect)
+        let enough = result.is_ok() && src.max_frames.is_some_and(|m| report.frames >= m);
+        if stop.load(Ordering::Relaxed) || enough {
             live.state.set(SourceState::Stopped);
             return result;
         }

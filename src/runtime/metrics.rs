@@ -141,6 +141,22 @@ pub struct SourceMetrics {
     /// The newest frame handed to the outputs, tracks and regions on it (the console's live
     /// view encodes it on demand: nothing is encoded while nobody watches).
     pub latest: Mutex<Option<crate::frame::Frame>>,
+    /// The load governor's side of the source (`runtime::governor`).
+    pub governed: Governed,
+}
+
+/// What the load governor reads and sets for one source.
+#[derive(Debug, Default)]
+pub struct Governed {
+    /// The detector runs on every `every`-th frame now (the configured value, or more while
+    /// degraded). Read by the preprocess and track stages for each frame.
+    pub every: Arc<std::sync::atomic::AtomicU32>,
+    /// The oldest frame age at the detector since the governor last looked, µs.
+    pub age_us: AtomicU64,
+    /// The same in frames of the source's nominal rate (the last look's, for `/metrics`).
+    pub age_frames: AtomicU64,
+    pub degradations: AtomicU64,
+    pub restorations: AtomicU64,
 }
 
 impl SourceMetrics {
@@ -181,7 +197,8 @@ impl PipelineMetrics {
             sources: plan
                 .sources
                 .iter()
-                .map(|s| {
+                .enumerate()
+                .map(|(i, s)| {
                     Arc::new(SourceMetrics {
                         id: s.id.clone(),
                         state: Arc::default(),
@@ -191,6 +208,12 @@ impl PipelineMetrics {
                         first_edge: Arc::new(EdgeStats::default()),
                         latency: LatencyHistogram::default(),
                         paused: Arc::default(),
+                        governed: Governed {
+                            every: Arc::new(std::sync::atomic::AtomicU32::new(
+                                plan.source_detect.get(i).map_or(1, |d| d.every),
+                            )),
+                            ..Governed::default()
+                        },
                         last_error: Arc::default(),
                         latest: Mutex::new(None),
                     })

@@ -3,6 +3,7 @@
 pub mod edge;
 pub mod error;
 pub mod events;
+pub mod governor;
 pub mod metrics;
 pub mod pipeline;
 pub mod stages;

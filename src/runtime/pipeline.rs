@@ -240,6 +240,7 @@ pub fn run_observed(
         metrics,
         &mut stages,
     );
+    let governor = start_governor(&plan, metrics);
     let supervised = Supervisor {
         stages,
         stop_requested: stop,
@@ -250,6 +251,10 @@ pub fn run_observed(
         drain_deadline,
     }
     .run();
+    if let Some((done, thread)) = governor {
+        done.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+    }
     let mut report = RunReport {
         errors: supervised.errors,
         outputs: supervised.wrote,
@@ -268,6 +273,29 @@ pub fn run_observed(
     report.wall = started.elapsed();
     fill_counters(&mut report, metrics);
     report
+}
+
+/// The load governor's thread when a source has a latency budget (`runtime::governor`).
+fn start_governor(
+    plan: &Arc<Plan>,
+    metrics: &Arc<PipelineMetrics>,
+) -> Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
+    let governed = crate::runtime::governor::governed(plan, metrics);
+    if governed.is_empty() {
+        return None;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let (d, name) = (done.clone(), plan.name.clone());
+    let thread = std::thread::Builder::new()
+        .name("governor".into())
+        .spawn(move || crate::runtime::governor::run(&name, &governed, &d));
+    match thread {
+        Ok(t) => Some((done, t)),
+        Err(e) => {
+            tracing::error!("cannot start the load governor: {e}");
+            None
+        }
+    }
 }
 
 /// The threads of one source: ingest, preprocess, track and its outputs.
@@ -339,7 +367,7 @@ impl SourceThreads<'_> {
         let settings = PreprocessSettings {
             model: self.plan.model.input,
             resize: self.plan.resize,
-            every: self.plan.source_detect[self.index].every,
+            every: self.source().governed.every.clone(),
         };
         let stats = Arc::new(StageStats::default());
         let name = format!("preprocess[{}]", s.id);
@@ -385,7 +413,7 @@ impl SourceThreads<'_> {
             rx,
             outputs,
             tracker: self.plan.tracker.clone(),
-            every: self.plan.source_detect[self.index].every,
+            every: self.source().governed.every.clone(),
             analytics: self.plan.source_analytics[self.index].clone(),
             hub: EventTap {
                 hub: self.metrics.events.clone(),

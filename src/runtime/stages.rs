@@ -3,6 +3,7 @@
 //! neighbours learn of it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,13 +24,13 @@ use crate::runtime::metrics::{PipelineMetrics, StageStats, lock};
 pub type Prepared = (Frame, Option<ModelInput>);
 
 /// What the preprocess stage of one source does to each frame.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PreprocessSettings {
     /// The network's input size `(width, height)`.
     pub model: (u32, u32),
     pub resize: Resize,
-    /// Only every `every`-th frame goes to the detector.
-    pub every: u32,
+    /// Only every `every`-th frame goes to the detector (the load governor may raise it).
+    pub every: Arc<AtomicU32>,
 }
 
 pub fn preprocess_stage(
@@ -40,7 +41,11 @@ pub fn preprocess_stage(
 ) -> Result<(), StageError> {
     while let Ok(msg) = rx.recv() {
         let out = match msg {
-            Msg::Item(frame) if !frame.seq.is_multiple_of(u64::from(settings.every)) => {
+            Msg::Item(frame)
+                if !frame
+                    .seq
+                    .is_multiple_of(u64::from(settings.every.load(Ordering::Relaxed).max(1))) =>
+            {
                 Msg::Item((frame, None))
             }
             Msg::Item(frame) => {
@@ -119,6 +124,7 @@ fn detect_batch(
     for (frame, input) in batch.iter() {
         if input.is_some() {
             crate::fault::check("detect", frame.seq).map_err(StageError::Injected)?;
+            record_age(&w.metrics, frame);
         }
     }
     let t = Instant::now();
@@ -149,13 +155,31 @@ fn detect_batch(
     Ok(())
 }
 
+/// How long `frame` waited from ingest to the detector (for the load governor): the oldest
+/// since the governor's last look, and in frames of the source's nominal rate.
+fn record_age(metrics: &PipelineMetrics, frame: &Frame) {
+    let Some(m) = metrics.sources.iter().find(|s| *s.id == *frame.stream) else {
+        return;
+    };
+    let age = frame.ingested.elapsed();
+    let g = &m.governed;
+    g.age_us
+        .fetch_max(age.as_micros() as u64, Ordering::Relaxed);
+    let (num, den) = frame.fps;
+    if num > 0 && den > 0 {
+        let frames = age.as_secs_f64() * f64::from(num) / f64::from(den);
+        g.age_frames.store(frames.round() as u64, Ordering::Relaxed);
+    }
+}
+
 /// The track stage of one stream.
 pub struct PostWiring {
     pub rx: EdgeRx<Frame>,
     /// `(output name, its edge)`.
     pub outputs: Vec<(String, EdgeTx<Frame>)>,
     pub tracker: Option<crate::track::TrackerKind>,
-    pub every: u32,
+    /// The detector's interval for this stream now (see [`PreprocessSettings::every`]).
+    pub every: Arc<AtomicU32>,
     /// Zones and lines of this stream (empty: no analytics).
     pub analytics: AnalyticsSettings,
     /// Where its events are published for the service.
@@ -278,7 +302,7 @@ pub fn post_stage(w: PostWiring) -> Result<(), StageError> {
 struct Track {
     rx: EdgeRx<Frame>,
     tracker: Option<crate::track::TrackerKind>,
-    every: u32,
+    every: Arc<AtomicU32>,
     stats: Arc<StageStats>,
     source: Arc<crate::runtime::metrics::SourceMetrics>,
 }
@@ -309,7 +333,7 @@ impl Track {
                     since_detection += 1;
                     frame.detections = crate::track::predicted_detections(
                         tr,
-                        since_detection as f64 / f64::from(w.every),
+                        since_detection as f64 / f64::from(w.every.load(Ordering::Relaxed).max(1)),
                     );
                 }
                 frame.trails = trails.update(&frame.detections);

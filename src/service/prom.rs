@@ -436,6 +436,58 @@ fn histogram(
 }
 
 /// The text of `/metrics`.
+/// The load governor's settings and decisions per source (`runtime::governor`).
+#[derive(Debug)]
+struct GovernorSnapshot {
+    pipelines: Vec<(String, Arc<PipelineMetrics>)>,
+}
+
+impl Collector for GovernorSnapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut every = Vec::new();
+        let mut age = Vec::new();
+        let mut degradations = Vec::new();
+        let mut restorations = Vec::new();
+        for (p, m) in &self.pipelines {
+            for s in &m.sources {
+                let l: Labels = vec![
+                    ("pipeline".into(), p.clone()),
+                    ("source".into(), s.id.clone()),
+                ];
+                let g = &s.governed;
+                every.push((l.clone(), f64::from(g.every.load(Ordering::Relaxed))));
+                age.push((l.clone(), g.age_frames.load(Ordering::Relaxed) as f64));
+                degradations.push((l.clone(), g.degradations.load(Ordering::Relaxed)));
+                restorations.push((l, g.restorations.load(Ordering::Relaxed)));
+            }
+        }
+        gauge(
+            &mut enc,
+            "vigil_source_detect_every",
+            "The detector runs on every Nth frame of the source now (configured, or raised by the load governor)",
+            &every,
+        )?;
+        gauge(
+            &mut enc,
+            "vigil_source_detector_age_frames",
+            "Age of the newest frame the detector took, in frames of the source's nominal rate",
+            &age,
+        )?;
+        counter(
+            &mut enc,
+            "vigil_governor_degradations",
+            "Times the load governor thinned the source's detection (its frames waited past latency_budget)",
+            &degradations,
+        )?;
+        counter(
+            &mut enc,
+            "vigil_governor_restorations",
+            "Times the load governor gave detection back to the source (load fell)",
+            &restorations,
+        )
+    }
+}
+
 pub fn render(service: &Service) -> Result<String, std::fmt::Error> {
     let snapshot = Snapshot {
         reloads: service.reloads.load(Ordering::Relaxed),
@@ -453,8 +505,16 @@ pub fn render(service: &Service) -> Result<String, std::fmt::Error> {
             })
             .collect(),
     };
+    let governor = GovernorSnapshot {
+        pipelines: snapshot
+            .pipelines
+            .iter()
+            .map(|(n, _, _, _, m)| (n.clone(), m.clone()))
+            .collect(),
+    };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
+    registry.register_collector(Box::new(governor));
     registry.register_collector(Box::new(EventsSnapshot {
         counters: service.events.counters(),
         occupancy: service.events.occupancy(),

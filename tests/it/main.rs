@@ -23,6 +23,7 @@ mod demo;
 mod detect_parity;
 mod faults;
 mod frame_sizes;
+mod governor;
 mod layers;
 mod live;
 mod mot_metrics;
