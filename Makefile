@@ -35,10 +35,18 @@ onnx-fixtures: assets
 # One run of `vigil bench` (detector vs OpenCV DNN on the same weights, decode floor, whole
 # pipeline), then the criterion micro-benchmarks. OpenCV's Python bindings are the baseline's only
 # need: installed from PyPI if missing (a test oracle, never part of vigil).
-bench: deps assets build
-	@python3 -c "import cv2; assert int(cv2.__version__.split('.')[0]) == 4" 2>/dev/null || \
-		python3 -m pip install -q "opencv-python-headless<5" "numpy<2.3"
-	target/release/vigil bench pipelines/demo.yaml
+# The Python that runs the OpenCV baselines (never part of vigil): a venv, so Debian's system
+# Python stays untouched (PEP 668).
+.venv-bench/bin/python:
+	python3 -m venv .venv-bench
+	.venv-bench/bin/pip install -q "opencv-python-headless<5" "numpy<2.3"
+
+# Issue 21's numbers in one run: the detector vs OpenCV DNN, the demo vs a plain OpenCV loop
+# (alternating, 3 rounds), the density of real-time streams, then the criterion benches.
+bench: deps assets build .venv-bench/bin/python
+	target/release/vigil bench pipelines/demo.yaml --python .venv-bench/bin/python
+	ROUNDS=3 .venv-bench/bin/python scripts/bench/demo_vs_opencv.py
+	target/release/vigil -q bench --density pipelines/demo.yaml
 	$(CARGO) bench --locked -- --warm-up-time 1 --measurement-time 3
 
 # A benchmark, not a test: a 30 fps test source under `vigil serve` for SOAK_MINUTES (30), RSS

@@ -4,6 +4,7 @@ pub mod analytics;
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod density;
 pub mod detect;
 pub mod event;
 pub mod fault;

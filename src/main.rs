@@ -184,6 +184,9 @@ enum Command {
         /// The OpenCV DNN baseline script.
         #[arg(long, default_value = "scripts/bench/opencv_dnn.py")]
         opencv_script: PathBuf,
+        /// The Python with OpenCV that runs it (`make bench` makes .venv-bench).
+        #[arg(long, default_value = "python3")]
+        python: String,
         /// Instead: time this ONNX model (file or manifest) against ONNX Runtime on 2 threads.
         #[arg(long)]
         model: Option<PathBuf>,
@@ -196,6 +199,13 @@ enum Command {
         /// With --model: the ONNX Runtime baseline script.
         #[arg(long, default_value = "scripts/bench/ort_bench.py")]
         ort_script: PathBuf,
+        /// Instead: how many real-time copies of the pipeline's first source are held, detecting
+        /// every frame and every 2nd frame.
+        #[arg(long)]
+        density: bool,
+        /// With --density: seconds of video per trial.
+        #[arg(long, default_value_t = 20)]
+        density_seconds: u64,
     },
     /// Tools for ONNX models: inspect one, or run it on a tensor and keep every output.
     Model {
@@ -376,6 +386,25 @@ fn cluster_command(command: ClusterCommand, etcd: &EtcdArgs) -> anyhow::Result<E
         ClusterCommand::Get { name } => print!("{}", cli::get(&access, name.as_deref())?),
         ClusterCommand::Delete { name } => cli::delete(&access, &name)?,
         ClusterCommand::Status => print!("{}", cli::status(&access)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vigil bench --density`.
+fn density(pipeline: &std::path::Path, seconds: u64) -> anyhow::Result<ExitCode> {
+    let plan = config::load(pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
+    vigil::ingest::init().map_err(anyhow::Error::msg)?;
+    let mut summary = Vec::new();
+    for every in [1, 2] {
+        let trials = vigil::density::density(&plan, every, seconds).map_err(anyhow::Error::msg)?;
+        print!("{}", vigil::density::describe(&trials));
+        summary.push((every, vigil::density::held(&trials)));
+    }
+    for (every, n) in summary {
+        println!(
+            "density ({}, {seconds} s a trial): detecting every {every} frame(s): {n} stream(s) held in real time",
+            plan.model.name
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -649,9 +678,16 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
         Command::Cluster { command, etcd } => cluster_command(command, &etcd),
         Command::Bench {
             pipeline,
+            density: true,
+            density_seconds,
+            ..
+        } => density(&pipeline, density_seconds),
+        Command::Bench {
+            pipeline,
             repeats,
             frames,
             opencv_script,
+            python,
             ..
         } => {
             let plan = config::load(&pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -662,6 +698,7 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
                 repeats,
                 frames,
                 opencv_script,
+                python,
                 ..Default::default()
             };
             let report = vigil::bench::run(&plan, &settings).map_err(anyhow::Error::msg)?;
