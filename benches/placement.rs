@@ -17,12 +17,14 @@ fn fleet() -> (Vec<NodeCap>, Vec<Demand>) {
         .map(|i| NodeCap {
             id: format!("node-{i:04}"),
             capacity: 40,
+            devices: Vec::new(),
         })
         .collect();
     let cams = (0..CAMERAS)
         .map(|i| Demand {
             name: format!("cam-{i:05}"),
             streams: 1 + i % 3,
+            needs: None,
         })
         .collect();
     (nodes, cams)

@@ -436,6 +436,14 @@ fn serve(opts: vigil::service::ServeOptions, c: &ClusterArgs) -> anyhow::Result<
             id: node_id,
             capacity: c.capacity.unwrap_or(opts.max_sources),
             http: opts.http.to_string(),
+            // a pipeline that asks for `device: cuda` is placed only where a GPU answers
+            devices: if vigil::detect::device(vigil::detect::DeviceChoice::Auto)
+                .is_ok_and(|d| d.is_cuda())
+            {
+                vec!["cuda".into()]
+            } else {
+                Vec::new()
+            },
         },
         ttl: c.lease_ttl,
         owned_dir,

@@ -294,6 +294,7 @@ pub fn desired(snap: &Snapshot) -> BTreeMap<String, String> {
         .map(|n| NodeCap {
             id: n.id.clone(),
             capacity: n.capacity,
+            devices: n.devices.clone(),
         })
         .collect();
     let demands: Vec<Demand> = snap
@@ -302,6 +303,7 @@ pub fn desired(snap: &Snapshot) -> BTreeMap<String, String> {
         .map(|(name, text)| Demand {
             name: name.clone(),
             streams: sources_of(text),
+            needs: device_of(text),
         })
         .collect();
     place(&nodes, &demands, &snap.owners)
@@ -315,6 +317,24 @@ pub fn sources_of(text: &str) -> usize {
         sources: Vec<serde::de::IgnoredAny>,
     }
     serde_saphyr::from_str::<Sources>(text).map_or(1, |s| s.sources.len().max(1))
+}
+
+/// The device kind a pipeline text's detector insists on (`cuda` for `device: cuda` or
+/// `cuda:N`); `auto` and `cpu` run anywhere.
+pub fn device_of(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Detector {
+        device: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Pipeline {
+        detector: Detector,
+    }
+    let device = serde_saphyr::from_str::<Pipeline>(text)
+        .ok()?
+        .detector
+        .device?;
+    device.starts_with("cuda").then(|| "cuda".to_string())
 }
 
 /// etcd calls never wait longer than this (a node cut off notices within its tick).

@@ -19,6 +19,15 @@ pub struct NodeCap {
     pub id: String,
     /// Streams (sources) it may run at most.
     pub capacity: usize,
+    /// Device kinds it has besides the CPU (`cuda`).
+    pub devices: Vec<String>,
+}
+
+impl NodeCap {
+    /// Whether `p` may run here: room aside, the device its detector asks for.
+    fn suits(&self, p: &Demand) -> bool {
+        p.needs.as_ref().is_none_or(|d| self.devices.contains(d))
+    }
 }
 
 /// A pipeline as placement sees it.
@@ -27,6 +36,8 @@ pub struct Demand {
     pub name: String,
     /// Its sources.
     pub streams: usize,
+    /// A device kind its detector must have (`cuda` for `device: cuda:N`); `None`: any node.
+    pub needs: Option<String>,
 }
 
 /// Rendezvous score of `pipeline` on `node` (FNV-1a over both names, then mixed).
@@ -82,9 +93,10 @@ pub fn place(
     let mut out = BTreeMap::new();
     let mut sorted: Vec<&Demand> = pipelines.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let suits = |node: &str, p: &Demand| nodes.iter().any(|n| n.id == node && n.suits(p));
     for p in &sorted {
         if let Some(owner) = current.get(&p.name)
-            && loads.cap.contains_key(owner)
+            && suits(owner, p)
             && loads.fits(owner, p.streams)
         {
             loads.take(owner, p.streams);
@@ -100,7 +112,7 @@ pub fn place(
     for p in unowned {
         let best = nodes
             .iter()
-            .filter(|n| loads.fits(&n.id, p.streams))
+            .filter(|n| n.suits(p) && loads.fits(&n.id, p.streams))
             .min_by(|a, b| {
                 let (ua, ub) = (
                     loads.util_with(&a.id, p.streams as isize),
@@ -125,10 +137,7 @@ fn rebalance(
     loads: &mut Loads,
     out: &mut BTreeMap<String, String>,
 ) {
-    let streams: BTreeMap<&str, usize> = pipelines
-        .iter()
-        .map(|p| (p.name.as_str(), p.streams))
-        .collect();
+    let demand: BTreeMap<&str, &Demand> = pipelines.iter().map(|p| (p.name.as_str(), p)).collect();
     for _ in 0..pipelines.len() {
         let by_util = |a: &&NodeCap, b: &&NodeCap| {
             loads
@@ -147,7 +156,8 @@ fn rebalance(
         let candidate = out
             .iter()
             .filter(|(_, n)| **n == hi.id)
-            .map(|(p, _)| (p.clone(), streams[p.as_str()]))
+            .filter(|(p, _)| demand.get(p.as_str()).is_some_and(|d| lo.suits(d)))
+            .map(|(p, _)| (p.clone(), demand.get(p.as_str()).map_or(0, |d| d.streams)))
             .filter(|(_, s)| loads.fits(&lo.id, *s))
             .filter(|(_, s)| {
                 let after = loads
@@ -172,6 +182,7 @@ mod tests {
             .map(|i| NodeCap {
                 id: format!("n{i}"),
                 capacity: cap,
+                devices: Vec::new(),
             })
             .collect()
     }
@@ -180,6 +191,7 @@ mod tests {
             .map(|i| Demand {
                 name: format!("p{i:03}"),
                 streams: 1 + i % 3,
+                needs: None,
             })
             .collect()
     }
@@ -237,14 +249,33 @@ mod tests {
             Demand {
                 name: "a".into(),
                 streams: 2,
+                needs: None,
             },
             Demand {
                 name: "b".into(),
                 streams: 1,
+                needs: None,
             },
         ];
         let a = place(&ns, &ps, &BTreeMap::new());
         assert_eq!(a.len(), 1);
         assert_eq!(a["a"], "n0");
+    }
+
+    #[test]
+    fn a_gpu_pipeline_goes_only_to_a_node_with_a_gpu() {
+        let mut ns = nodes(3, 10);
+        ns[1].devices = vec!["cuda".into()];
+        let mut ps = pipes(9);
+        ps[4].needs = Some("cuda".into());
+        let a = place(&ns, &ps, &BTreeMap::new());
+        assert_eq!(a[&ps[4].name], "n1");
+        let without: Vec<NodeCap> = ns.iter().filter(|n| n.id != "n1").cloned().collect();
+        let b = place(&without, &ps, &a);
+        assert!(
+            !b.contains_key(&ps[4].name),
+            "no GPU node: not placed anywhere"
+        );
+        assert_eq!(b.len(), 8);
     }
 }

@@ -30,6 +30,9 @@ pub struct NodeInfo {
     pub capacity: usize,
     /// Its HTTP address (console, `/pipelines`).
     pub http: String,
+    /// Device kinds besides the CPU (`cuda` when built with CUDA and a GPU answers).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// Everything under the prefix at one revision.

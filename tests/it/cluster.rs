@@ -15,28 +15,31 @@ use super::service::{Reaped, free_port, get, register_token, wait_for};
 
 const TTL_S: u64 = 5;
 
-fn etcd_start(data: &Path, client: u16, peer: u16, log: &Path) -> Reaped {
-    let child = std::process::Command::new("/usr/bin/etcd")
-        .arg("--data-dir")
+/// etcd on 127.0.0.1: clients at `client_url`, its one member's peer port `peer`.
+fn etcd_command(data: &Path, client_url: &str, peer: u16, log: &Path) -> std::process::Command {
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut c = std::process::Command::new("/usr/bin/etcd");
+    c.arg("--data-dir")
         .arg(data)
         .args([
             "--listen-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-        ])
-        .args([
+            client_url,
             "--advertise-client-urls",
-            &format!("http://127.0.0.1:{client}"),
+            client_url,
         ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
         .args([
+            "--listen-peer-urls",
+            &peer_url,
             "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
+            &peer_url,
         ])
-        .args([
-            "--initial-cluster",
-            &format!("default=http://127.0.0.1:{peer}"),
-        ])
-        .stderr(std::fs::File::create(log).unwrap())
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .stderr(std::fs::File::create(log).unwrap());
+    c
+}
+
+fn etcd_start(data: &Path, client: u16, peer: u16, log: &Path) -> Reaped {
+    let child = etcd_command(data, &format!("http://127.0.0.1:{client}"), peer, log)
         .spawn()
         .unwrap();
     wait_for("etcd", Duration::from_secs(30), || {
@@ -356,24 +359,7 @@ fn cluster_commands_reach_etcd_over_tls_with_a_client_certificate() {
     certificates(d);
     let (client, peer) = (free_port(), free_port());
     let url = format!("https://127.0.0.1:{client}");
-    let child = std::process::Command::new("/usr/bin/etcd")
-        .arg("--data-dir")
-        .arg(d.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("default=http://127.0.0.1:{peer}"),
-        ])
+    let child = etcd_command(&d.join("etcd"), &url, peer, &d.join("etcd.log"))
         .arg("--cert-file")
         .arg(d.join("server.pem"))
         .arg("--key-file")
@@ -381,7 +367,6 @@ fn cluster_commands_reach_etcd_over_tls_with_a_client_certificate() {
         .arg("--trusted-ca-file")
         .arg(d.join("ca.pem"))
         .arg("--client-cert-auth")
-        .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
         .spawn()
         .unwrap();
     let _etcd = Reaped(child);

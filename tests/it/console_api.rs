@@ -135,14 +135,7 @@ fn every_endpoint_needs_a_token_and_a_viewer_changes_nothing() {
 
     // the console: login → cookie; a change needs the CSRF token too
     let login = serde_json::json!({ "token": admin }).to_string();
-    let (code, body, cookie) = call(
-        http,
-        "POST",
-        "/api/login",
-        None,
-        &[("Content-Type", "application/json")],
-        Some(&login),
-    );
+    let (code, body, cookie) = login_with(http, &login);
     assert_eq!(code, 200, "{body}");
     let cookie = cookie.expect("a session cookie");
     assert!(
@@ -187,24 +180,9 @@ fn every_endpoint_needs_a_token_and_a_viewer_changes_nothing() {
     let wrong = "vgl_0000000000000000000000000000000000000000000000000000000000000000";
     for _ in 0..5 {
         let body = serde_json::json!({ "token": wrong }).to_string();
-        let (code, _, _) = call(
-            http,
-            "POST",
-            "/api/login",
-            None,
-            &[("Content-Type", "application/json")],
-            Some(&body),
-        );
-        assert_eq!(code, 401);
+        assert_eq!(login_with(http, &body).0, 401);
     }
-    let (code, body, _) = call(
-        http,
-        "POST",
-        "/api/login",
-        None,
-        &[("Content-Type", "application/json")],
-        Some(&login),
-    );
+    let (code, body, _) = login_with(http, &login);
     assert_eq!(code, 429, "{body}");
 
     sigterm(&child.0);
@@ -225,6 +203,18 @@ fn every_endpoint_needs_a_token_and_a_viewer_changes_nothing() {
         text.contains("console login"),
         "logins are logged (without tokens):\n{text}"
     );
+}
+
+/// `POST /api/login` with the JSON `body`.
+fn login_with(port: u16, body: &str) -> (u16, String, Option<String>) {
+    call(
+        port,
+        "POST",
+        "/api/login",
+        None,
+        &[("Content-Type", "application/json")],
+        Some(body),
+    )
 }
 
 /// A small pipeline named `name` on a test pattern.

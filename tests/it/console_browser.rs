@@ -136,6 +136,30 @@ impl Browser {
         std::fs::write(path, png).unwrap();
     }
 
+    /// Log in to the console at `site` with `token`.
+    fn login(&self, site: &str, token: &str) {
+        self.go(&format!("{site}/"));
+        self.type_into("#token", token);
+        self.click("#login-submit");
+        self.wait_js(
+            "the login",
+            "return !!document.querySelector('#nav-grid') && location.hash !== '#/login';",
+            Duration::from_secs(60),
+        );
+    }
+
+    /// Wait until the image `css` shows a frame.
+    fn wait_for_frame(&self, css: &str) {
+        self.find(css, Duration::from_secs(60));
+        self.wait_js(
+            &format!("a frame in {css}"),
+            &format!(
+                "const i = document.querySelector(\"{css}\"); return !!i && i.naturalWidth > 0;"
+            ),
+            Duration::from_secs(120),
+        );
+    }
+
     /// Wait until `script` returns true.
     fn wait_js(&self, what: &str, script: &str, timeout: Duration) {
         wait_for(what, timeout, || self.js(script) == Value::Bool(true));
@@ -222,21 +246,9 @@ fn console_login_live_view_add_break_and_delete_a_camera() {
     let Some(b) = Browser::start() else { return };
     let site = format!("http://127.0.0.1:{http}");
 
-    b.go(&format!("{site}/"));
-    b.type_into("#token", &token_of(http));
-    b.click("#login-submit");
-    b.wait_js(
-        "the login",
-        "return !!document.querySelector('#nav-grid') && location.hash !== '#/login';",
-        Duration::from_secs(60),
-    );
+    b.login(&site, &token_of(http));
     let tile = ".camera-tile[data-pipeline='lobby'] img.live";
-    b.find(tile, Duration::from_secs(60));
-    b.wait_js(
-        "the live view's first frame",
-        &format!("const i = document.querySelector(\"{tile}\"); return !!i && i.naturalWidth > 0;"),
-        Duration::from_secs(60),
-    );
+    b.wait_for_frame(tile);
     let first = b.element_png(tile);
     std::thread::sleep(Duration::from_millis(1500));
     let second = b.element_png(tile);
@@ -262,14 +274,7 @@ fn console_login_live_view_add_break_and_delete_a_camera() {
     );
     b.go(&format!("{site}/#/"));
     let porch = ".camera-tile[data-pipeline='porch'] img.live";
-    b.find(porch, Duration::from_secs(60));
-    b.wait_js(
-        "frames of the new camera",
-        &format!(
-            "const i = document.querySelector(\"{porch}\"); return !!i && i.naturalWidth > 0;"
-        ),
-        Duration::from_secs(120),
-    );
+    b.wait_for_frame(porch);
 
     // break its YAML: the problem shows at its line (6: `confidence: high`)
     b.go(&format!("{site}/#/editor/porch"));
@@ -421,21 +426,9 @@ fn console_shows_events_clips_and_counts_of_real_video() {
                 .is_ok_and(|c| c.iter().filter(|c| c["snapshot"].is_string()).count() >= 2)
         })
     });
-    b.go(&format!("{site}/"));
-    b.type_into("#token", &token_of(http));
-    b.click("#login-submit");
-    b.wait_js(
-        "the login",
-        "return !!document.querySelector('#nav-grid') && location.hash !== '#/login';",
-        Duration::from_secs(60),
-    );
+    b.login(&site, &token_of(http));
     let tile = ".camera-tile[data-pipeline='campus'] img.live";
-    b.find(tile, Duration::from_secs(60));
-    b.wait_js(
-        "a frame",
-        &format!("const i = document.querySelector(\"{tile}\"); return !!i && i.naturalWidth > 0;"),
-        Duration::from_secs(60),
-    );
+    b.wait_for_frame(tile);
     b.save_screenshot(&shots().join("grid.png"));
 
     b.go(&format!("{site}/#/camera/campus/path"));
