@@ -425,13 +425,15 @@ fn serve(opts: vigil::service::ServeOptions, c: &ClusterArgs) -> anyhow::Result<
     let mut opts = opts;
     // fencing: a cut-off node must have drained by 3/4 of the lease (cluster::agent)
     opts.drain_timeout = opts.drain_timeout.min(c.lease_ttl / 4);
+    let access = c.security.access(endpoints)?;
     opts.cluster = Some(vigil::service::ClusterNode {
         node_id: node_id.clone(),
         owned_dir: owned_dir.clone(),
         data_dir: c.data_dir.clone().unwrap_or_else(|| opts.state_dir.clone()),
+        store: std::sync::Arc::new(vigil::cluster::cli::EtcdPipelines(access.clone())),
     });
     let cfg = vigil::cluster::agent::AgentConfig {
-        access: c.security.access(endpoints)?,
+        access,
         node: vigil::cluster::store::NodeInfo {
             id: node_id,
             capacity: c.capacity.unwrap_or(opts.max_sources),

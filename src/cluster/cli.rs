@@ -70,6 +70,24 @@ pub fn apply(access: &EtcdAccess, paths: &[PathBuf]) -> Result<Vec<String>, Clus
     Ok(texts.into_iter().map(|(n, _)| n).collect())
 }
 
+/// The cluster's pipelines as the service's API writes them in cluster mode.
+pub struct EtcdPipelines(pub EtcdAccess);
+
+impl crate::service::PipelineStore for EtcdPipelines {
+    fn put(&self, name: &str, text: &str) -> Result<(), String> {
+        block_on(async {
+            let mut store = Store::connect(&self.0).await?;
+            store.apply(&[(name.to_string(), text.to_string())]).await
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, name: &str) -> Result<bool, String> {
+        block_on(async { Store::connect(&self.0).await?.delete_pipeline(name).await })
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// One pipeline's text, or every pipeline's name.
 pub fn get(access: &EtcdAccess, name: Option<&str>) -> Result<String, ClusterError> {
     let snap = block_on(async { Store::connect(access).await?.snapshot().await })?;

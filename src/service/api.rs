@@ -235,8 +235,8 @@ async fn put_pipeline(
 /// Validate, write atomically, reconcile; put the previous file back when the service refuses
 /// the new one.
 fn save_pipeline(s: &Service, name: &str, text: &str, who: &str) -> Response {
-    if let Some(r) = cluster_mode(s) {
-        return r;
+    if let Some(c) = &s.opts.cluster {
+        return save_to_cluster(c, name, text, who);
     }
     if let Some(st) = find_status(s, name).filter(|p| !p.managed) {
         return error(
@@ -303,14 +303,31 @@ fn save_pipeline(s: &Service, name: &str, text: &str, who: &str) -> Response {
     }
 }
 
-/// In cluster mode pipelines live in etcd, not in this node's folders: 409 saying where.
-fn cluster_mode(s: &Service) -> Option<Response> {
-    s.opts.cluster.as_ref().map(|_| {
-        error(
-            StatusCode::CONFLICT,
-            "cluster mode: pipelines live in etcd; change them with `vigil cluster apply -f FILE` or `vigil cluster delete NAME`",
-        )
-    })
+/// Cluster mode: validate as the nodes will (relative paths against `--data-dir`) and store the
+/// text in the cluster; whichever node placement picks runs it. 202: stored, not yet running.
+fn save_to_cluster(c: &super::ClusterNode, name: &str, text: &str, who: &str) -> Response {
+    let plan = match crate::config::parse(&c.data_dir.join(format!("{name}.yaml")), text) {
+        Ok(p) => p,
+        Err(e) => return invalid(problems_of(&e)),
+    };
+    if plan.name != name {
+        return invalid(vec![ProblemView {
+            line: plan.name_at.0,
+            column: plan.name_at.1,
+            message: format!(
+                "the pipeline's name is `{}` but it is saved as `{name}`: make them equal",
+                plan.name
+            ),
+        }]);
+    }
+    match c.store.put(name, text) {
+        Ok(()) => {
+            tracing::info!(pipeline = %name, by = %who, "pipeline stored in the cluster through the API");
+            let body = serde_json::json!({ "name": name, "stored_in": "cluster" });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, &format!("etcd: {e}")),
+    }
 }
 
 /// Put `previous` back (or remove the file when there was none) and reconcile again.
@@ -353,8 +370,13 @@ async fn delete_pipeline(
     Admin(who): Admin,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    if let Some(r) = cluster_mode(&s) {
-        return r;
+    if let Some(c) = s.opts.cluster.clone() {
+        return match blocking(move || c.store.delete(&name)).await {
+            Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
+            Ok(Ok(false)) => error(StatusCode::NOT_FOUND, "no such pipeline in the cluster"),
+            Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, &format!("etcd: {e}")),
+            Err(r) => r,
+        };
     }
     let Some(st) = find_status(&s, &name) else {
         return error(StatusCode::NOT_FOUND, &format!("no pipeline `{name}`"));

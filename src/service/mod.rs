@@ -58,13 +58,33 @@ pub struct ServeOptions {
 }
 
 /// What the service needs to know of cluster mode (the agent itself lives in `crate::cluster`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterNode {
     pub node_id: String,
     /// The folder the agent writes owned pipelines into.
     pub owned_dir: PathBuf,
     /// Where relative paths of cluster pipelines resolve (`--data-dir`).
     pub data_dir: PathBuf,
+    /// Where the API writes pipelines in cluster mode (the cluster's store, etcd).
+    pub store: Arc<dyn PipelineStore>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node_id", &self.node_id)
+            .field("owned_dir", &self.owned_dir)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fleet's pipelines as the API changes them in cluster mode (blocking calls).
+pub trait PipelineStore: Send + Sync {
+    /// Store `text` as pipeline `name` (validated by the caller).
+    fn put(&self, name: &str, text: &str) -> Result<(), String>;
+    /// Remove pipeline `name`; whether it existed.
+    fn delete(&self, name: &str) -> Result<bool, String>;
 }
 
 /// The state folder when none is given: systemd's `StateDirectory=` (`$STATE_DIRECTORY`), else

@@ -256,6 +256,25 @@ fn nodes_share_pipelines_fail_over_rebalance_and_never_run_one_twice() {
         Duration::from_secs(60),
         || all_once(&where_running(&ports)),
     );
+    // the API of any node writes to the cluster: a pipeline PUT through n2 runs on one node
+    let n2 = ports[1].1;
+    let token = super::service::token_of(n2);
+    let text = std::fs::read_to_string(dir.path().join("fleet/cam0.yaml"))
+        .unwrap()
+        .replace("cam0", "cam6");
+    let path = "/api/pipelines/cam6";
+    let (code, body, _) = super::console_api::call(n2, "PUT", path, Some(&token), &[], Some(&text));
+    assert_eq!(code, 202, "{body}");
+    wait_for("cam6 on one node", Duration::from_secs(60), || {
+        where_running(&ports)
+            .get("cam6")
+            .is_some_and(|n| n.len() == 1)
+    });
+    let (code, body, _) = super::console_api::call(n2, "DELETE", path, Some(&token), &[], None);
+    assert_eq!(code, 204, "{body}");
+    wait_for("cam6 to stop", Duration::from_secs(60), || {
+        !where_running(&ports).contains_key("cam6")
+    });
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let samples = sampling.join().unwrap();
