@@ -252,15 +252,8 @@ fn save_pipeline(s: &Service, name: &str, text: &str, who: &str) -> Response {
         Ok(p) => p,
         Err(e) => return invalid(problems_of(&e)),
     };
-    if plan.name != name {
-        return invalid(vec![ProblemView {
-            line: plan.name_at.0,
-            column: plan.name_at.1,
-            message: format!(
-                "the pipeline's name is `{}` but it is saved as `{name}`: make them equal",
-                plan.name
-            ),
-        }]);
+    if let Some(r) = name_differs(&plan, name) {
+        return r;
     }
     if let Some(why) = s.blocked_by_others(&file, &plan) {
         return invalid(vec![ProblemView {
@@ -310,15 +303,8 @@ fn save_to_cluster(c: &super::ClusterNode, name: &str, text: &str, who: &str) ->
         Ok(p) => p,
         Err(e) => return invalid(problems_of(&e)),
     };
-    if plan.name != name {
-        return invalid(vec![ProblemView {
-            line: plan.name_at.0,
-            column: plan.name_at.1,
-            message: format!(
-                "the pipeline's name is `{}` but it is saved as `{name}`: make them equal",
-                plan.name
-            ),
-        }]);
+    if let Some(r) = name_differs(&plan, name) {
+        return r;
     }
     match c.store.put(name, text) {
         Ok(()) => {
@@ -328,6 +314,20 @@ fn save_to_cluster(c: &super::ClusterNode, name: &str, text: &str, who: &str) ->
         }
         Err(e) => error(StatusCode::BAD_GATEWAY, &format!("etcd: {e}")),
     }
+}
+
+/// 422 when the text's `name:` is not the name it is saved under.
+fn name_differs(plan: &crate::config::Plan, name: &str) -> Option<Response> {
+    (plan.name != name).then(|| {
+        invalid(vec![ProblemView {
+            line: plan.name_at.0,
+            column: plan.name_at.1,
+            message: format!(
+                "the pipeline's name is `{}` but it is saved as `{name}`: make them equal",
+                plan.name
+            ),
+        }])
+    })
 }
 
 /// Put `previous` back (or remove the file when there was none) and reconcile again.

@@ -57,7 +57,7 @@ pub struct ServeOptions {
     pub cluster: Option<ClusterNode>,
 }
 
-/// What the service needs to know of cluster mode (the agent itself lives in `crate::cluster`).
+/// What the service needs to know of cluster mode (the cluster agent, a layer above, drives it).
 #[derive(Clone)]
 pub struct ClusterNode {
     pub node_id: String,
