@@ -510,6 +510,7 @@ fn set_paused(s: &Service, pipeline: &str, source: &str, paused: bool, who: &str
         set.remove(&key);
     }
     drop(set);
+    s.save_paused();
     tracing::info!(pipeline, source, by = %who, "source {} through the API", if paused { "stopped" } else { "started" });
     Json(source_view(s, pipeline, &m)).into_response()
 }

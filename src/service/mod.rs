@@ -176,7 +176,8 @@ pub struct Service {
     pub auth: auth::Auth,
     /// One reconcile at a time (the folder poll and the API both run them).
     reconciling: Mutex<()>,
-    /// `(pipeline, source)` paused through the API; kept across restarts of the pipeline.
+    /// `(pipeline, source)` paused through the API; kept across restarts of the pipeline and of
+    /// the service (`STATE_DIR/paused.json`).
     pub paused: Mutex<BTreeSet<(String, String)>>,
     /// The last hour of each source (the console's charts).
     pub history: Mutex<history::History>,
@@ -216,7 +217,7 @@ impl Service {
             events: Arc::default(),
             auth: auth::Auth::new(&opts.state_dir),
             reconciling: Mutex::new(()),
-            paused: Mutex::default(),
+            paused: Mutex::new(read_paused(&opts.state_dir)),
             history: Mutex::default(),
             opts,
         }
@@ -788,6 +789,33 @@ pub fn serve_with(
         Ok(())
     } else {
         Err(ServeError::Undrained(undrained.join("; ")))
+    }
+}
+
+fn paused_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("paused.json")
+}
+
+/// The sources paused through the API before this start (none when the file is missing or bad).
+fn read_paused(state_dir: &Path) -> BTreeSet<(String, String)> {
+    let file = paused_file(state_dir);
+    let Ok(bytes) = std::fs::read(&file) else {
+        return BTreeSet::new();
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::warn!(file = %file.display(), "ignored: {e}");
+        BTreeSet::new()
+    })
+}
+
+impl Service {
+    /// Keep the paused sources for the next start of the service.
+    pub fn save_paused(&self) {
+        let file = paused_file(&self.opts.state_dir);
+        let json = serde_json::to_vec(&*lock(&self.paused)).unwrap_or_default();
+        if let Err(e) = api::write_atomically(&file, &json) {
+            tracing::warn!(file = %file.display(), "cannot keep the paused sources: {e}");
+        }
     }
 }
 

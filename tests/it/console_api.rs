@@ -311,6 +311,23 @@ fn a_pipeline_created_through_the_api_is_checked_survives_a_restart_and_can_be_d
 
     let (child, http) = serve_on(&conf, &log, &[]);
     let admin = token_of(http);
+    // a source stopped through the API stays stopped across a restart of the service
+    let (_, body, _) = call(http, "GET", "/api/sources", Some(&admin), &[], None);
+    let sources: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let cam = sources
+        .iter()
+        .find(|s| s["pipeline"] == "gate")
+        .expect("gate's source");
+    assert_eq!(cam["paused"], true, "{body}");
+    let (code, body, _) = call(
+        http,
+        "POST",
+        "/api/sources/gate/cam/start",
+        Some(&admin),
+        &[],
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
     wait_for("frames after the restart", Duration::from_secs(120), || {
         frames_in(by_name(&super::service::pipelines(http), "gate")) > 0
     });
