@@ -49,7 +49,8 @@ pub fn start(service: Arc<Service>, cfg: AgentConfig) -> Result<Companion, Strin
     clear_dir(&cfg.owned_dir).map_err(|e| format!("{}: {e}", cfg.owned_dir.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let last_ack: LastAck = Arc::default();
-    let fence = fence_thread(service.clone(), last_ack.clone(), cfg.ttl, stop.clone());
+    let fence = fence_thread(service.clone(), last_ack.clone(), cfg.ttl, stop.clone())
+        .map_err(|e| format!("cannot start the fence thread: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -95,7 +96,7 @@ fn fence_thread(
     last_ack: LastAck,
     ttl: Duration,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cluster-fence".into())
         .spawn(move || {
@@ -110,7 +111,6 @@ fn fence_thread(
                 fenced = stale;
             }
         })
-        .unwrap_or_else(|e| panic!("cannot start the fence thread: {e}"))
 }
 
 struct Agent {

@@ -77,7 +77,7 @@ pub fn decide(views: &[View], healthy_for: Duration, restore_after: Duration) ->
 }
 
 /// The governed sources of a pipeline: `(metrics, budget, priority, configured every)`.
-pub type Governed = Vec<(Arc<SourceMetrics>, Duration, i32, u32)>;
+pub type GovernedSources = Vec<(Arc<SourceMetrics>, Duration, i32, u32)>;
 
 /// What the governor carries from one tick to the next.
 struct Memory {
@@ -90,7 +90,7 @@ struct Memory {
 }
 
 /// Run the governor of `pipeline` until `done`.
-pub fn run(pipeline: &str, sources: &Governed, done: &AtomicBool) {
+pub fn run(pipeline: &str, sources: &GovernedSources, done: &AtomicBool) {
     let now = Instant::now();
     let mut mem = Memory {
         healthy_since: now,
@@ -124,7 +124,7 @@ pub fn run(pipeline: &str, sources: &Governed, done: &AtomicBool) {
 }
 
 /// Each source's view, taking (and clearing) the ages the detector recorded since last time.
-fn look(sources: &Governed) -> Vec<View> {
+fn look(sources: &GovernedSources) -> Vec<View> {
     sources
         .iter()
         .map(|(m, budget, priority, base)| {
@@ -146,7 +146,7 @@ fn look(sources: &Governed) -> Vec<View> {
 }
 
 /// Sources that no longer run get their configured interval back at once.
-fn give_back_idle(pipeline: &str, sources: &Governed, views: &[View]) {
+fn give_back_idle(pipeline: &str, sources: &GovernedSources, views: &[View]) {
     for ((m, ..), v) in sources.iter().zip(views) {
         if !v.running && v.every > v.base {
             m.governed.every.store(v.base, Ordering::Relaxed);
@@ -156,7 +156,13 @@ fn give_back_idle(pipeline: &str, sources: &Governed, views: &[View]) {
     }
 }
 
-fn act(pipeline: &str, sources: &Governed, views: &[View], decision: Decision, mem: &mut Memory) {
+fn act(
+    pipeline: &str,
+    sources: &GovernedSources,
+    views: &[View],
+    decision: Decision,
+    mem: &mut Memory,
+) {
     let (i, every) = match decision {
         Decision::Hold => return,
         Decision::Degrade(i) => (i, (views[i].every * 2).min(MAX_EVERY)),
@@ -185,7 +191,7 @@ fn act(pipeline: &str, sources: &Governed, views: &[View], decision: Decision, m
 }
 
 /// The sources of `metrics` that have a budget in `plan`.
-pub fn governed(plan: &crate::config::Plan, metrics: &PipelineMetrics) -> Governed {
+pub fn governed(plan: &crate::config::Plan, metrics: &PipelineMetrics) -> GovernedSources {
     plan.source_detect
         .iter()
         .zip(&metrics.sources)

@@ -41,13 +41,14 @@ pub fn routes() -> Router<Arc<Service>> {
 
 /// The newest frame of a source and its model's class names.
 fn newest(s: &Service, pipeline: &str, source: &str) -> Option<(Frame, Arc<crate::config::Plan>)> {
-    let plan = super::api::live_pipelines(s)
-        .into_iter()
-        .find(|(name, _, _)| name == pipeline)
-        .and_then(|(_, _, plan)| plan)?;
-    let m = super::api::find_source(s, pipeline, source)?;
+    // one look at the entries (a live stream asks every 20 ms)
+    let entries = lock(&s.entries);
+    let e = entries
+        .values()
+        .find(|e| e.name == pipeline && e.state != super::PipelineState::Rejected)?;
+    let m = e.metrics.sources.iter().find(|m| m.id == source)?;
     let frame = lock(&m.latest).clone()?;
-    Some((frame, plan))
+    Some((frame, e.plan.clone()?))
 }
 
 async fn encode(frame: Frame, plan: Arc<crate::config::Plan>) -> Result<Vec<u8>, Response> {
