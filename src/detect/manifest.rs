@@ -16,7 +16,7 @@ use super::onnx::{Normalize, OnnxSettings};
 pub struct ManifestSpec {
     /// Short name of the model, shown in logs and `vigil models`.
     pub name: String,
-    /// Architecture family (`darknet`, `onnx`); `onnx` when the manifest names an `onnx:` file.
+    /// Architecture family (`darknet`, `onnx`, `tflite`); inferred from an `onnx:` or `tflite:` file.
     #[serde(default)]
     pub family: Option<Family>,
     /// darknet: network description, relative to the manifest.
@@ -28,6 +28,9 @@ pub struct ManifestSpec {
     /// ONNX: the model file (graph and weights), relative to the manifest.
     #[serde(default)]
     pub onnx: Option<WeightsSpec>,
+    /// TensorFlow Lite: the model file, relative to the manifest (`family: tflite`).
+    #[serde(default)]
+    pub tflite: Option<WeightsSpec>,
     /// ONNX: how the outputs become boxes (`yolov8`, `yolox`, `rtdetr`, …).
     #[serde(default)]
     pub decoder: Option<Decoder>,
@@ -200,7 +203,7 @@ impl ModelInfo {
     /// manifest's checksum no longer applies.
     pub fn with_weights(mut self, path: &Path) -> Self {
         self.weights = path.to_path_buf();
-        if self.family == Family::Onnx {
+        if matches!(self.family, Family::Onnx | Family::Tflite) {
             self.cfg = path.to_path_buf();
         }
         self.weights_sha256 = None;
@@ -228,6 +231,8 @@ impl Files {
     fn of(spec: &ManifestSpec, dir: &Path) -> Result<Self, String> {
         let family = spec.family.unwrap_or(if spec.onnx.is_some() {
             Family::Onnx
+        } else if spec.tflite.is_some() {
+            Family::Tflite
         } else {
             Family::Darknet
         });
@@ -238,8 +243,11 @@ impl Files {
                     .weights
                     .as_ref()
                     .ok_or("a darknet model needs `weights:`")?;
-                if spec.onnx.is_some() || spec.decoder.is_some() {
-                    return Err("`onnx:`/`decoder:` are for `family: onnx`".into());
+                if spec.onnx.is_some() || spec.decoder.is_some() || spec.tflite.is_some() {
+                    return Err(
+                        "`onnx:`/`decoder:` are for `family: onnx`, `tflite:` for `family: tflite`"
+                            .into(),
+                    );
                 }
                 Ok(Self {
                     family,
@@ -269,20 +277,56 @@ impl Files {
                     sha256: o.sha256.clone(),
                 })
             }
+            Family::Tflite => {
+                let t = spec
+                    .tflite
+                    .as_ref()
+                    .ok_or("a TensorFlow Lite model needs `tflite: FILE.tflite`")?;
+                if spec.cfg.is_some()
+                    || spec.weights.is_some()
+                    || spec.onnx.is_some()
+                    || spec.decoder.is_some()
+                {
+                    return Err("a TensorFlow Lite model takes `tflite:` only (its decoding is the graph's TFLite_Detection_PostProcess)".into());
+                }
+                Ok(Self {
+                    family,
+                    cfg: dir.join(&t.path),
+                    weights: dir.join(&t.path),
+                    sha256: t.sha256.clone(),
+                })
+            }
         }
     }
 }
 
+/// Class names, one a line; or, when every line is `ID  name` (the TFLite/Coral label files,
+/// whose ids have gaps), each name at its id, the gaps named `#ID`.
 fn read_classes(path: &Path) -> Result<Vec<String>, String> {
-    let classes: Vec<String> = std::fs::read_to_string(path)
+    let lines: Vec<String> = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read class names {}: {e}", path.display()))?
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
-    if classes.is_empty() {
+    if lines.is_empty() {
         return Err(format!("{} lists no classes", path.display()));
+    }
+    let numbered: Option<Vec<(usize, &str)>> = lines
+        .iter()
+        .map(|l| {
+            let (id, name) = l.split_once(char::is_whitespace)?;
+            Some((id.parse().ok().filter(|i| *i < 100_000)?, name.trim()))
+        })
+        .collect();
+    let Some(numbered) = numbered else {
+        return Ok(lines);
+    };
+    let len = numbered.iter().map(|(i, _)| i + 1).max().unwrap_or(0);
+    let mut classes: Vec<String> = (0..len).map(|i| format!("#{i}")).collect();
+    for (id, name) in numbered {
+        classes[id] = name.to_string();
     }
     Ok(classes)
 }

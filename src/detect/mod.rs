@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod nms;
 pub mod onnx;
 pub mod pool;
+pub mod tflite;
 
 use std::io::Read;
 use std::path::Path;
@@ -41,6 +42,12 @@ pub enum DetectError {
     Onnx {
         model: String,
         cause: onnx::OnnxError,
+    },
+    /// The message includes the cause (as for darknet).
+    #[error("model {model}: {cause}")]
+    Tflite {
+        model: String,
+        cause: tflite::TfliteError,
     },
     #[error("device `{0}`: {1}")]
     Device(String, String),
@@ -184,6 +191,7 @@ macro_rules! families {
 families! {
     "darknet" => Darknet(DarknetDetector),
     "onnx" => Onnx(onnx::OnnxDetector),
+    "tflite" => Tflite(tflite::detector::TfliteDetector),
 }
 
 /// The YOLOv1–v4 line: a darknet `.cfg` + `.weights` pair, run by the cfg interpreter.
