@@ -32,4 +32,5 @@ mod regress;
 mod service;
 mod service_ops;
 mod sigterm;
+mod tflite;
 mod trackers;

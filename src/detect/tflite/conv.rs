@@ -57,6 +57,11 @@ fn check_geometry(
     } else {
         ((wd[1], wd[2]), wd[0])
     };
+    if kernel.0 == 0 || kernel.1 == 0 || input.contains(&0) {
+        return Err(TfliteError::Format(format!(
+            "`{name}`: input {input:?} with weights {wd:?}"
+        )));
+    }
     let (oh, pad_h) = out_and_pad(input[1], kernel.0, o.stride.0, o.dilation.0, o.padding);
     let (ow, pad_w) = out_and_pad(input[2], kernel.1, o.stride.1, o.dilation.1, o.padding);
     let channels_ok = if depthwise {
