@@ -6,6 +6,7 @@ pub mod conv;
 pub mod detector;
 pub mod elementwise;
 pub mod flatbuf;
+pub mod gemm;
 pub mod postprocess;
 pub mod quant;
 pub mod schema;
@@ -112,7 +113,7 @@ fn constant(def: &TensorDef, raw: &[u8]) -> Option<Data> {
 
 #[derive(Debug)]
 enum Step {
-    Conv(ConvStep),
+    Conv(Box<ConvStep>),
     Add(AddStep),
     Concat(ConcatStep),
     Logistic(LogisticStep),
@@ -401,8 +402,8 @@ fn plan(def: &ModelDef, op: &schema::OpDef, ready: &[bool]) -> Result<Planned, T
         .map(|o| &def.tensors[*o])
         .ok_or_else(|| TfliteError::Format("no output".into()))?;
     let step = match &op.kind {
-        OpKind::Conv2d(o) => Step::Conv(ConvStep::prepare(def, op, o, false)?),
-        OpKind::DepthwiseConv2d(o) => Step::Conv(ConvStep::prepare(def, op, o, true)?),
+        OpKind::Conv2d(o) => Step::Conv(Box::new(ConvStep::prepare(def, op, o, false)?)),
+        OpKind::DepthwiseConv2d(o) => Step::Conv(Box::new(ConvStep::prepare(def, op, o, true)?)),
         OpKind::Add(act) => Step::Add(AddStep::prepare(t(0)?, t(1)?, y, *act)?),
         OpKind::Concatenation { axis, activation } => {
             if *activation != schema::Activation::None {
