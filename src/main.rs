@@ -187,7 +187,8 @@ enum Command {
         /// The Python with OpenCV that runs it (`make bench` makes .venv-bench).
         #[arg(long, default_value = "python3")]
         python: String,
-        /// Instead: time this ONNX model (file or manifest) against ONNX Runtime on 2 threads.
+        /// Instead: time this ONNX or TensorFlow Lite model (file or manifest) against ONNX
+        /// Runtime or the LiteRT interpreter on 2 threads.
         #[arg(long)]
         model: Option<PathBuf>,
         /// With --model: the input size WxH where the model leaves it dynamic.
@@ -199,6 +200,13 @@ enum Command {
         /// With --model: the ONNX Runtime baseline script.
         #[arg(long, default_value = "scripts/bench/ort_bench.py")]
         ort_script: PathBuf,
+        /// With a TFLite --model: the Python that has ai-edge-litert
+        /// (scripts/reference/tflite-reference builds it).
+        #[arg(long, default_value = ".venv-tflite/bin/python")]
+        litert_python: PathBuf,
+        /// With a TFLite --model: the LiteRT baseline script.
+        #[arg(long, default_value = "scripts/bench/litert_bench.py")]
+        litert_script: PathBuf,
         /// Instead: how many real-time copies of the pipeline's first source are held, detecting
         /// every frame and every 2nd frame.
         #[arg(long)]
@@ -674,8 +682,21 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             repeats,
             ort_python,
             ort_script,
+            litert_python,
+            litert_script,
             ..
         } => {
+            if let Some(file) = vigil::model_tools::tflite_file(&model) {
+                let report = vigil::model_tools::bench_tflite(
+                    &file,
+                    repeats,
+                    &litert_python,
+                    &litert_script,
+                )
+                .map_err(anyhow::Error::msg)?;
+                println!("{report}");
+                return Ok(ExitCode::SUCCESS);
+            }
             let m = vigil::model_tools::ModelArg::resolve(&model, size_u32(size))
                 .map_err(anyhow::Error::msg)?;
             let report = vigil::model_tools::bench(&m, repeats, &ort_python, &ort_script)

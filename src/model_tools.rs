@@ -288,6 +288,89 @@ pub fn bench(
     Ok(out)
 }
 
+/// The TensorFlow Lite file `path` names: a `.tflite` file, or a manifest of `family: tflite`.
+pub fn tflite_file(path: &Path) -> Option<PathBuf> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("tflite") => Some(path.to_path_buf()),
+        Some("yaml" | "yml") => ModelInfo::load(path)
+            .ok()
+            .filter(|i| i.family == crate::detect::Family::Tflite)
+            .map(|i| i.weights),
+        _ => None,
+    }
+}
+
+/// vigil's TFLite executor against the LiteRT interpreter (XNNPACK, 2 threads) on the same model
+/// and input pattern, in the same run.
+pub fn bench_tflite(
+    path: &Path,
+    repeats: usize,
+    python: &Path,
+    script: &Path,
+) -> Result<String, String> {
+    use crate::detect::tflite::{Data, TfliteModel, schema::DType as T};
+    let m = TfliteModel::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = m.input().elements();
+    // the pattern litert_bench.py feeds: element i is (i · 7919) mod 251
+    let pattern = (0..n).map(|i| ((i as u64 * 7919) % 251) as u8);
+    let input = match m.input().dtype {
+        T::I8 => Data::I8(pattern.map(|v| (v as i16 - 128) as i8).collect()),
+        _ => Data::U8(pattern.collect()),
+    };
+    let names = m.step_names();
+    let mut per_op: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+    let mut times = Vec::with_capacity(repeats);
+    for i in 0..repeats.max(1) + 3 {
+        let t0 = Instant::now();
+        let mut last = Instant::now();
+        m.run_observed(input.clone(), |step, _| {
+            if i >= 3 {
+                *per_op.entry(names[step]).or_insert(0.0) +=
+                    last.elapsed().as_secs_f64() * 1e3 / repeats.max(1) as f64;
+            }
+            last = Instant::now();
+        })
+        .map_err(|e| e.to_string())?;
+        if i >= 3 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let vigil_ms = median(&mut times);
+    let litert = baseline_median(
+        python,
+        script,
+        path,
+        &["--repeats", &repeats.to_string(), "--threads", "2"],
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "model {} input {:?}, {repeats} repeats after 3 warm-ups, {} rayon threads",
+        path.display(),
+        m.input().shape,
+        rayon::current_num_threads()
+    );
+    let _ = writeln!(
+        out,
+        "| runtime | median ms | ratio |\n| --- | ---: | ---: |"
+    );
+    let ratio = litert
+        .as_ref()
+        .map_or("-".into(), |o| format!("{:.2}×", vigil_ms / o));
+    let _ = writeln!(out, "| vigil (integer kernels) | {vigil_ms:.1} | {ratio} |");
+    let _ = match &litert {
+        Ok(o) => writeln!(out, "| LiteRT (XNNPACK) 2 threads | {o:.1} | 1.00× |"),
+        Err(e) => writeln!(out, "| LiteRT | not run: {e} | |"),
+    };
+    let mut by_op: Vec<(&str, f64)> = per_op.into_iter().collect();
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let _ = writeln!(out, "\nvigil per operator (ms per inference):");
+    for (op, ms) in by_op {
+        let _ = writeln!(out, "  {op:<30} {ms:8.2}");
+    }
+    Ok(out)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -308,17 +391,29 @@ fn ort_median(
         ));
     }
     let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let dims = dims.join(",");
+    let repeats = repeats.to_string();
+    let args = ["--repeats", &repeats, "--threads", "2", "--shape", &dims];
+    baseline_median(python, script, &model.onnx, &args)
+}
+
+/// A baseline script's `median_ms` (ONNX Runtime, LiteRT: test oracles, never linked).
+fn baseline_median(
+    python: &Path,
+    script: &Path,
+    model: &Path,
+    args: &[&str],
+) -> Result<f64, String> {
+    if !python.exists() {
+        return Err(format!(
+            "{} is missing (scripts/reference/ builds the oracle venvs)",
+            python.display()
+        ));
+    }
     let out = Command::new(python)
         .arg(script)
-        .arg(&model.onnx)
-        .args([
-            "--repeats",
-            &repeats.to_string(),
-            "--threads",
-            "2",
-            "--shape",
-            &dims.join(","),
-        ])
+        .arg(model)
+        .args(args)
         .output()
         .map_err(|e| format!("{}: {e}", python.display()))?;
     if !out.status.success() {
@@ -331,5 +426,5 @@ fn ort_median(
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("median_ms ")?.trim().parse().ok())
-        .ok_or_else(|| "no `median_ms` line from the ORT script".to_string())
+        .ok_or_else(|| format!("no `median_ms` line from {}", script.display()))
 }

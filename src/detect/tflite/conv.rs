@@ -180,6 +180,10 @@ impl ConvStep {
         })
     }
 
+    pub fn is_depthwise(&self) -> bool {
+        self.depthwise
+    }
+
     /// Run on one input tensor's elements.
     pub fn run<T: QType>(&self, x: &[T]) -> Vec<T> {
         let mut xi = vec![0i16; x.len()];
@@ -205,10 +209,28 @@ impl ConvStep {
         out
     }
 
+    /// One pixel's outputs from its int32 sums (`bias` added when given): zipped slices, no
+    /// indexing, so the loop vectorizes.
     #[inline(always)]
-    fn requantize<T: QType>(&self, acc: i32, c: usize) -> T {
-        let scaled = round_half_even(acc as f32 * self.scales[c]) as i32;
-        T::from_i32((scaled + self.output_zero).clamp(self.range.0, self.range.1))
+    fn requantize<T: QType>(&self, sums: &[i32], bias: Option<&[i32]>, out: &mut [T]) {
+        let (lo, hi, zero) = (self.range.0, self.range.1, self.output_zero);
+        let one = |acc: i32, scale: f32| {
+            let scaled = round_half_even(acc as f32 * scale) as i32;
+            T::from_i32((scaled + zero).clamp(lo, hi))
+        };
+        match bias {
+            Some(bias) => {
+                for (((y, &s), &b), &scale) in out.iter_mut().zip(sums).zip(bias).zip(&self.scales)
+                {
+                    *y = one(s + b, scale);
+                }
+            }
+            None => {
+                for ((y, &s), &scale) in out.iter_mut().zip(sums).zip(&self.scales) {
+                    *y = one(s, scale);
+                }
+            }
+        }
     }
 
     /// The input row and column an output position's kernel tap reads, if inside the image.
@@ -268,9 +290,7 @@ impl ConvStep {
             packed.tile(&patches, &mut sums);
             for p in 0..n {
                 let out_px = &mut out_row[(ox0 + p) * oc..(ox0 + p + 1) * oc];
-                for (o, y) in out_px.iter_mut().enumerate() {
-                    *y = self.requantize(self.bias[o] + sums[p * sl + o], o);
-                }
+                self.requantize(&sums[p * sl..p * sl + oc], Some(&self.bias), out_px);
             }
         }
     }
@@ -319,13 +339,7 @@ impl ConvStep {
                     }
                 }
             }
-            for (o, (y, a)) in out_row[ox * oc..(ox + 1) * oc]
-                .iter_mut()
-                .zip(&acc)
-                .enumerate()
-            {
-                *y = self.requantize(*a, o);
-            }
+            self.requantize(&acc, None, &mut out_row[ox * oc..(ox + 1) * oc]);
         }
     }
 }

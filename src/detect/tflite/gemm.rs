@@ -9,7 +9,7 @@
 /// Output channels per packed block.
 const BLOCK: usize = 16;
 /// Pixels per tile.
-pub const TILE: usize = 4;
+pub const TILE: usize = 6;
 
 /// Weights `[out][k]` repacked as `[block][k / 2][channel in block][2]`, zero-padded to whole
 /// blocks and an even `k`.
@@ -79,7 +79,8 @@ impl PackedWeights {
         }
     }
 
-    /// The AVX2 kernel: 4 pixels × 16 channels in eight 8-lane accumulators.
+    /// The AVX2 kernel: 6 pixels × 16 channels in twelve 8-lane accumulators (with the two
+    /// weight vectors and the broadcast, 15 of the 16 registers).
     ///
     /// # Safety
     /// The CPU must have AVX2; `patches` must hold `TILE · patch_len()` values and `sums`
@@ -89,12 +90,9 @@ impl PackedWeights {
     unsafe fn tile_avx2(&self, patches: &[i16], sums: &mut [i32]) {
         use std::arch::x86_64::*;
         let (pl, sl) = (self.patch_len(), self.sums_len());
-        // one i32 per input pair: (x[2k], x[2k+1]) as vpmaddwd reads a broadcast lane
-        let pair = |p: usize, kp: usize| -> i32 {
-            let lo = patches[p * pl + 2 * kp] as u16 as u32;
-            let hi = patches[p * pl + 2 * kp + 1] as u16 as u32;
-            (lo | (hi << 16)) as i32
-        };
+        // Each pixel's patch read as i32 pairs (x[2k], x[2k+1]): the lane vpmaddwd multiplies
+        // with one channel's two weights, broadcast from memory.
+        let rows: [*const i32; TILE] = std::array::from_fn(|p| patches[p * pl..].as_ptr().cast());
         for b in 0..self.blocks {
             let w = &self.data[b * self.pairs * BLOCK * 2..(b + 1) * self.pairs * BLOCK * 2];
             let mut acc = [_mm256_setzero_si256(); 2 * TILE];
@@ -106,8 +104,10 @@ impl PackedWeights {
                         _mm256_loadu_si256(wp.as_ptr().add(16).cast()),
                     )
                 };
-                for p in 0..TILE {
-                    let x = _mm256_set1_epi32(pair(p, kp));
+                for (p, row) in rows.iter().enumerate() {
+                    // SAFETY: pair `kp` < pairs lies inside pixel p's patch of 2 · pairs values
+                    // (length asserted by the caller); unaligned read.
+                    let x = _mm256_set1_epi32(unsafe { row.add(kp).read_unaligned() });
                     acc[2 * p] = _mm256_add_epi32(acc[2 * p], _mm256_madd_epi16(x, w0));
                     acc[2 * p + 1] = _mm256_add_epi32(acc[2 * p + 1], _mm256_madd_epi16(x, w1));
                 }

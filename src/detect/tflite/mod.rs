@@ -219,6 +219,24 @@ impl TfliteModel {
         self.outputs.iter().map(|o| &self.tensors[*o])
     }
 
+    /// Each step's operator, for profiles.
+    pub fn step_names(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .map(|s| match &s.step {
+                Step::Conv(c) if c.is_depthwise() => "DEPTHWISE_CONV_2D",
+                Step::Conv(_) => "CONV_2D",
+                Step::Add(_) => "ADD",
+                Step::Concat(_) => "CONCATENATION",
+                Step::Logistic(_) => "LOGISTIC",
+                Step::Reshape => "RESHAPE",
+                Step::Dequantize { .. } => "DEQUANTIZE",
+                Step::Quantize { .. } => "QUANTIZE",
+                Step::PostProcess(_) => "TFLite_Detection_PostProcess",
+            })
+            .collect()
+    }
+
     /// Run on one input; the graph outputs in order.
     pub fn run(&self, input: Data) -> Result<Vec<Data>, TfliteError> {
         self.run_observed(input, |_, _| {})
