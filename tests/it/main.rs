@@ -8,6 +8,7 @@
 )]
 
 mod analytics;
+mod backbones;
 mod bad_input;
 mod cli;
 mod cluster;
