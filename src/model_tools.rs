@@ -154,10 +154,10 @@ pub fn run_raw(model: &ModelArg, input: &Path, out: &Path) -> Result<String, Str
     }
     .map_err(|e| format!("{}: {e}", input.display()))?;
     let size = match shape.as_slice() {
-        [_, _, h, w] => Some((*w as u32, *h as u32)),
+        [_, _, h, w] | [_, h, w] => Some((*w as u32, *h as u32)),
         _ => {
             return Err(format!(
-                "{}: shape {shape:?}; expected NCHW",
+                "{}: shape {shape:?}; expected NCHW (or CHW for a model that takes one image)",
                 input.display()
             ));
         }

@@ -342,9 +342,9 @@ def c_conv_missing_weight():
     return ser(model([conv, sig], [vi(*IMAGES)], [vi("output0", F, [1, 4, 6, 6])]))
 
 
-def c_input_rank3():
+def c_input_rank2():
     n = helper.make_node("Sigmoid", ["images"], ["output0"], name="sigmoid0")
-    return ser(model([n], [vi("images", F, [3, 8, 8])], [vi("output0", F, [3, 8, 8])]))
+    return ser(model([n], [vi("images", F, [8, 8])], [vi("output0", F, [8, 8])]))
 
 
 def c_two_inputs():
@@ -456,8 +456,8 @@ CASES = [
      "[3.0, 3.0] instead of INTS", "load", ["kernel_shape"]),
     ("conv-missing-weight.onnx", c_conv_missing_weight, "Conv with one input (no weight)",
      "load", ["conv", "input"]),
-    ("input-rank-3.onnx", c_input_rank3, "input images is [3, 8, 8] (rank 3); a detector "
-     "needs NCHW (rank 4)", "load", ["rank 3"]),
+    ("input-rank-2.onnx", c_input_rank2, "input images is [8, 8] (rank 2); a detector "
+     "needs NCHW (rank 4) or one CHW image (rank 3)", "load", ["rank 2"]),
     ("two-inputs.onnx", c_two_inputs, "two graph inputs (images, images2); a detector takes "
      "one", "load", ["2 inputs"]),
     ("huge-input-shape.onnx", c_huge_input, "input images declares [1, 3, 100000, 100000] "
@@ -595,7 +595,7 @@ def main():
         "onnx %s (`onnx.load_from_string`, then `onnx.checker.check_model(full_check=True)`) "
         "and ONNX Runtime %s (CPU, 1 thread, no graph optimizations, the file's path; a run "
         "feeds 0.5 everywhere). A second opinion only: where ORT accepts a file (FusedConv, "
-        "cubic Resize, opset 7, rank 3, two inputs, ...) vigil still rejects it, on purpose."
+        "cubic Resize, opset 7, rank 2, two inputs, ...) vigil still rejects it, on purpose."
         % (onnx.__version__, ort_version),
         "",
         "Notes: ORT rejects the three huge-initializer files on the Add's broadcast "

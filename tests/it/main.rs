@@ -22,6 +22,7 @@ mod console_browser;
 mod darknet_parity;
 mod demo;
 mod detect_parity;
+mod detectors;
 mod faults;
 mod frame_sizes;
 mod governor;

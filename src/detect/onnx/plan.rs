@@ -203,9 +203,9 @@ fn image_input(model: &ModelProto) -> Result<proto::Declared, OnnxError> {
         .collect();
     match real.as_slice() {
         [one] => {
-            if one.dims.len() != 4 {
+            if !matches!(one.dims.len(), 3 | 4) {
                 return Err(OnnxError::Input(format!(
-                    "`{}` has rank {}; an image model takes one NCHW tensor (rank 4)",
+                    "`{}` has rank {}; an image model takes one NCHW tensor (rank 4), or one CHW image (rank 3, as torchvision's detection exports do)",
                     one.name,
                     one.dims.len()
                 )));
@@ -237,8 +237,9 @@ pub fn check(model: &ModelProto) -> Result<proto::Declared, OnnxError> {
         .graph
         .as_ref()
         .ok_or_else(|| OnnxError::Graph("no graph".into()))?;
-    parse_nodes(&graph.node, opset, &Device::Cpu)?;
-    order(&graph.node, &known_names(model))?;
+    let nodes = super::ops::with_implicit_inputs(&graph.node);
+    parse_nodes(&nodes, opset, &Device::Cpu)?;
+    order(&nodes, &known_names(model))?;
     if graph.output.is_empty() {
         return Err(OnnxError::Graph("the graph declares no outputs".into()));
     }
@@ -322,28 +323,31 @@ fn order(nodes: &[NodeProto], known: &HashSet<String>) -> Result<Vec<usize>, Onn
 }
 
 /// The concrete input shape: declared dims, with dynamic ones fixed (batch to `batch`, H/W to
-/// `size`).
+/// `size`). A rank-3 input is one CHW image (no batch dimension).
 fn input_shape(
     decl: &proto::Declared,
     batch: usize,
     size: Option<(u32, u32)>,
 ) -> Result<Vec<usize>, OnnxError> {
     let mut dims: Vec<usize> = Vec::with_capacity(4);
+    // where C sits: after the batch dimension, or first
+    let c = decl.dims.len().saturating_sub(3);
     for (i, d) in decl.dims.iter().enumerate() {
-        let want = match i {
-            0 => Some(batch),
-            2 => size.map(|s| s.1 as usize),
-            3 => size.map(|s| s.0 as usize),
+        let batch_dim = c == 1 && i == 0;
+        let want = match i.checked_sub(c) {
+            None => Some(batch),
+            Some(1) => size.map(|s| s.1 as usize),
+            Some(2) => size.map(|s| s.0 as usize),
             _ => None,
         };
         let v = match (d, want) {
-            (Some(d), Some(w)) if i > 0 && *d as usize != w => {
+            (Some(d), Some(w)) if !batch_dim && *d as usize != w => {
                 return Err(OnnxError::Input(format!(
                     "`{}` is fixed at {:?} in the file; {w} was asked for dim {i}",
                     decl.name, decl.dims
                 )));
             }
-            (Some(d), _) if i > 0 => *d as usize,
+            (Some(d), _) if !batch_dim => *d as usize,
             (_, Some(w)) => w,
             (Some(d), None) => *d as usize,
             (None, None) => {
@@ -375,8 +379,10 @@ pub fn plan(
         .ok_or_else(|| OnnxError::Graph("no graph".into()))?;
     let decl = image_input(model)?;
     let shape = input_shape(&decl, batch, size)?;
-    let mut ops = parse_nodes(&graph.node, opset, device)?;
-    let sorted = order(&graph.node, &known_names(model))?;
+    // `If` nodes with the outer tensors their branches read as explicit inputs
+    let nodes = super::ops::with_implicit_inputs(&graph.node);
+    let mut ops = parse_nodes(&nodes, opset, device)?;
+    let sorted = order(&nodes, &known_names(model))?;
     if graph.output.is_empty() {
         return Err(OnnxError::Graph("the graph declares no outputs".into()));
     }
@@ -389,7 +395,7 @@ pub fn plan(
     }
     let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     let dry = DryRun::run(
-        &graph.node,
+        &nodes,
         &mut ops,
         &sorted,
         &mut consts,
@@ -398,7 +404,7 @@ pub fn plan(
         &output_names,
         device,
     )?;
-    let flops = count_flops(&graph.node, &dry.shapes, &consts);
+    let flops = count_flops(&nodes, &dry.shapes, &consts);
     let kept: Vec<usize> = sorted
         .iter()
         .copied()
@@ -407,11 +413,11 @@ pub fn plan(
     let mut steps: Vec<PStep> = kept
         .iter()
         .map(|&i| PStep {
-            name: node_name(&graph.node[i]),
-            label: graph.node[i].op_type.clone(),
+            name: node_name(&nodes[i]),
+            label: nodes[i].op_type.clone(),
             op: ops[i].clone(),
-            inputs: graph.node[i].input.clone(),
-            outputs: graph.node[i].output.clone(),
+            inputs: nodes[i].input.clone(),
+            outputs: nodes[i].output.clone(),
         })
         .collect();
     conv_fusion::bind_and_fuse(&mut steps, &consts, &output_names, device)
@@ -498,10 +504,18 @@ impl DryRun {
                 last_use.insert(inp.as_str(), pos);
             }
         }
-        let zeros = Tensor::zeros(shape, DType::F32, device)
+        // A pattern in [0, 1), not zeros: a blank image sends detectors with data-dependent
+        // post-processing down their empty paths, which some exports cannot take (torchvision's
+        // RetinaNet reshapes an empty level to `[0, -1]`, an error in ONNX Runtime too). Folding
+        // never depends on the input's values, only on which tensors derive from it.
+        let n: usize = shape.iter().product();
+        let pattern: Vec<f32> = (0..n as u64)
+            .map(|i| ((i * 2_654_435_761) % (1 << 32)) as f32 / 4_294_967_296.0)
+            .collect();
+        let dummy = Tensor::from_vec(pattern, shape, device)
             .map_err(|e| OnnxError::Input(e.to_string()))?;
         let mut live: HashMap<String, Tensor> = HashMap::new();
-        live.insert(input_name.to_string(), zeros);
+        live.insert(input_name.to_string(), dummy);
         let mut folded = HashSet::new();
         let mut shapes = HashMap::new();
         shapes.insert(input_name.to_string(), shape.to_vec());

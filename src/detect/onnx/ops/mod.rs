@@ -3,6 +3,7 @@
 //! Candle tensors. Activations are f32, shape arithmetic i64, booleans u8.
 
 mod array;
+mod control;
 mod conv;
 mod math;
 mod special;
@@ -10,6 +11,7 @@ mod special;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::proto::{Attrs, NodeProto};
+pub use control::with_implicit_inputs;
 pub use conv::ConvOp;
 
 /// Operators per the default ONNX domain that vigil implements, for messages and `inspect`.
@@ -47,6 +49,8 @@ pub const SUPPORTED: &[&str] = &[
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "If",
+    "InstanceNormalization",
     "LayerNormalization",
     "LeakyRelu",
     "Less",
@@ -69,6 +73,8 @@ pub const SUPPORTED: &[&str] = &[
     "ReduceMax",
     "ReduceMean",
     "ReduceMin",
+    "ReduceL2",
+    "ReduceProd",
     "ReduceSum",
     "Relu",
     "Reshape",
@@ -146,11 +152,16 @@ pub enum Reduce {
     Sum,
     Max,
     Min,
+    Prod,
+    /// √(Σ x²)
+    L2,
 }
 
 /// A parsed node.
 #[derive(Debug, Clone)]
 pub enum Op {
+    /// Control flow: a branch chosen per frame.
+    If(Box<control::IfOp>),
     Unary(Unary),
     Binary(Binary),
     /// Max/Min over more than two inputs.
@@ -226,6 +237,10 @@ pub enum Op {
     BatchNorm {
         epsilon: f32,
     },
+    /// Per sample and channel over the spatial dims (GroupNorm as torch exports it).
+    InstanceNorm {
+        epsilon: f32,
+    },
     Resize(special::ResizeOp),
     Softmax {
         axis: i64,
@@ -295,6 +310,9 @@ impl Op {
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(ParseError::Unsupported);
         }
+        if node.op_type == "If" {
+            return Ok(Op::If(Box::new(control::IfOp::parse(node, opset, device)?)));
+        }
         let a = Attrs::new(node);
         if let Some(u) = unary(node.op_type.as_str(), &a)? {
             return Ok(Op::Unary(u));
@@ -337,6 +355,7 @@ impl Op {
             Op::Cast { to, to_bool } => one(math::cast(req(inputs, 0)?, *to, *to_bool)?),
             Op::Conv(c) => one(c.eval(inputs)?),
             Op::ConvTranspose(c) => one(c.eval(inputs)?),
+            Op::If(i) => i.eval(inputs),
             _ => match array::eval(self, inputs) {
                 Some(r) => r,
                 None => special::eval(self, inputs),
@@ -346,7 +365,7 @@ impl Op {
 
     /// Whether the output's shape depends on the input values themselves (not their shapes).
     pub fn data_dependent_shape(&self) -> bool {
-        matches!(self, Op::NonZero | Op::NonMaxSuppression { .. })
+        matches!(self, Op::NonZero | Op::NonMaxSuppression { .. } | Op::If(_))
     }
 
     /// Whether input `k`'s values (when not a constant) decide the output's shape.

@@ -75,6 +75,9 @@ pub fn parse(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<Op,
         "BatchNormalization" => Op::BatchNorm {
             epsilon: a.float_or("epsilon", 1e-5)?,
         },
+        "InstanceNormalization" => Op::InstanceNorm {
+            epsilon: a.float_or("epsilon", 1e-5)?,
+        },
         "Resize" => Op::Resize(parse_resize(a)?),
         "Softmax" => Op::Softmax {
             axis: a.int_or("axis", if opset < 13 { 1 } else { -1 })?,
@@ -91,7 +94,9 @@ pub fn parse(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<Op,
             axis: a.int_or("axis", -1)?,
             epsilon: a.float_or("epsilon", 1e-5)?,
         },
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => parse_reduce(node, opset, a)?,
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => {
+            parse_reduce(node, opset, a)?
+        }
         "ArgMax" => Op::ArgMax {
             axis: a.int_or("axis", 0)?,
             keepdims: a.int_or("keepdims", 1)? != 0,
@@ -204,6 +209,8 @@ fn parse_reduce(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<
         "ReduceMean" => Reduce::Mean,
         "ReduceSum" => Reduce::Sum,
         "ReduceMax" => Reduce::Max,
+        "ReduceProd" => Reduce::Prod,
+        "ReduceL2" => Reduce::L2,
         _ => Reduce::Min,
     };
     // ReduceSum took its axes as an input from opset 13, the others from 18.
@@ -264,6 +271,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
         Op::GlobalPool(Reduce::Mean) => x.flatten_from(2)?.mean_keepdim(2)?.unsqueeze(3)?,
         Op::GlobalPool(_) => x.flatten_from(2)?.max_keepdim(2)?.unsqueeze(3)?,
         Op::BatchNorm { epsilon } => batch_norm(inputs, *epsilon)?,
+        Op::InstanceNorm { epsilon } => instance_norm(inputs, *epsilon)?,
         Op::Resize(r) => resize(inputs, r)?,
         Op::Softmax { axis: a, legacy } => softmax(x, *a, *legacy)?,
         Op::MatMul => matmul(x, req(inputs, 1)?)?,
@@ -378,6 +386,42 @@ fn batch_norm(inputs: &[Option<Tensor>], eps: f32) -> Result<Tensor> {
     x.broadcast_sub(&mean)?
         .broadcast_mul(&k)?
         .broadcast_add(&bias)
+}
+
+/// `scale · (x − mean) / √(var + ε) + bias`, mean and (biased) variance over each sample's
+/// channel.
+fn instance_norm(inputs: &[Option<Tensor>], eps: f32) -> Result<Tensor> {
+    let x = req(inputs, 0)?;
+    let (n, c) = (x.dim(0)?, x.dim(1)?);
+    let flat = x.reshape((n, c, ()))?.to_dtype(DType::F32)?;
+    let mean = flat.mean_keepdim(2)?;
+    let centred = flat.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(2)?;
+    let normed = centred.broadcast_div(&(var + f64::from(eps))?.sqrt()?)?;
+    let per_channel = |t: &Tensor| t.reshape((1, c, 1));
+    normed
+        .broadcast_mul(&per_channel(req(inputs, 1)?)?)?
+        .broadcast_add(&per_channel(req(inputs, 2)?)?)?
+        .reshape(x.dims())
+}
+
+/// The product along `ax`, kept as a dimension of 1 (Candle has no product reduction; these
+/// are shape computations: small, integer, exact in f64).
+fn prod_keepdim(t: &Tensor, ax: usize) -> Result<Tensor> {
+    let last = t.rank() - 1;
+    let moved = t.transpose(ax, last)?.contiguous()?;
+    let n = moved.dim(last)?;
+    let mut shape = moved.dims().to_vec();
+    shape[last] = 1;
+    let groups: usize = shape.iter().product();
+    let v: Vec<f64> = moved.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let out: Vec<f64> = (0..groups)
+        .map(|g| v[g * n..(g + 1) * n].iter().product())
+        .collect();
+    Tensor::from_vec(out, shape, t.device())?
+        .to_dtype(t.dtype())?
+        .transpose(ax, last)?
+        .contiguous()
 }
 
 fn softmax(x: &Tensor, a: i64, legacy: bool) -> Result<Tensor> {
@@ -514,17 +558,27 @@ fn reduce(
     };
     axes.sort_unstable();
     axes.dedup();
-    let mut t = x.clone();
+    // L2: Σ x² over the axes, one root at the end
+    let mut t = if kind == Reduce::L2 {
+        x.sqr()?
+    } else {
+        x.clone()
+    };
     for &ax in axes.iter().rev() {
         t = match kind {
             Reduce::Mean => t.mean_keepdim(ax)?,
             Reduce::Sum => t.sum_keepdim(ax)?,
             Reduce::Max => t.max_keepdim(ax)?,
             Reduce::Min => t.min_keepdim(ax)?,
+            Reduce::Prod => prod_keepdim(&t, ax)?,
+            Reduce::L2 => t.sum_keepdim(ax)?,
         };
         if !keep {
             t = t.squeeze(ax)?;
         }
+    }
+    if kind == Reduce::L2 {
+        t = t.sqrt()?;
     }
     Ok(t)
 }

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Test oracle (never shipped): torchvision's detectors beyond the YOLO line, with seeded random
+weights at reduced sizes, exported to ONNX as users export them (post-processing, NMS and
+data-dependent shapes inside the graph: `torch.onnx.export(model, ([image],))`), and ONNX
+Runtime's outputs on a fixed image, for tests/it/detectors.rs. Run in the oracle venv from the
+repository root:
+
+    .venv-onnx/bin/python scripts/reference/export-detectors.py            # every model
+    .venv-onnx/bin/python scripts/reference/export-detectors.py fcos       # some
+
+Writes tests/golden/onnx/big/detector-<name>.onnx (git-ignored; tens of MB) and the committed
+tests/golden/onnx/detectors/<name>.json: the file's SHA-256, the input size, the operator
+inventory and ONNX Runtime's outputs (CPU, graph optimizations off) for the input image.
+
+Weights: torchvision's own initialization (seed 1); every BatchNorm's running statistics from a
+seeded calibration batch (BatchNorm modules alone in training mode, momentum None); each head's
+last convolutions rescaled, channel by channel, to zero mean and unit std on that batch plus N(0, 1)
+biases, so class scores
+spread over (0, 1) instead of sitting on the focal-loss prior (0.01, under every score threshold)
+and every pyramid level keeps candidates (the RetinaNet export cannot take an empty level:
+ONNX Runtime fails on it too).
+Input: element i of the flattened CHW image is ((i * 2654435761) mod 2^32) / 2^32.
+"""
+import hashlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torchvision.models import detection as D
+
+OUT = Path("tests/golden/onnx/detectors")
+BIG = Path("tests/golden/onnx/big")
+OPSET = 17
+
+
+def heads(model):
+    """The convolutions that end each head: (module, name of the raw output it feeds)."""
+    h = model.head
+    if hasattr(h.classification_head, "module_list"):  # SSD, SSDlite
+        last = lambda m: m if isinstance(m, torch.nn.Conv2d) else m[-1]
+        return [last(m) for m in h.classification_head.module_list] + [
+            last(m) for m in h.regression_head.module_list
+        ]
+    convs = [h.classification_head.cls_logits, h.regression_head.bbox_reg]
+    if hasattr(h.regression_head, "bbox_ctrness"):  # FCOS
+        convs.append(h.regression_head.bbox_ctrness)
+    return convs
+
+
+MODELS = {
+    # name: (builder, input size)
+    "ssdlite320_mobilenet_v3_large": (lambda: D.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None), 320),
+    "ssd300_vgg16": (lambda: D.ssd300_vgg16(weights=None, weights_backbone=None), 300),
+    "retinanet_resnet50_fpn": (lambda: D.retinanet_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
+    "fcos_resnet50_fpn": (lambda: D.fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
+}
+
+
+def pattern(size):
+    n = 3 * size * size
+    i = np.arange(n, dtype=np.uint64)
+    v = ((i * np.uint64(2654435761)) % np.uint64(2**32)).astype(np.float64) / 2**32
+    return v.astype(np.float32).reshape(3, size, size)
+
+
+def calibrate(model, size):
+    gen = np.random.default_rng(2)
+    batch = [torch.from_numpy(gen.random((3, size, size), dtype=np.float32)) for _ in range(4)]
+    model.eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        model(batch)
+    for m in bns:
+        m.eval()
+    stats = {}
+    per_channel = lambda o: (o.mean(dim=(0, 2, 3)), o.std(dim=(0, 2, 3)))
+    hooks = [c.register_forward_hook(lambda mod, i, o: stats.setdefault(mod, []).append(per_channel(o)))
+             for c in heads(model)]
+    with torch.no_grad():
+        model(batch)
+    for h in hooks:
+        h.remove()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for c, s in stats.items():
+            # per output channel, o' = (o - mean) / std + N(0, 1): centred, unit spread, a
+            # random offset (means over the pyramid levels the conv is applied to)
+            mean = torch.stack([m for m, _ in s]).mean(0)
+            std = torch.stack([d for _, d in s]).mean(0).clamp(min=1e-6)
+            c.weight /= std.view(-1, 1, 1, 1)
+            c.bias.copy_((c.bias - mean) / std + torch.randn_like(c.bias))
+    model.eval()
+
+
+def export(name):
+    build, size = MODELS[name]
+    torch.manual_seed(1)
+    model = build()
+    calibrate(model, size)
+    x = pattern(size)
+    path = BIG / f"detector-{name}.onnx"
+    BIG.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, ([torch.from_numpy(x)],), str(path), opset_version=OPSET,
+                      input_names=["images"], output_names=["boxes", "scores", "labels"])
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {"images": x})
+    names = [o.name for o in sess.get_outputs()]
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    meta = {
+        "model": name,
+        "source": f"torchvision models.detection.{name}, seed 1, BatchNorm and heads calibrated",
+        "onnx": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "opset": OPSET,
+        "input_size": size,
+        "ops": dict(sorted(ops.items())),
+        "reference": "onnxruntime %s CPU, graph optimizations off" % ort.__version__,
+        "outputs": {n: {"shape": list(o.shape), "values": [float(v) for v in o.reshape(-1)]}
+                    for n, o in zip(names, outs)},
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(meta, indent=0) + "\n")
+    scores = outs[names.index("scores")]
+    print(f"{name}: {path} ({path.stat().st_size // 1024} KiB), {len(scores)} detections, "
+          f"scores {float(scores.max()) if len(scores) else 0:.3f} max, {sum(ops.values())} nodes")
+
+
+def main():
+    for n in sys.argv[1:] or list(MODELS):
+        export(n)
+
+
+if __name__ == "__main__":
+    main()

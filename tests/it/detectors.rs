@@ -1,0 +1,161 @@
+//! The detector survey beyond the YOLO line, as torchvision exports it for users — SSD300-VGG16,
+//! SSDlite-MobileNetV3, RetinaNet-ResNet50-FPN, FCOS-ResNet50-FPN — run by vigil's ONNX executor
+//! exactly as exported: the rank-3 image input, anchors, decoding, `If` around the batched NMS,
+//! `TopK`, `NonZero` and every other data-dependent shape inside the graph. The final detections
+//! must equal ONNX Runtime's: each reference box has one of vigil's with the same label, IoU
+//! ≥ 0.99 and a score within 1e-3. `scripts/reference/export-detectors.py` (run by
+//! `make onnx-fixtures`) writes the ONNX files, too large for git, and the committed goldens.
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use sha2::Digest;
+use vigil::detect::onnx::OnnxModel;
+
+use super::common::root;
+
+const DETECTORS: [&str; 4] = [
+    "ssdlite320_mobilenet_v3_large",
+    "ssd300_vgg16",
+    "retinanet_resnet50_fpn",
+    "fcos_resnet50_fpn",
+];
+
+/// The script's image: element i of the CHW tensor is ((i · 2654435761) mod 2^32) / 2^32.
+fn pattern(size: usize) -> Tensor {
+    let v: Vec<f32> = (0..3 * size * size)
+        .map(|i| (((i as u64 * 2_654_435_761) % (1 << 32)) as f64 / (1u64 << 32) as f64) as f32)
+        .collect();
+    Tensor::from_vec(v, (3, size, size), &Device::Cpu).unwrap()
+}
+
+fn iou(a: &[f32], b: &[f32]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union <= 0.0 {
+        // degenerate boxes (random weights clip some to a line): equal corners, or no match
+        let same = a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-2);
+        return if same { 1.0 } else { 0.0 };
+    }
+    inter / union
+}
+
+/// `(boxes x1y1x2y2, score, label)` per detection.
+type Dets = Vec<([f32; 4], f32, i64)>;
+
+fn detections(boxes: &[f32], scores: &[f32], labels: &[f32]) -> Dets {
+    boxes
+        .chunks_exact(4)
+        .zip(scores)
+        .zip(labels)
+        .map(|((b, s), l)| ([b[0], b[1], b[2], b[3]], *s, *l as i64))
+        .collect()
+}
+
+/// Reference detections vigil has no partner for, ignoring those tied with the last one kept
+/// (which of equal scores makes the cut is arbitrary in both runtimes).
+fn unmatched(ours: &Dets, want: &Dets) -> Vec<String> {
+    let cut = want.iter().map(|d| d.1).fold(f32::INFINITY, f32::min);
+    let mut used = vec![false; ours.len()];
+    let mut missing = Vec::new();
+    for w in want {
+        let best = ours
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| !used[*i] && o.2 == w.2 && (o.1 - w.1).abs() <= 1e-3)
+            .map(|(i, o)| (i, iou(&o.0, &w.0)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((i, v)) if v >= 0.99 => used[i] = true,
+            _ if w.1 - cut <= 1e-3 => {}
+            other => missing.push(format!("{w:?} (best IoU {:?})", other.map(|o| o.1))),
+        }
+    }
+    missing
+}
+
+/// `Ok(None)` when the ONNX file was not generated here.
+fn check(name: &str) -> Result<Option<String>, String> {
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join(format!("tests/golden/onnx/detectors/{name}.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    let path = root().join(meta["onnx"].as_str().unwrap());
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(None);
+    };
+    if vigil::hash::hex(&sha2::Sha256::digest(&bytes)) != meta["sha256"].as_str().unwrap() {
+        return Err(format!(
+            "{name}: {} is not the file the golden was made from (regenerate both with scripts/reference/export-detectors.py)",
+            path.display()
+        ));
+    }
+    drop(bytes);
+    let size = meta["input_size"].as_u64().unwrap() as usize;
+    let model = OnnxModel::load(&path, 1, Some((size as u32, size as u32)), &Device::Cpu)
+        .map_err(|e| format!("{name}: load: {e}"))?;
+    let t0 = std::time::Instant::now();
+    let outs = model
+        .run(&pattern(size))
+        .map_err(|e| format!("{name}: run: {e}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let ours = |n: &str| -> Vec<f32> {
+        let i = model
+            .summary
+            .outputs
+            .iter()
+            .position(|o| o.name == n)
+            .unwrap_or_else(|| panic!("{name}: no output `{n}`"));
+        outs[i]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let want = |n: &str| -> Vec<f32> {
+        meta["outputs"][n]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let got = detections(&ours("boxes"), &ours("scores"), &ours("labels"));
+    let reference = detections(&want("boxes"), &want("scores"), &want("labels"));
+    let missing = unmatched(&got, &reference);
+    let line = format!(
+        "{name} at {size}: {} detections, ONNX Runtime {}, {} unmatched, {ms:.0} ms",
+        got.len(),
+        reference.len(),
+        missing.len()
+    );
+    if !missing.is_empty() || got.len() != reference.len() {
+        return Err(format!("{line}:\n  {}", missing.join("\n  ")));
+    }
+    Ok(Some(line))
+}
+
+#[test]
+fn torchvision_detectors_give_onnx_runtimes_detections() {
+    let _heavy = super::common::heavy();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for name in DETECTORS {
+        match check(name) {
+            Ok(Some(line)) => {
+                eprintln!("{line}");
+                ran += 1;
+            }
+            Ok(None) => {
+                eprintln!("{name}: skipped, its ONNX file is missing (run `make onnx-fixtures`)")
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!("{ran} of {} detectors ran", DETECTORS.len());
+}
