@@ -267,7 +267,7 @@ impl Files {
                 if spec.decoder.is_none() {
                     return Err(format!(
                         "an ONNX model needs `decoder:` (one of {})",
-                        "yolov3, yolov5, yolov6, yolov7, yolov8, yolox, damo_yolo, rtdetr, nms_included, raw"
+                        "yolov3, yolov5, yolov6, yolov7, yolov8, yolox, damo_yolo, rtdetr, nms_included, torchvision, raw"
                     ));
                 }
                 Ok(Self {

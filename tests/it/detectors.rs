@@ -159,3 +159,60 @@ fn torchvision_detectors_give_onnx_runtimes_detections() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     eprintln!("{ran} of {} detectors ran", DETECTORS.len());
 }
+
+/// A torchvision export in a manifest (`decoder: torchvision`) runs through `vigil detect`: the
+/// CHW input, the labels as class ids, boxes mapped back to the photo.
+#[test]
+fn a_torchvision_export_runs_from_a_manifest() {
+    let onnx = root().join("tests/golden/onnx/big/detector-ssdlite320_mobilenet_v3_large.onnx");
+    if !onnx.is_file() {
+        eprintln!(
+            "skipped: {} is missing (run `make onnx-fixtures`)",
+            onnx.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..91).map(|i| format!("class{i}")).collect();
+    std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
+    let manifest = dir.path().join("ssdlite.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: ssdlite\nonnx: {}\ndecoder: torchvision\nclasses: names.txt\nresize: stretch\n",
+            onnx.display()
+        ),
+    )
+    .unwrap();
+    let out = super::common::vigil()
+        .args(["detect", "--json", "--confidence", "0.3", "--model"])
+        .arg(&manifest)
+        .arg(super::common::asset("images/dog.jpg"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec: vigil::output::record::Record = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !rec.detections.is_empty(),
+        "random weights still find boxes"
+    );
+    for d in &rec.detections {
+        assert!(d.class.starts_with("class") && d.score >= 0.3, "{d:?}");
+        let [x1, y1, x2, y2] = d.bbox;
+        assert!(
+            x1 >= 0.0 && y1 >= 0.0 && x2 <= 768.0 && y2 <= 576.0 && x1 <= x2,
+            "{d:?}"
+        );
+    }
+}

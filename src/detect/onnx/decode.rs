@@ -33,6 +33,11 @@ pub enum Decoder {
     /// End-to-end exports with NMS in the graph: `[1, K, 6]` x1, y1, x2, y2, score, class; or
     /// `num_dets, boxes, scores, classes` (TensorRT-style, as YOLOv6/v7 `--end2end` write).
     NmsIncluded,
+    /// torchvision's detection models exported as they are (`torch.onnx.export(model, ([img],))`:
+    /// SSD, SSDlite, RetinaNet, FCOS, Faster R-CNN): one image, NMS in the graph, outputs boxes
+    /// `[N, 4]` (x1, y1, x2, y2, input pixels), scores `[N]` and integer labels `[N]` (found by
+    /// shape and type: exports number their outputs).
+    Torchvision,
     /// No decoding: the outputs are for `vigil model run-raw` only.
     Raw,
 }
@@ -41,7 +46,10 @@ impl Decoder {
     /// Whether the boxes it gives are already suppressed (vigil's NMS then changes nothing it
     /// should not, but class-aware NMS with IoU ≥ 1 keeps them all).
     pub fn nms_in_graph(self) -> bool {
-        matches!(self, Decoder::Rtdetr | Decoder::NmsIncluded)
+        matches!(
+            self,
+            Decoder::Rtdetr | Decoder::NmsIncluded | Decoder::Torchvision
+        )
     }
 }
 
@@ -73,6 +81,11 @@ pub fn check(d: Decoder, shapes: &[Vec<usize>], classes: usize) -> Result<(), St
         Decoder::DamoYolo => shapes.len() == 2 && shapes.iter().all(|s| s.len() == 3),
         Decoder::Rtdetr => shapes.len() == 1 && first.len() == 3 && first[2] == 6,
         Decoder::NmsIncluded => shapes.len() == 4 || shapes.len() == 1 && first.last() == Some(&6),
+        Decoder::Torchvision => {
+            shapes.len() == 3
+                && shapes.iter().filter(|s| s.len() == 2 && s[1] == 4).count() == 1
+                && shapes.iter().filter(|s| s.len() == 1).count() == 2
+        }
         Decoder::Yolov3 => shapes
             .iter()
             .all(|s| s.len() == 4 && s[1] % (5 + classes) == 0),
@@ -148,6 +161,7 @@ pub fn decode(
             }
         }
         Decoder::NmsIncluded => end_to_end(outputs, b, threshold, &mut out)?,
+        Decoder::Torchvision => torchvision(outputs, threshold, &mut out)?,
         Decoder::Yolov3 => yolov3(outputs, b, threshold, p, &mut out)?,
     }
     Ok(out)
@@ -325,6 +339,45 @@ fn damo(
                     s,
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// torchvision's `boxes`, `scores` and `labels`, told apart by shape and element type.
+fn torchvision(
+    outputs: &[Tensor],
+    threshold: f32,
+    out: &mut Vec<Candidate>,
+) -> candle_core::Result<()> {
+    let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+        t.flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()
+    };
+    let boxes = outputs.iter().find(|t| t.rank() == 2 && t.dims()[1] == 4);
+    let ones: Vec<&Tensor> = outputs.iter().filter(|t| t.rank() == 1).collect();
+    let scores = ones.iter().find(|t| t.dtype().is_float());
+    let labels = ones.iter().find(|t| !t.dtype().is_float());
+    let (Some(boxes), Some(scores), Some(labels)) = (boxes, scores, labels) else {
+        candle_core::bail!(
+            "torchvision: expected boxes [N, 4], float scores [N] and integer labels [N]; got {:?}",
+            outputs
+                .iter()
+                .map(|t| (t.dims().to_vec(), t.dtype()))
+                .collect::<Vec<_>>()
+        );
+    };
+    let (b, s, l) = (flat(boxes)?, flat(scores)?, flat(labels)?);
+    for ((bx, score), label) in b.chunks_exact(4).zip(s).zip(l) {
+        if score >= threshold {
+            let xyxy = Xyxy {
+                x1: bx[0],
+                y1: bx[1],
+                x2: bx[2],
+                y2: bx[3],
+            };
+            out.push(cand(xyxy, label, score));
         }
     }
     Ok(())

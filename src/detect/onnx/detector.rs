@@ -81,9 +81,11 @@ pub struct OnnxDetector {
 impl ModelFamily for OnnxDetector {
     fn input_size(network: &Path, declared: Option<(u32, u32)>) -> Result<(u32, u32), String> {
         let input = OnnxModel::check(network).map_err(|e| format!("{}: {e}", network.display()))?;
+        // NCHW, or CHW (torchvision's detection exports)
+        let (w_at, h_at) = if input.dims.len() == 3 { (2, 1) } else { (3, 2) };
         let fixed = match (
-            input.dims.get(3).copied().flatten(),
-            input.dims.get(2).copied().flatten(),
+            input.dims.get(w_at).copied().flatten(),
+            input.dims.get(h_at).copied().flatten(),
         ) {
             (Some(w), Some(h)) => Some((w as u32, h as u32)),
             _ => None,
@@ -178,11 +180,13 @@ impl OnnxDetector {
                     .map(|v| (v * k - m) / s),
             );
         }
-        Ok(Tensor::from_vec(
-            data,
-            (1, 3, want.1 as usize, want.0 as usize),
-            &self.device,
-        )?)
+        // torchvision's detection exports take one CHW image, the rest a batch of one
+        let shape: Vec<usize> = if self.model.summary.input_shape.len() == 3 {
+            vec![3, want.1 as usize, want.0 as usize]
+        } else {
+            vec![1, 3, want.1 as usize, want.0 as usize]
+        };
+        Ok(Tensor::from_vec(data, shape, &self.device)?)
     }
 }
 
