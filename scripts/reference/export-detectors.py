@@ -39,7 +39,10 @@ OPSET = 17
 
 
 def heads(model):
-    """The convolutions that end each head: (module, name of the raw output it feeds)."""
+    """The layers that end each head (convolutions; the R-CNN box predictor's linear layers)."""
+    if hasattr(model, "roi_heads"):  # Faster / Mask R-CNN
+        p = model.roi_heads.box_predictor
+        return [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, p.cls_score, p.bbox_pred]
     h = model.head
     if hasattr(h.classification_head, "module_list"):  # SSD, SSDlite
         last = lambda m: m if isinstance(m, torch.nn.Conv2d) else m[-1]
@@ -58,6 +61,8 @@ MODELS = {
     "ssd300_vgg16": (lambda: D.ssd300_vgg16(weights=None, weights_backbone=None), 300),
     "retinanet_resnet50_fpn": (lambda: D.retinanet_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
     "fcos_resnet50_fpn": (lambda: D.fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
+    "fasterrcnn_mobilenet_v3_large_fpn": (lambda: D.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
+    "fasterrcnn_resnet50_fpn": (lambda: D.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
 }
 
 
@@ -82,7 +87,9 @@ def calibrate(model, size):
     for m in bns:
         m.eval()
     stats = {}
-    per_channel = lambda o: (o.mean(dim=(0, 2, 3)), o.std(dim=(0, 2, 3)))
+    # statistics per output channel (dim 1), over every other dim
+    per_channel = lambda o: (o.transpose(0, 1).reshape(o.shape[1], -1).mean(1),
+                             o.transpose(0, 1).reshape(o.shape[1], -1).std(1))
     hooks = [c.register_forward_hook(lambda mod, i, o: stats.setdefault(mod, []).append(per_channel(o)))
              for c in heads(model)]
     with torch.no_grad():
@@ -96,9 +103,16 @@ def calibrate(model, size):
             # random offset (means over the pyramid levels the conv is applied to)
             mean = torch.stack([m for m, _ in s]).mean(0)
             std = torch.stack([d for _, d in s]).mean(0).clamp(min=1e-6)
-            c.weight /= std.view(-1, 1, 1, 1)
+            c.weight /= std.view(-1, *([1] * (c.weight.dim() - 1)))
             c.bias.copy_((c.bias - mean) / std + torch.randn_like(c.bias))
     model.eval()
+
+
+def role(o):
+    """boxes [N, 4], float scores [N], integer labels [N]."""
+    if o.ndim == 2:
+        return "boxes"
+    return "scores" if np.issubdtype(o.dtype, np.floating) else "labels"
 
 
 def export(name):
@@ -110,7 +124,7 @@ def export(name):
     path = BIG / f"detector-{name}.onnx"
     BIG.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, ([torch.from_numpy(x)],), str(path), opset_version=OPSET,
-                      input_names=["images"], output_names=["boxes", "scores", "labels"])
+                      input_names=["images"])
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
@@ -127,12 +141,13 @@ def export(name):
         "input_size": size,
         "ops": dict(sorted(ops.items())),
         "reference": "onnxruntime %s CPU, graph optimizations off" % ort.__version__,
-        "outputs": {n: {"shape": list(o.shape), "values": [float(v) for v in o.reshape(-1)]}
+        # by role (the exporter numbers the outputs, and their order differs by family)
+        "outputs": {role(o): {"name": n, "shape": list(o.shape), "values": [float(v) for v in o.reshape(-1)]}
                     for n, o in zip(names, outs)},
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(meta, indent=0) + "\n")
-    scores = outs[names.index("scores")]
+    scores = next(o for o in outs if role(o) == "scores")
     print(f"{name}: {path} ({path.stat().st_size // 1024} KiB), {len(scores)} detections, "
           f"scores {float(scores.max()) if len(scores) else 0:.3f} max, {sum(ops.values())} nodes")
 

@@ -82,7 +82,11 @@ impl ModelFamily for OnnxDetector {
     fn input_size(network: &Path, declared: Option<(u32, u32)>) -> Result<(u32, u32), String> {
         let input = OnnxModel::check(network).map_err(|e| format!("{}: {e}", network.display()))?;
         // NCHW, or CHW (torchvision's detection exports)
-        let (w_at, h_at) = if input.dims.len() == 3 { (2, 1) } else { (3, 2) };
+        let (w_at, h_at) = if input.dims.len() == 3 {
+            (2, 1)
+        } else {
+            (3, 2)
+        };
         let fixed = match (
             input.dims.get(w_at).copied().flatten(),
             input.dims.get(h_at).copied().flatten(),

@@ -6,6 +6,7 @@ mod array;
 mod control;
 mod conv;
 mod math;
+mod roi;
 mod special;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -76,6 +77,8 @@ pub const SUPPORTED: &[&str] = &[
     "ReduceL2",
     "ReduceProd",
     "ReduceSum",
+    "RoiAlign",
+    "ScatterElements",
     "Relu",
     "Reshape",
     "Resize",
@@ -236,6 +239,11 @@ pub enum Op {
     GlobalPool(Reduce),
     BatchNorm {
         epsilon: f32,
+    },
+    /// Region features of the two-stage detectors.
+    RoiAlign(Box<roi::RoiAlignOp>),
+    ScatterElements {
+        axis: i64,
     },
     /// Per sample and channel over the spatial dims (GroupNorm as torch exports it).
     InstanceNorm {

@@ -97,6 +97,17 @@ pub fn parse(node: &NodeProto, opset: i64, a: &Attrs) -> std::result::Result<Op,
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => {
             parse_reduce(node, opset, a)?
         }
+        "RoiAlign" => Op::RoiAlign(Box::new(super::roi::RoiAlignOp::parse(a, opset)?)),
+        "ScatterElements" => {
+            if a.string_or("reduction", "none")? != "none" {
+                return Err(ParseError::Bad(
+                    "ScatterElements with a reduction is not supported".into(),
+                ));
+            }
+            Op::ScatterElements {
+                axis: a.int_or("axis", 0)?,
+            }
+        }
         "ArgMax" => Op::ArgMax {
             axis: a.int_or("axis", 0)?,
             keepdims: a.int_or("keepdims", 1)? != 0,
@@ -272,6 +283,8 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
         Op::GlobalPool(_) => x.flatten_from(2)?.max_keepdim(2)?.unsqueeze(3)?,
         Op::BatchNorm { epsilon } => batch_norm(inputs, *epsilon)?,
         Op::InstanceNorm { epsilon } => instance_norm(inputs, *epsilon)?,
+        Op::RoiAlign(r) => r.eval(inputs)?,
+        Op::ScatterElements { axis } => super::roi::scatter_elements(inputs, *axis)?,
         Op::Resize(r) => resize(inputs, r)?,
         Op::Softmax { axis: a, legacy } => softmax(x, *a, *legacy)?,
         Op::MatMul => matmul(x, req(inputs, 1)?)?,
