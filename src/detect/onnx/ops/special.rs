@@ -906,23 +906,56 @@ fn nms(inputs: &[Option<Tensor>], center: bool) -> Result<Tensor> {
                 .filter(|&i| score_thr.is_none_or(|t| s[i] > t))
                 .collect();
             order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
-            let mut kept: Vec<usize> = Vec::new();
+            let mut kept = KeptBoxes::default();
             for i in order {
                 if kept.len() >= max_out {
                     break;
                 }
-                if kept
-                    .iter()
-                    .all(|&k| iou(corners(b, k), corners(b, i)) <= iou_thr)
-                {
-                    kept.push(i);
-                    sel.extend([b as i64, cl as i64, i as i64]);
+                let c = corners(b, i);
+                if iou_thr < 0.0 {
+                    // every pair suppresses, overlapping or not
+                    if kept.len() > 0 {
+                        continue;
+                    }
+                } else if kept.overlapping(c).any(|k| iou(*k, c) > iou_thr) {
+                    continue;
                 }
+                kept.insert(c);
+                sel.extend([b as i64, cl as i64, i as i64]);
             }
         }
     }
     let n = sel.len() / 3;
     Tensor::from_vec(sel, (n, 3), boxes.device())
+}
+
+/// The boxes NMS has kept, ordered by left edge, so a candidate is compared only with those
+/// that can overlap it horizontally (a box disjoint from it has IoU 0 and cannot suppress it).
+/// Exports that run every class in one call, offset apart (torchvision's `batched_nms`), keep
+/// thousands of boxes that no candidate of another class can touch.
+#[derive(Default)]
+struct KeptBoxes {
+    by_left: Vec<[f32; 4]>,
+    widest: f32,
+}
+
+impl KeptBoxes {
+    fn len(&self) -> usize {
+        self.by_left.len()
+    }
+
+    fn insert(&mut self, c: [f32; 4]) {
+        let at = self.by_left.partition_point(|k| k[0] < c[0]);
+        self.by_left.insert(at, c);
+        self.widest = self.widest.max(c[2] - c[0]);
+    }
+
+    /// Kept boxes whose left edge lies within the widest box's width of `c`'s span.
+    fn overlapping(&self, c: [f32; 4]) -> impl Iterator<Item = &[f32; 4]> {
+        let lo = self.by_left.partition_point(|k| k[0] < c[0] - self.widest);
+        let hi = self.by_left.partition_point(|k| k[0] < c[2]);
+        self.by_left[lo..hi.max(lo)].iter()
+    }
 }
 
 fn pad(
