@@ -74,17 +74,28 @@ impl RoiAlignOp {
             let b = usize::try_from(b).ok().filter(|b| *b < n).ok_or_else(|| {
                 candle_core::Error::Msg(format!("RoiAlign: batch index {b} of {n}"))
             })?;
+            // the samples' neighbours and weights are the same for every channel: once per region
+            let samples = self.samples((h, w), roi);
+            let per_bin = samples.len() / (oh * ow);
+            let scale = 1.0 / per_bin as f32;
             for ch in 0..c {
                 let plane = &data[(b * c + ch) * h * w..(b * c + ch + 1) * h * w];
                 let dst = &mut out[(r * c + ch) * oh * ow..(r * c + ch + 1) * oh * ow];
-                self.pool(plane, (h, w), roi, dst);
+                for (d, bin) in dst.iter_mut().zip(samples.chunks_exact(per_bin)) {
+                    let sum: f32 = bin
+                        .iter()
+                        .map(|(at, wt)| (0..4).map(|k| wt[k] * plane[at[k]]).sum::<f32>())
+                        .sum();
+                    *d = sum * scale;
+                }
             }
         }
         Tensor::from_vec(out, (count, c, oh, ow), x.device())?.to_dtype(x.dtype())
     }
 
-    /// One region of one channel into its `oh × ow` bins.
-    fn pool(&self, plane: &[f32], (h, w): (usize, usize), roi: &[f32], dst: &mut [f32]) {
+    /// Every bin's sample points of one region, bin by bin: the four neighbours' offsets in a
+    /// channel plane and their bilinear weights (zero outside the plane).
+    fn samples(&self, (h, w): (usize, usize), roi: &[f32]) -> Vec<([usize; 4], [f32; 4])> {
         let offset = if self.half_pixel { 0.5 } else { 0.0 };
         let [x1, y1, x2, y2] =
             [roi[0], roi[1], roi[2], roi[3]].map(|v| v * self.spatial_scale - offset);
@@ -100,27 +111,26 @@ impl RoiAlignOp {
             s => s,
         };
         let (gh, gw) = (grid(rh, oh), grid(rw, ow));
-        let count = (gh * gw) as f32;
+        let mut out = Vec::with_capacity(oh * ow * gh * gw);
         for ph in 0..oh {
             for pw in 0..ow {
-                let mut sum = 0f32;
                 for iy in 0..gh {
                     let y = y1 + ph as f32 * bin_h + (iy as f32 + 0.5) * bin_h / gh as f32;
                     for ix in 0..gw {
                         let x = x1 + pw as f32 * bin_w + (ix as f32 + 0.5) * bin_w / gw as f32;
-                        sum += bilinear(plane, h, w, y, x);
+                        out.push(bilinear(h, w, y, x));
                     }
                 }
-                dst[ph * ow + pw] = sum / count;
             }
         }
+        out
     }
 }
 
-/// The value at `(y, x)` interpolated from the four neighbours; zero outside `[-1, size]`.
-fn bilinear(plane: &[f32], h: usize, w: usize, y: f32, x: f32) -> f32 {
+/// The four neighbours of `(y, x)` and their weights; all weights zero outside `[-1, size]`.
+fn bilinear(h: usize, w: usize, y: f32, x: f32) -> ([usize; 4], [f32; 4]) {
     if y < -1.0 || y > h as f32 || x < -1.0 || x > w as f32 || h == 0 || w == 0 {
-        return 0.0;
+        return ([0; 4], [0.0; 4]);
     }
     let axis = |v: f32, size: usize| -> (usize, usize, f32) {
         let v = v.max(0.0);
@@ -134,10 +144,10 @@ fn bilinear(plane: &[f32], h: usize, w: usize, y: f32, x: f32) -> f32 {
     let (y0, y1, ly) = axis(y, h);
     let (x0, x1, lx) = axis(x, w);
     let (hy, hx) = (1.0 - ly, 1.0 - lx);
-    hy * hx * plane[y0 * w + x0]
-        + hy * lx * plane[y0 * w + x1]
-        + ly * hx * plane[y1 * w + x0]
-        + ly * lx * plane[y1 * w + x1]
+    (
+        [y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1],
+        [hy * hx, hy * lx, ly * hx, ly * lx],
+    )
 }
 
 /// `ScatterElements` with no reduction: `data` with `updates` written where `indices` point
@@ -157,6 +167,11 @@ pub fn scatter_elements(inputs: &[Option<Tensor>], axis: i64) -> Result<Tensor> 
         );
     }
     let dtype = data.dtype();
+    if ax == 0 && dtype == DType::F32 {
+        if let Some(t) = scatter_rows(data, idx, upd)? {
+            return Ok(t);
+        }
+    }
     let mut out: Vec<f64> = data.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
     let indices: Vec<i64> = idx.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
     let updates: Vec<f64> = upd.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
@@ -182,6 +197,33 @@ pub fn scatter_elements(inputs: &[Option<Tensor>], axis: i64) -> Result<Tensor> 
         out[at] = u;
     }
     Tensor::from_vec(out, dd, data.device())?.to_dtype(dtype)
+}
+
+/// The common case of torchvision's RoI pooling: along axis 0, each row of `indices` one index
+/// repeated (an index expanded over the other dims), updates as wide as the data's rows: whole
+/// rows copied. `None` when the case does not apply.
+fn scatter_rows(data: &Tensor, idx: &Tensor, upd: &Tensor) -> Result<Option<Tensor>> {
+    let (dd, id) = (data.dims(), idx.dims());
+    if dd[1..] != id[1..] {
+        return Ok(None);
+    }
+    let row = dd[1..].iter().product::<usize>();
+    let indices: Vec<i64> = idx.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+    let dim = dd[0] as i64;
+    let mut targets = Vec::with_capacity(id[0]);
+    for r in indices.chunks_exact(row.max(1)) {
+        let i = if r[0] < 0 { r[0] + dim } else { r[0] };
+        if !(0..dim).contains(&i) || r.iter().any(|&v| v != r[0]) {
+            return Ok(None);
+        }
+        targets.push(i as usize);
+    }
+    let mut out: Vec<f32> = data.flatten_all()?.to_vec1()?;
+    let updates: Vec<f32> = upd.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    for (t, src) in targets.iter().zip(updates.chunks_exact(row.max(1))) {
+        out[t * row..(t + 1) * row].copy_from_slice(src);
+    }
+    Ok(Some(Tensor::from_vec(out, dd, data.device())?))
 }
 
 #[cfg(test)]
