@@ -167,10 +167,11 @@ pub fn scatter_elements(inputs: &[Option<Tensor>], axis: i64) -> Result<Tensor> 
         );
     }
     let dtype = data.dtype();
-    if ax == 0 && dtype == DType::F32 {
-        if let Some(t) = scatter_rows(data, idx, upd)? {
-            return Ok(t);
-        }
+    if ax == 0
+        && dtype == DType::F32
+        && let Some(t) = scatter_rows(data, idx, upd)?
+    {
+        return Ok(t);
     }
     let mut out: Vec<f64> = data.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
     let indices: Vec<i64> = idx.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
