@@ -23,6 +23,7 @@ Input: element i of the flattened CHW image is ((i * 2654435761) mod 2^32) / 2^3
 """
 import hashlib
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -108,6 +109,35 @@ def calibrate(model, size):
     model.eval()
 
 
+# The first-stage heads' last convolutions, one node per pyramid level, as torch.onnx names them:
+# RetinaNet/FCOS `cls_logits`, `bbox_reg`, `bbox_ctrness` (`_1`… per level); SSD's module_list
+# entries (SSDlite: the entry's second module); the RPN's `cls_logits`, `bbox_pred`.
+HEAD_NODE = re.compile(
+    r"^/(head/(classification_head/cls_logits|regression_head/(bbox_reg|bbox_ctrness))(_\d+)?/Conv"
+    r"|head/(classification|regression)_head/module_list\.\d+/(module_list\.\d+\.1/)?Conv"
+    r"|rpn/head/(cls_logits|bbox_pred)(_\d+)?/Conv)$")
+
+
+def expose_heads(path):
+    """Add the first-stage heads' convolution outputs as graph outputs, so both runtimes report
+    them. Returns their names."""
+    m = onnx.load(str(path))
+    added = []
+    for n in m.graph.node:
+        if n.op_type == "Conv" and HEAD_NODE.match(n.name):
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None))
+            added.append(n.output[0])
+    onnx.save(m, str(path))
+    return set(added)
+
+
+def sample(o, most=500):
+    flat = o.reshape(-1)
+    stride = max(1, len(flat) // most)
+    return {"shape": list(o.shape), "stride": stride, "max_abs": float(np.abs(flat).max()),
+            "values": [float(v) for v in flat[::stride][:most]]}
+
+
 def role(o):
     """boxes [N, 4], float scores [N], integer labels [N]."""
     if o.ndim == 2:
@@ -125,12 +155,15 @@ def export(name):
     BIG.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, ([torch.from_numpy(x)],), str(path), opset_version=OPSET,
                       input_names=["images"])
+    head_outputs = expose_heads(path)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     outs = sess.run(None, {"images": x})
     names = [o.name for o in sess.get_outputs()]
+    heads_raw = {n: o for n, o in zip(names, outs) if n in head_outputs}
+    names, outs = zip(*[(n, o) for n, o in zip(names, outs) if n not in head_outputs])
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     meta = {
         "model": name,
@@ -144,6 +177,9 @@ def export(name):
         # by role (the exporter numbers the outputs, and their order differs by family)
         "outputs": {role(o): {"name": n, "shape": list(o.shape), "values": [float(v) for v in o.reshape(-1)]}
                     for n, o in zip(names, outs)},
+        # the raw heads (first stage: every level's class and box convolutions), a strided
+        # sample of each: too large to keep whole
+        "heads": {n: sample(o) for n, o in heads_raw.items()},
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(meta, indent=0) + "\n")

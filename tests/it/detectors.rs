@@ -3,8 +3,9 @@
 //! ResNet-50 FPN) — run by vigil's ONNX executor exactly as exported: the rank-3 image input,
 //! anchors, decoding, RPN proposals, `RoiAlign` and `ScatterElements` in the multi-scale RoI
 //! pooling, `If` around the batched NMS, `TopK`, `NonZero` and every other data-dependent shape
-//! inside the graph. The final detections
-//! must equal ONNX Runtime's: each reference box has one of vigil's with the same label, IoU
+//! inside the graph. The first-stage heads (class and box convolutions of every level, added as
+//! graph outputs by the export script) must be within 1e-3 of ONNX Runtime's, relative to their
+//! largest value, and the final detections must equal ONNX Runtime's: each reference box has one of vigil's with the same label, IoU
 //! ≥ 0.99 and a score within 1e-3. `scripts/reference/export-detectors.py` (run by
 //! `make onnx-fixtures`) writes the ONNX files, too large for git, and the committed goldens.
 
@@ -84,6 +85,42 @@ fn unmatched(ours: &Dets, want: &Dets) -> Vec<String> {
     missing
 }
 
+/// The worst relative error of the first-stage heads (every level's class and box convolution,
+/// a strided sample of each, relative to its largest magnitude); an error above 1e-3.
+fn head_error(
+    name: &str,
+    model: &OnnxModel,
+    outs: &[Tensor],
+    heads: &Value,
+) -> Result<f32, String> {
+    let heads = heads
+        .as_object()
+        .filter(|h| !h.is_empty())
+        .ok_or(format!("{name}: no heads in the golden"))?;
+    let mut worst = 0f32;
+    for (tensor, h) in heads {
+        let i = model
+            .summary
+            .outputs
+            .iter()
+            .position(|o| &o.name == tensor)
+            .ok_or(format!("{name}: no output `{tensor}`"))?;
+        let ours: Vec<f32> = outs[i].flatten_all().unwrap().to_vec1().unwrap();
+        let stride = h["stride"].as_u64().unwrap() as usize;
+        let scale = h["max_abs"].as_f64().unwrap() as f32;
+        for (k, v) in h["values"].as_array().unwrap().iter().enumerate() {
+            let err = (ours[k * stride] - v.as_f64().unwrap() as f32).abs() / scale.max(1e-12);
+            worst = worst.max(err);
+        }
+        if worst > 1e-3 {
+            return Err(format!(
+                "{name}: head `{tensor}` relative error {worst:.2e} > 1e-3"
+            ));
+        }
+    }
+    Ok(worst)
+}
+
 /// `Ok(None)` when the ONNX file was not generated here.
 fn check(name: &str) -> Result<Option<String>, String> {
     let meta: Value = serde_json::from_str(
@@ -134,11 +171,12 @@ fn check(name: &str) -> Result<Option<String>, String> {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect()
     };
+    let heads = head_error(name, &model, &outs, &meta["heads"])?;
     let got = detections(&ours("boxes"), &ours("scores"), &ours("labels"));
     let reference = detections(&want("boxes"), &want("scores"), &want("labels"));
     let missing = unmatched(&got, &reference);
     let line = format!(
-        "{name} at {size}: {} detections, ONNX Runtime {}, {} unmatched, {ms:.0} ms",
+        "{name} at {size}: raw heads within {heads:.1e}; {} detections, ONNX Runtime {}, {} unmatched, {ms:.0} ms",
         got.len(),
         reference.len(),
         missing.len()

@@ -81,9 +81,9 @@ pub fn check(d: Decoder, shapes: &[Vec<usize>], classes: usize) -> Result<(), St
         Decoder::DamoYolo => shapes.len() == 2 && shapes.iter().all(|s| s.len() == 3),
         Decoder::Rtdetr => shapes.len() == 1 && first.len() == 3 && first[2] == 6,
         Decoder::NmsIncluded => shapes.len() == 4 || shapes.len() == 1 && first.last() == Some(&6),
+        // other outputs (a head exposed for debugging) are ignored
         Decoder::Torchvision => {
-            shapes.len() == 3
-                && shapes.iter().filter(|s| s.len() == 2 && s[1] == 4).count() == 1
+            shapes.iter().filter(|s| s.len() == 2 && s[1] == 4).count() == 1
                 && shapes.iter().filter(|s| s.len() == 1).count() == 2
         }
         Decoder::Yolov3 => shapes
