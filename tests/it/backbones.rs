@@ -4,12 +4,7 @@
 //! `scripts/reference/export-backbones.py` (run by `make onnx-fixtures`) writes the ONNX files,
 //! too large for git, and the committed goldens in tests/golden/onnx/backbones/.
 
-use candle_core::{Device, Tensor};
-use serde_json::Value;
-use sha2::Digest;
-use vigil::detect::onnx::OnnxModel;
-
-use super::common::root;
+use super::common::torchvision_fixture;
 
 const BACKBONES: [&str; 6] = [
     "mobilenet_v2",
@@ -20,41 +15,15 @@ const BACKBONES: [&str; 6] = [
     "swin_t",
 ];
 
-/// The script's input: element i is ((i · 2654435761) mod 2^32) / 2^32.
-fn pattern(size: usize) -> Tensor {
-    let v: Vec<f32> = (0..3 * size * size)
-        .map(|i| ((i as u64 * 2_654_435_761) % (1 << 32)) as f64 / (1u64 << 32) as f64)
-        .map(|v| v as f32)
-        .collect();
-    Tensor::from_vec(v, (1, 3, size, size), &Device::Cpu).unwrap()
-}
-
 /// `Ok(None)` when the ONNX file was not generated here.
 fn check(name: &str) -> Result<Option<String>, String> {
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join(format!("tests/golden/onnx/backbones/{name}.json")))
-            .unwrap(),
-    )
-    .unwrap();
-    let path = root().join(meta["onnx"].as_str().unwrap());
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Some((meta, model, input)) = torchvision_fixture("backbones", name, |s| vec![1, 3, s, s])?
+    else {
         return Ok(None);
     };
-    let sha = vigil::hash::hex(&sha2::Sha256::digest(&bytes));
-    if sha != meta["sha256"].as_str().unwrap() {
-        return Err(format!(
-            "{name}: {} is not the file the golden was made from (regenerate both with scripts/reference/export-backbones.py)",
-            path.display()
-        ));
-    }
-    drop(bytes);
-    let size = meta["input_size"].as_u64().unwrap() as usize;
-    let model = OnnxModel::load(&path, 1, Some((size as u32, size as u32)), &Device::Cpu)
-        .map_err(|e| format!("{name}: load: {e}"))?;
+    let size = meta["input_size"].as_u64().unwrap();
     let t0 = std::time::Instant::now();
-    let out = model
-        .run(&pattern(size))
-        .map_err(|e| format!("{name}: run: {e}"))?;
+    let out = model.run(&input).map_err(|e| format!("{name}: run: {e}"))?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let ours: Vec<f32> = out[0].flatten_all().unwrap().to_vec1().unwrap();
     let want: Vec<f32> = meta["output"]

@@ -176,3 +176,65 @@ pub fn wait_exit(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A torchvision export the reference scripts made (too large for git) with its committed golden
+/// `tests/golden/onnx/{kind}/{name}.json`: the golden, the model loaded at its input size, and
+/// the scripts' input pattern (element i is ((i · 2654435761) mod 2^32) / 2^32) in `shape`
+/// with the size filled in. `Ok(None)` when the ONNX file was not generated here; an error when
+/// it is not the file the golden was made from.
+pub fn torchvision_fixture(
+    kind: &str,
+    name: &str,
+    shape: impl Fn(usize) -> Vec<usize>,
+) -> Result<
+    Option<(
+        serde_json::Value,
+        vigil::detect::onnx::OnnxModel,
+        candle_core::Tensor,
+    )>,
+    String,
+> {
+    use sha2::Digest;
+    let golden = root().join(format!("tests/golden/onnx/{kind}/{name}.json"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let path = root().join(meta["onnx"].as_str().unwrap());
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(None);
+    };
+    if vigil::hash::hex(&sha2::Sha256::digest(&bytes)) != meta["sha256"].as_str().unwrap() {
+        return Err(format!(
+            "{name}: {} is not the file the golden was made from (regenerate both with scripts/reference/export-{kind}.py)",
+            path.display()
+        ));
+    }
+    drop(bytes);
+    let size = meta["input_size"].as_u64().unwrap() as usize;
+    let device = candle_core::Device::Cpu;
+    let model =
+        vigil::detect::onnx::OnnxModel::load(&path, 1, Some((size as u32, size as u32)), &device)
+            .map_err(|e| format!("{name}: load: {e}"))?;
+    let dims = shape(size);
+    let v: Vec<f32> = (0..dims.iter().product::<usize>() as u64)
+        .map(|i| (((i * 2_654_435_761) % (1 << 32)) as f64 / (1u64 << 32) as f64) as f32)
+        .collect();
+    let input = candle_core::Tensor::from_vec(v, dims, &device).unwrap();
+    Ok(Some((meta, model, input)))
+}
+
+/// `vigil detect --json` with `args`: the first record it prints.
+pub fn detect_first_record(args: &[&std::ffi::OsStr]) -> vigil::output::record::Record {
+    let out = vigil()
+        .arg("detect")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(text.lines().next().expect("a record")).unwrap()
+}

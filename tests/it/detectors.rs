@@ -9,12 +9,11 @@
 //! ≥ 0.99 and a score within 1e-3. `scripts/reference/export-detectors.py` (run by
 //! `make onnx-fixtures`) writes the ONNX files, too large for git, and the committed goldens.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::Value;
-use sha2::Digest;
 use vigil::detect::onnx::OnnxModel;
 
-use super::common::root;
+use super::common::{root, torchvision_fixture};
 
 const DETECTORS: [&str; 6] = [
     "ssdlite320_mobilenet_v3_large",
@@ -24,14 +23,6 @@ const DETECTORS: [&str; 6] = [
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_fpn",
 ];
-
-/// The script's image: element i of the CHW tensor is ((i · 2654435761) mod 2^32) / 2^32.
-fn pattern(size: usize) -> Tensor {
-    let v: Vec<f32> = (0..3 * size * size)
-        .map(|i| (((i as u64 * 2_654_435_761) % (1 << 32)) as f64 / (1u64 << 32) as f64) as f32)
-        .collect();
-    Tensor::from_vec(v, (3, size, size), &Device::Cpu).unwrap()
-}
 
 fn iou(a: &[f32], b: &[f32]) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
@@ -123,29 +114,13 @@ fn head_error(
 
 /// `Ok(None)` when the ONNX file was not generated here.
 fn check(name: &str) -> Result<Option<String>, String> {
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join(format!("tests/golden/onnx/detectors/{name}.json")))
-            .unwrap(),
-    )
-    .unwrap();
-    let path = root().join(meta["onnx"].as_str().unwrap());
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Some((meta, model, input)) = torchvision_fixture("detectors", name, |s| vec![3, s, s])?
+    else {
         return Ok(None);
     };
-    if vigil::hash::hex(&sha2::Sha256::digest(&bytes)) != meta["sha256"].as_str().unwrap() {
-        return Err(format!(
-            "{name}: {} is not the file the golden was made from (regenerate both with scripts/reference/export-detectors.py)",
-            path.display()
-        ));
-    }
-    drop(bytes);
-    let size = meta["input_size"].as_u64().unwrap() as usize;
-    let model = OnnxModel::load(&path, 1, Some((size as u32, size as u32)), &Device::Cpu)
-        .map_err(|e| format!("{name}: load: {e}"))?;
+    let size = meta["input_size"].as_u64().unwrap();
     let t0 = std::time::Instant::now();
-    let outs = model
-        .run(&pattern(size))
-        .map_err(|e| format!("{name}: run: {e}"))?;
+    let outs = model.run(&input).map_err(|e| format!("{name}: run: {e}"))?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let ours = |role: &str| -> Vec<f32> {
         let n = meta["outputs"][role]["name"].as_str().unwrap();
@@ -240,25 +215,14 @@ fn a_torchvision_export_runs_from_a_manifest() {
         ),
     )
     .unwrap();
-    let out = super::common::vigil()
-        .args(["detect", "--json", "--confidence", "0.3", "--model"])
-        .arg(&manifest)
-        .arg(super::common::asset("images/dog.jpg"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rec: vigil::output::record::Record = serde_json::from_str(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let dog = super::common::asset("images/dog.jpg");
+    let rec = super::common::detect_first_record(&[
+        "--confidence".as_ref(),
+        "0.3".as_ref(),
+        "--model".as_ref(),
+        manifest.as_os_str(),
+        dog.as_os_str(),
+    ]);
     assert!(
         !rec.detections.is_empty(),
         "random weights still find boxes"

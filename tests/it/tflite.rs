@@ -13,7 +13,7 @@ use vigil::detect::tflite::detector::TfliteDetector;
 use vigil::detect::tflite::{Data, TfliteModel};
 use vigil::frame::{Image, Resize};
 
-use super::common::{asset, root, vigil};
+use super::common::{asset, root};
 
 #[derive(serde::Deserialize)]
 struct Golden {
@@ -168,25 +168,13 @@ fn coral_label_files_keep_their_ids() {
 
 #[test]
 fn detect_cli_runs_the_tflite_model() {
-    let out = vigil()
-        .args(["detect", "--json", "--model"])
-        .arg(root().join("models/ssd-mobilenet-v2.yaml"))
-        .arg(asset("images/person.jpg"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rec: vigil::output::record::Record = serde_json::from_str(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let manifest = root().join("models/ssd-mobilenet-v2.yaml");
+    let person = asset("images/person.jpg");
+    let rec = super::common::detect_first_record(&[
+        "--model".as_ref(),
+        manifest.as_os_str(),
+        person.as_os_str(),
+    ]);
     let classes: Vec<&str> = rec.detections.iter().map(|d| d.class.as_str()).collect();
     assert_eq!(&classes[..2], ["person", "horse"], "{classes:?}");
 }
