@@ -54,21 +54,5 @@ fn check(name: &str) -> Result<Option<String>, String> {
 
 #[test]
 fn torchvision_backbones_match_onnx_runtime() {
-    let _heavy = super::common::heavy();
-    let mut ran = 0;
-    let mut failures = Vec::new();
-    for name in BACKBONES {
-        match check(name) {
-            Ok(Some(line)) => {
-                eprintln!("{line}");
-                ran += 1;
-            }
-            Ok(None) => {
-                eprintln!("{name}: skipped, its ONNX file is missing (run `make onnx-fixtures`)")
-            }
-            Err(e) => failures.push(e),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    eprintln!("{ran} of {} backbones ran", BACKBONES.len());
+    super::common::check_fixtures("backbones", &BACKBONES, check);
 }

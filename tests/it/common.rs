@@ -238,3 +238,28 @@ pub fn detect_first_record(args: &[&std::ffi::OsStr]) -> vigil::output::record::
     let text = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(text.lines().next().expect("a record")).unwrap()
 }
+
+/// Run `check` on each fixture `name`, printing its line or that it was skipped (its file not
+/// generated here); fails with every error together.
+pub fn check_fixtures(
+    what: &str,
+    names: &[&str],
+    check: impl Fn(&str) -> Result<Option<String>, String>,
+) {
+    let _heavy = heavy();
+    let (mut ran, mut failures) = (0, Vec::new());
+    for name in names {
+        match check(name) {
+            Ok(Some(line)) => {
+                eprintln!("{line}");
+                ran += 1;
+            }
+            Ok(None) => {
+                eprintln!("{name}: skipped, its ONNX file is missing (run `make onnx-fixtures`)")
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!("{ran} of {} {what} ran", names.len());
+}

@@ -172,23 +172,7 @@ fn check(name: &str) -> Result<Option<String>, String> {
 
 #[test]
 fn torchvision_detectors_give_onnx_runtimes_detections() {
-    let _heavy = super::common::heavy();
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for name in DETECTORS {
-        match check(name) {
-            Ok(Some(line)) => {
-                eprintln!("{line}");
-                ran += 1;
-            }
-            Ok(None) => {
-                eprintln!("{name}: skipped, its ONNX file is missing (run `make onnx-fixtures`)")
-            }
-            Err(e) => failures.push(e),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    eprintln!("{ran} of {} detectors ran", DETECTORS.len());
+    super::common::check_fixtures("detectors", &DETECTORS, check);
 }
 
 /// A torchvision export in a manifest (`decoder: torchvision`) runs through `vigil detect`: the
