@@ -12,8 +12,9 @@ use vigil::frame::{BoxInFrame, Detection, Xyxy};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::common::free_port;
 use super::common::{asset, model, root, vigil, wait_exit};
-use super::service::{Mosquitto, free_port, run_logged, wait_for};
+use super::service::{Mosquitto, run_logged, wait_for};
 
 /// Three lines and two zones over TUD-Campus (640×480): pixels, a normalized one, class filter.
 const ANALYTICS: &str = "

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::common::free_port;
 use super::common::{heavy, model, vigil};
-use super::service::{Reaped, free_port, get, register_token, wait_for};
+use super::service::{Reaped, get, register_token, wait_for};
 
 const TTL_S: u64 = 5;
 

@@ -263,3 +263,28 @@ pub fn check_fixtures(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     eprintln!("{ran} of {} {what} ran", names.len());
 }
+
+/// A TCP and UDP port on 127.0.0.1 that nothing has bound, below the kernel's ephemeral range
+/// (32768–60999). Ports from `bind(:0)` come from that range, and so do the local ends of every
+/// outgoing connection the other tests make: a port taken that way could be reused by a client
+/// before the server under test bound it (a CI failure: "Failed to attach main context to RTSP
+/// server"). Each call takes the next port of a per-process counter, so no two tests share one.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "no free port left below the ephemeral range");
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}

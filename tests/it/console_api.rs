@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::common::free_port;
 use super::common::{heavy, model, vigil};
 use super::service::{
-    Reaped, by_name, frames_in, free_port, pattern_pipeline, serve, sigterm, token_of, wait_for,
+    Reaped, by_name, frames_in, pattern_pipeline, serve, sigterm, token_of, wait_for,
 };
 use vigil::service::auth::{Role, create_token};
 

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::common::free_port;
 use super::common::{heavy, model, root};
 use super::console_api::agent;
-use super::service::{Reaped, free_port, serve, sigterm, token_of, wait_for};
+use super::service::{Reaped, serve, sigterm, token_of, wait_for};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 

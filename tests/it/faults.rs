@@ -8,19 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{asset, decode_count, heavy, model, output_within, records, vigil, wait_exit};
+use super::common::{
+    asset, decode_count, free_port, heavy, model, output_within, records, vigil, wait_exit,
+};
 
 /// Frames of vtest.avi each run decodes, and the frame the fault is injected at.
 const FRAMES: u64 = 30;
 const AT: u64 = 12;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A pipeline on the first `FRAMES` frames of vtest.avi with an MP4 and a JSONL output (plus
 /// `extra_outputs`, YAML list items) and `queues` settings.

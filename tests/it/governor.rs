@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use super::common::free_port;
 use super::common::{heavy, model, vigil};
 use super::console_api::call;
-use super::service::{free_port, get, serve, sigterm, token_of};
+use super::service::{get, serve, sigterm, token_of};
 
 const BUDGET_MS: u64 = 500;
 const FPS: u64 = 30;

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use super::common::free_port;
 use super::common::{model, records, vigil};
 use super::service::{
-    Reaped, by_name, frames_in, free_port, get, pattern_pipeline, pipelines, sigterm, wait_for,
+    Reaped, by_name, frames_in, get, pattern_pipeline, pipelines, sigterm, wait_for,
 };
 
 /// `vigil check ARGS…`, bounded in time.
