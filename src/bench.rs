@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use crate::config::plan::{OutputPlan, Plan};
-use crate::detect;
 use crate::frame::Frame;
 use crate::ingest::SourceSettings;
 use crate::output::OutputSettings;
@@ -100,11 +99,7 @@ pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
     };
 
     // (a) Candle forward pass (+ head decode), same input as the pipeline
-    let detector = detect::load(
-        &plan.model,
-        &detect::device(plan.device).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let detector = plan.load_detector().map_err(|e| e.to_string())?;
     let input = crate::preprocess::prepare(&frame.image, plan.model.input, plan.resize)
         .map_err(|e| e.to_string())?;
     for _ in 0..3 {
@@ -184,11 +179,7 @@ pub fn run(plan: &Plan, s: &BenchSettings) -> Result<BenchReport, String> {
             }),
         },
     ];
-    let detector = detect::load(
-        &p.model,
-        &detect::device(p.device).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let detector = p.load_detector().map_err(|e| e.to_string())?;
     let run = crate::runtime::run(
         &p,
         detector,

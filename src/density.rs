@@ -75,8 +75,7 @@ fn copies(plan: &Plan, n: usize, every: u32, frames: u64) -> Result<Plan, String
 fn trial(plan: &Plan, n: usize, every: u32, seconds: u64) -> Result<Trial, String> {
     let expected = seconds * 10;
     let p = copies(plan, n, every, expected)?;
-    let device = crate::detect::device(p.device).map_err(|e| e.to_string())?;
-    let detector = crate::detect::load(&p.model, &device).map_err(|e| e.to_string())?;
+    let detector = p.load_detector().map_err(|e| e.to_string())?;
     let metrics = Arc::new(PipelineMetrics::for_plan(&p));
     let stop = AtomicBool::new(false);
     let report = crate::runtime::pipeline::run_observed(

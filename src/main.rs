@@ -866,8 +866,7 @@ fn run(
         .context("GStreamer")?;
     let stop = Arc::new(AtomicBool::new(false));
     vigil::service::stop_on_signals(&stop).context("signal handler")?;
-    let device = detect::device(plan.device)?;
-    let detector = detect::load(&plan.model, &device)?;
+    let detector = plan.load_detector()?;
     tracing::info!(pipeline = %plan.name, model = %plan.model.name, sources = plan.sources.len(), "running");
     let opts = RunOptions {
         deterministic,
@@ -965,7 +964,7 @@ fn regress(path: &Path, golden: &Path, update: bool, report_dir: &Path) -> Resul
     vigil::ingest::init()
         .map_err(anyhow::Error::msg)
         .context("GStreamer")?;
-    let detector = detect::load(&plan.model, &detect::device(plan.device)?)?;
+    let detector = plan.load_detector()?;
     let stop = AtomicBool::new(false);
     let run = runtime::run(
         &plan,

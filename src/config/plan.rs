@@ -8,9 +8,10 @@ use serde_saphyr::{Location, Spanned};
 use super::spec::{self, OutputSpec, Pace, PipelineSpec, Resize, TrackerSpec};
 use super::{ConfigError, Problem};
 use crate::analytics::AnalyticsSettings;
+use crate::detect::batch::Batching;
 use crate::detect::manifest::ModelInfo;
 use crate::detect::nms::NmsParams;
-use crate::detect::{DeviceChoice, PostParams};
+use crate::detect::{DetectError, Detector, DeviceChoice, PostParams, Precision};
 use crate::flow::WhenFull;
 use crate::ingest::{self, DEFAULT_RTSP_LATENCY, SourceSettings};
 use crate::output::{OutputSettings, Resolve};
@@ -29,9 +30,10 @@ pub struct Plan {
     pub sources: Vec<SourceSettings>,
     pub model: ModelInfo,
     pub device: DeviceChoice,
+    pub precision: Precision,
     pub resize: Resize,
     pub post: PostParams,
-    pub batch: usize,
+    pub batch: Batching,
     /// Run the detector on every `every`-th frame of each source.
     pub every: u32,
     /// Detector settings per source (the pipeline's, with the source's overrides), as `sources`.
@@ -50,6 +52,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The detector this plan names, loaded on its device in its precision.
+    pub fn load_detector(&self) -> Result<Box<dyn Detector>, DetectError> {
+        crate::detect::load_at(
+            &self.model,
+            &crate::detect::device(self.device)?,
+            self.precision,
+        )
+    }
+
     /// The resolved plan as a person reads it (`vigil check --print-plan`); credentials in URIs masked.
     pub fn describe(&self) -> String {
         let mut o = String::new();
@@ -76,7 +87,10 @@ impl Plan {
             self.model.input.1,
             self.resize
         ));
-        line(format!("device: {}", self.device));
+        line(format!(
+            "device: {}, precision: {:?}",
+            self.device, self.precision
+        ));
         line(format!("confidence: {}", self.post.confidence));
         if let Some(mask) = &self.post.classes {
             let names: Vec<&str> = mask
@@ -93,8 +107,8 @@ impl Plan {
         ));
         line(format!("tracker: {:?}", self.tracker));
         line(format!(
-            "detector every {} frame(s), batch: {}, queue capacity: {}",
-            self.every, self.batch, self.queue_capacity
+            "detector every {} frame(s), batch: {} (wait {:?}), queue capacity: {}",
+            self.every, self.batch.max, self.batch.wait, self.queue_capacity
         ));
         line("outputs:".into());
         for out in &self.outputs {
@@ -255,6 +269,7 @@ pub fn resolve(file: &Path, spec: PipelineSpec) -> Result<Plan, ConfigError> {
             resize: spec.detector.resize.unwrap_or(model.resize),
             model,
             device: detector.device,
+            precision: spec.detector.precision.unwrap_or_default(),
             post: detector.post,
             batch: detector.batch,
             every: detector.every,
@@ -368,7 +383,7 @@ struct DetectorPlan {
     model: Option<ModelInfo>,
     device: DeviceChoice,
     post: PostParams,
-    batch: usize,
+    batch: Batching,
     every: u32,
     per_source: Vec<SourceDetect>,
 }
@@ -389,6 +404,17 @@ fn resolve_detector(c: &mut Collector, spec: &PipelineSpec, base: &Path) -> Dete
             DeviceChoice::Cpu
         })
     });
+    if let (Some(p), Some(m)) = (d.precision, &model)
+        && !m.family.has_precision(p)
+    {
+        c.at(
+            d.model.referenced,
+            format!(
+                "detector.precision {p:?} is not available for model {} (family {:?}); f16 runs darknet models",
+                m.name, m.family
+            ),
+        );
+    }
     let confidence = d.confidence.as_ref().map_or(spec::DEFAULT_CONFIDENCE, |v| {
         in_unit(c, v, "detector.confidence")
     });
@@ -396,14 +422,11 @@ fn resolve_detector(c: &mut Collector, spec: &PipelineSpec, base: &Path) -> Dete
         (Some(names), Some(m)) => Some(class_mask(c, names, m, "detector.classes")),
         _ => None,
     };
-    let batch = d.batch.as_ref().map_or(1, |b| {
-        if b.value == 0 || b.value > 64 {
-            c.at(
-                b.referenced,
-                format!("detector.batch must be 1..=64, got {}", b.value),
-            );
-        }
-        b.value.clamp(1, 64)
+    let batch = d.batch.as_ref().map_or(Batching::default(), |b| {
+        b.value.resolve().unwrap_or_else(|e| {
+            c.at(b.referenced, e);
+            Batching::default()
+        })
     });
     let every = d
         .every

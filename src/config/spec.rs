@@ -5,6 +5,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use crate::analytics::{AnalyticsSpec, LineSpec, ZoneSpec};
+pub use crate::detect::Precision;
+pub use crate::detect::batch::BatchSpec;
 pub use crate::flow::WhenFull;
 pub use crate::frame::Resize;
 pub use crate::ingest::Pace;
@@ -191,9 +193,15 @@ pub struct DetectorSpec {
     /// predicts where its tracks are. Default 1 (every frame).
     #[serde(default)]
     pub every: Option<Spanned<u32>>,
-    /// Frames sent to the detector together (from one or several streams). Default 1.
+    /// The number type the detector computes in: `f32` (default) or `f16` (for GPUs: half the
+    /// memory traffic; boxes move by about a pixel; darknet models).
     #[serde(default)]
-    pub batch: Option<Spanned<usize>>,
+    pub precision: Option<Precision>,
+    /// Frames sent to the detector together, from one or several streams: `8` (up to 8 of the
+    /// frames already waiting) or `{max: 8, wait: 5ms}` (the first frame may wait up to 5 ms for
+    /// the batch to fill: throughput on a GPU). Default 1.
+    #[serde(default)]
+    pub batch: Option<Spanned<BatchSpec>>,
 }
 
 /// Non-maximum suppression.

@@ -3,6 +3,8 @@
 //! Every head decoder yields the same [`head::Candidate`], so NMS, tracking and outputs never
 //! care which model ran.
 
+pub mod agreement;
+pub mod batch;
 pub mod conv;
 pub mod darknet;
 pub mod head;
@@ -94,6 +96,27 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
+/// The number type the detector computes in (`detector.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats: the reference.
+    #[default]
+    F32,
+    /// 16-bit floats: half the memory traffic and tensor-core speed on a GPU, boxes within about
+    /// a pixel (BENCHMARKS.md). On the CPU it runs Candle's generic kernels, far slower than f32.
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
 /// The Candle device for `choice`.
 pub fn device(choice: DeviceChoice) -> Result<Device, DetectError> {
     let err = |m: &str| DetectError::Device(choice.to_string(), m.to_string());
@@ -145,9 +168,27 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Load the model a manifest describes onto `device`.
+/// Load the model a manifest describes onto `device`, computing in f32.
 pub fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
-    info.family.load(info, device)
+    load_at(info, device, Precision::F32)
+}
+
+/// Load the model a manifest describes onto `device`, computing in `precision`.
+pub fn load_at(
+    info: &ModelInfo,
+    device: &Device,
+    precision: Precision,
+) -> Result<Box<dyn Detector>, DetectError> {
+    if precision != Precision::F32 && !info.family.has_precision(precision) {
+        return Err(DetectError::Device(
+            format!("{device:?}"),
+            format!(
+                "model {}: precision {precision:?} is not available for the {:?} family (f16 runs the darknet family)",
+                info.name, info.family
+            ),
+        ));
+    }
+    info.family.load(info, device, precision)
 }
 
 /// One architecture family: how a manifest's network file is checked (at `vigil check`, without
@@ -157,8 +198,14 @@ pub trait ModelFamily {
     /// Check the network description `network` and read its input size `(width, height)`
     /// (`declared`: the manifest's `input:`, for models whose file leaves it open).
     fn input_size(network: &Path, declared: Option<(u32, u32)>) -> Result<(u32, u32), String>;
-    /// Load the model onto `device`.
-    fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError>;
+    /// Load the model onto `device`, computing in `precision` (one of [`Self::PRECISIONS`]).
+    fn load(
+        info: &ModelInfo,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Box<dyn Detector>, DetectError>;
+    /// The precisions the family computes in besides f32.
+    const PRECISIONS: &'static [Precision] = &[];
 }
 
 /// The registered families: `"name" => Variant(Type)`, one line each; generates [`Family`] (the
@@ -179,9 +226,16 @@ macro_rules! families {
                 }
             }
 
-            pub fn load(self, info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+            pub fn load(self, info: &ModelInfo, device: &Device, precision: Precision) -> Result<Box<dyn Detector>, DetectError> {
                 match self {
-                    $(Self::$variant => <$ty as ModelFamily>::load(info, device),)*
+                    $(Self::$variant => <$ty as ModelFamily>::load(info, device, precision),)*
+                }
+            }
+
+            /// Whether the family computes in `precision`.
+            pub fn has_precision(self, precision: Precision) -> bool {
+                match self {
+                    $(Self::$variant => precision == Precision::F32 || <$ty as ModelFamily>::PRECISIONS.contains(&precision),)*
                 }
             }
         }
@@ -209,9 +263,23 @@ impl ModelFamily for DarknetDetector {
         Ok((w, h))
     }
 
-    fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
-        Ok(Box::new(load_darknet(info, device)?))
+    fn load(
+        info: &ModelInfo,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Box<dyn Detector>, DetectError> {
+        let mut d = load_darknet(info, device)?;
+        d.net = d
+            .net
+            .with_dtype(precision.dtype())
+            .map_err(|cause| DetectError::Darknet {
+                model: info.name.clone(),
+                cause,
+            })?;
+        Ok(Box::new(d))
     }
+
+    const PRECISIONS: &'static [Precision] = &[Precision::F16];
 }
 
 /// The manifest's weights file (darknet weights or ONNX file) is there and, where the manifest
@@ -314,7 +382,10 @@ impl Detector for DarknetDetector {
         let mut out = vec![Vec::new(); inputs.len()];
         for (head, t) in self.net.heads().iter().zip(&heads) {
             let (b, _, gh, gw) = t.dims4()?;
-            let flat: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            let flat: Vec<f32> = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
             let per = flat.len() / b.max(1);
             for (i, cands) in out.iter_mut().enumerate() {
                 head.decode(&flat[i * per..(i + 1) * per], (gh, gw), threshold, cands);

@@ -2,6 +2,8 @@
 //! bilinear resize, then RGB planes of f32 in `[0, 1]`. Returns the `frame_from_model` transform
 //! that maps boxes back to frame pixels.
 
+pub mod on_device;
+
 use opencv::core::{Mat, Size, Vec3b};
 use opencv::imgproc;
 use opencv::prelude::*;
@@ -93,15 +95,24 @@ pub fn prepare(
         chw,
         width: model.0,
         height: model.1,
-        frame_from_model: FrameFromModel {
-            scale_x: nw as f32 / image.width as f32,
-            scale_y: nh as f32 / image.height as f32,
-            offset_x: ox as f32,
-            offset_y: oy as f32,
-            frame_w: image.width as f32,
-            frame_h: image.height as f32,
-        },
+        frame_from_model: frame_from_model((image.width, image.height), (nw, nh, ox, oy)),
     })
+}
+
+/// The map back to frame pixels of a frame of `frame` pixels scaled to `nw × nh` and placed at
+/// `(ox, oy)` in the model input.
+fn frame_from_model(
+    frame: (u32, u32),
+    (nw, nh, ox, oy): (usize, usize, usize, usize),
+) -> FrameFromModel {
+    FrameFromModel {
+        scale_x: nw as f32 / frame.0 as f32,
+        scale_y: nh as f32 / frame.1 as f32,
+        offset_x: ox as f32,
+        offset_y: oy as f32,
+        frame_w: frame.0 as f32,
+        frame_h: frame.1 as f32,
+    }
 }
 
 #[cfg(test)]

@@ -315,6 +315,18 @@ impl<T> EdgeRx<T> {
         &self.shared.stats
     }
 
+    /// The next message if one arrives before `deadline` (for batching); `None` at the deadline,
+    /// once every sender is gone, or when the edge is closed.
+    pub fn recv_until(&self, deadline: std::time::Instant) -> Option<Msg<T>> {
+        let msg = select! {
+            recv(self.rx) -> m => m.ok()?,
+            recv(self.closed) -> _ => return None,
+            default(deadline.saturating_duration_since(std::time::Instant::now())) => return None,
+        };
+        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        Some(msg)
+    }
+
     /// Take whatever is queued right now without waiting (for batching).
     pub fn try_recv(&self) -> Option<Msg<T>> {
         if self.shared.stats.closed.load(Ordering::Relaxed) {

@@ -185,6 +185,10 @@ pub struct PipelineMetrics {
     pub outputs: Mutex<Vec<(String, OutputStats)>>,
     /// Detector time per frame (a batch's time divided by its frames).
     pub detector: LatencyHistogram,
+    /// Forward passes of the detector, and the frames they carried (their ratio is the mean
+    /// batch size that `detector.batch` achieves).
+    pub detector_batches: std::sync::atomic::AtomicU64,
+    pub detector_batched_frames: std::sync::atomic::AtomicU64,
     /// Where the analytics' events go (the service shares one hub among its pipelines).
     pub events: Arc<crate::runtime::events::EventHub>,
 }

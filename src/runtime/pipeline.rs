@@ -485,7 +485,7 @@ fn spawn_detect(
         rx,
         post,
         params,
-        max_batch: plan.batch,
+        batching: plan.batch,
         stats,
         metrics: metrics.clone(),
     };

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::analytics::{Analytics, AnalyticsSettings};
+use crate::detect::batch::Batching;
 use crate::detect::{Detector, PostParams};
 use crate::event::RegionsView;
 use crate::frame::Resize;
@@ -74,7 +75,7 @@ pub struct DetectWiring {
     /// The track stage of each stream.
     pub post: HashMap<StreamId, EdgeTx<Frame>>,
     pub params: HashMap<StreamId, PostParams>,
-    pub max_batch: usize,
+    pub batching: Batching,
     pub stats: Arc<StageStats>,
     pub metrics: Arc<PipelineMetrics>,
 }
@@ -87,21 +88,11 @@ pub fn detect_stage(w: DetectWiring, detector: &dyn Detector) -> Result<(), Stag
         .values()
         .map(|p| p.confidence)
         .fold(1.0f32, f32::min);
-    let mut batch: Vec<Prepared> = Vec::with_capacity(w.max_batch);
+    let mut batch: Vec<Prepared> = Vec::with_capacity(w.batching.max);
     let mut eos: Vec<StreamId> = Vec::new();
     while open_streams > 0 {
         let Ok(first) = w.rx.recv() else { break };
-        // Take whatever else is already waiting, up to the batch size; never wait for more.
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Item(p) => batch.push(p),
-                Msg::Eos(s) => eos.push(s),
-            }
-            if batch.len() < w.max_batch && eos.is_empty() {
-                next = w.rx.try_recv();
-            }
-        }
+        gather(&w.rx, w.batching, first, &mut batch, &mut eos);
         if !batch.is_empty() {
             detect_batch(&w, detector, threshold, &mut batch)?;
         }
@@ -113,6 +104,33 @@ pub fn detect_stage(w: DetectWiring, detector: &dyn Detector) -> Result<(), Stag
         }
     }
     Ok(())
+}
+
+/// A batch: `first`, then whatever else is waiting up to `batching.max`, holding on up to
+/// `batching.wait` after `first` for more to arrive. An end of stream ends the batch at once, so
+/// a stream's last frames are never held back.
+fn gather(
+    rx: &EdgeRx<Prepared>,
+    batching: Batching,
+    first: Msg<Prepared>,
+    batch: &mut Vec<Prepared>,
+    eos: &mut Vec<StreamId>,
+) {
+    let deadline = Instant::now() + batching.wait;
+    let mut next = Some(first);
+    while let Some(msg) = next.take() {
+        match msg {
+            Msg::Item(p) => batch.push(p),
+            Msg::Eos(s) => eos.push(s),
+        }
+        if batch.len() < batching.max && eos.is_empty() {
+            next = match rx.try_recv() {
+                Some(m) => Some(m),
+                None if batching.wait.is_zero() => None,
+                None => rx.recv_until(deadline),
+            };
+        }
+    }
 }
 
 fn detect_batch(
@@ -134,6 +152,12 @@ fn detect_batch(
         .map_err(StageError::Detect)?
         .into_iter();
     let per_frame = t.elapsed() / inputs.len().max(1) as u32;
+    if !inputs.is_empty() {
+        w.metrics.detector_batches.fetch_add(1, Ordering::Relaxed);
+        w.metrics
+            .detector_batched_frames
+            .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+    }
     drop(inputs);
     // Frames keep their order; skipped ones pass through undetected.
     for (mut frame, input) in batch.drain(..) {

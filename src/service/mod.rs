@@ -629,8 +629,7 @@ fn start(
     let handle = std::thread::Builder::new()
         .name(format!("pipeline-{}", plan.name))
         .spawn(move || -> Result<RunReport, String> {
-            let device = crate::detect::device(p.device).map_err(|e| e.to_string())?;
-            let detector = crate::detect::load(&p.model, &device).map_err(|e| e.to_string())?;
+            let detector = p.load_detector().map_err(|e| e.to_string())?;
             Ok(crate::runtime::pipeline::run_observed(
                 &p, detector, &s, &run, &m,
             ))

@@ -16,6 +16,7 @@
 //! | `vigil_edge_depth` | pipeline, edge | gauge |
 //! | `vigil_edge_sent_total`, `vigil_edge_dropped_total` | pipeline, edge | counter |
 //! | `vigil_detector_seconds` | pipeline | histogram (per frame) |
+//! | `vigil_detector_batches_total`, `vigil_detector_batched_frames_total` | pipeline | counter (their ratio: the mean batch) |
 //! | `vigil_mqtt_connected`, `vigil_mqtt_backlog`, `vigil_mqtt_outbox_bytes` | pipeline, output | gauge |
 //! | `vigil_mqtt_queued_total`, `…_delivered_total`, `…_redelivered_total`, `…_dropped_total` | pipeline, output | counter |
 //! | `vigil_events_total` | pipeline, source, region, kind, direction, class | counter |
@@ -322,6 +323,24 @@ impl Collector for Snapshot {
             "vigil_detector_seconds",
             "Detector time per frame (batch time / frames)",
             &h,
+        )?;
+        let batch_counts = |f: fn(&PipelineMetrics) -> u64| -> Vec<(Labels, u64)> {
+            self.pipelines
+                .iter()
+                .map(|(p, _, _, _, m)| (vec![("pipeline".to_string(), p.clone())], f(m)))
+                .collect()
+        };
+        counter(
+            &mut enc,
+            "vigil_detector_batches",
+            "Forward passes of the detector",
+            &batch_counts(|m| m.detector_batches.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "vigil_detector_batched_frames",
+            "Frames carried by the detector's forward passes",
+            &batch_counts(|m| m.detector_batched_frames.load(Ordering::Relaxed)),
         )?;
         let [connected, backlog, bytes] = &mqtt_gauges;
         gauge(

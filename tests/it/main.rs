@@ -10,6 +10,7 @@
 mod analytics;
 mod backbones;
 mod bad_input;
+mod batching;
 mod cli;
 mod cluster;
 mod common;
@@ -26,6 +27,7 @@ mod detectors;
 mod faults;
 mod frame_sizes;
 mod governor;
+mod gpu_check;
 mod layers;
 mod live;
 mod mot_metrics;

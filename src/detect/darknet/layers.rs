@@ -201,6 +201,13 @@ impl Connected {
         })
     }
 
+    /// Its parameters in `dtype`.
+    pub fn convert(&mut self, dtype: candle_core::DType) -> candle_core::Result<()> {
+        self.weight_t = self.weight_t.to_dtype(dtype)?;
+        self.bias = self.bias.to_dtype(dtype)?;
+        Ok(())
+    }
+
     /// `(batch, c, h, w)` → `(batch, outputs, 1, 1)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let batch = x.dim(0)?;

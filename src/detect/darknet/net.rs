@@ -27,6 +27,8 @@ pub enum DarknetError {
     Weights { path: String, message: String },
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Darknet activations.
@@ -368,6 +370,8 @@ fn synth_gain(activation: Activation, feeds_shortcut: bool) -> f32 {
 pub struct DarknetNet {
     layers: Vec<Layer>,
     heads: Vec<Head>,
+    /// The type the network computes in (inputs are converted to it, heads come out in it).
+    dtype: DType,
     /// Input size from `[net]`.
     pub width: usize,
     pub height: usize,
@@ -671,6 +675,9 @@ impl DarknetNet {
                 }
                 "local" => {
                     sec.check_keys(file, LOCAL_KEYS)?;
+                    if !device.is_cpu() {
+                        return Err(sec.error(file, format!("[local] (YOLOv1's locally connected layer) runs only on the CPU, not on {device:?}: use `device: cpu` for this model")).into());
+                    }
                     let filters: usize = sec.require(file, "filters")?;
                     let size: usize = sec.get(file, "size", 1)?;
                     let stride: usize = sec.get(file, "stride", 1)?;
@@ -772,6 +779,7 @@ impl DarknetNet {
         Ok(Self {
             layers,
             heads,
+            dtype: DType::F32,
             width,
             height,
             channels,
@@ -783,9 +791,41 @@ impl DarknetNet {
         &self.heads
     }
 
-    /// Run the network; returns one raw tensor per head, in `heads()` order.
+    /// The network computing in `dtype` (`F16` halves memory traffic on a GPU): weights are
+    /// converted once here, inputs at every call. The fused CPU kernels are f32 only, so other
+    /// types run Candle's own ops. YOLOv1's `[local]` layer has only an f32 CPU kernel.
+    pub fn with_dtype(mut self, dtype: DType) -> Result<Self, DarknetError> {
+        for layer in &mut self.layers {
+            match layer {
+                Layer::Conv(c) => {
+                    c.weight = c.weight.to_dtype(dtype)?;
+                    c.bias = c.bias.to_dtype(dtype)?;
+                    if dtype != DType::F32 {
+                        c.fast = None;
+                    }
+                }
+                Layer::Connected(fc) => fc.convert(dtype)?,
+                Layer::Local(_) if dtype != DType::F32 => {
+                    return Err(DarknetError::Unsupported(format!(
+                        "[local] (YOLOv1) computes only in f32, not {dtype:?}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        self.dtype = dtype;
+        Ok(self)
+    }
+
+    /// The type the network computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Run the network; returns one raw tensor per head (in the network's dtype), in `heads()`
+    /// order.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        self.run(x, true)
+        self.run(&x.to_dtype(self.dtype)?, true)
     }
 
     /// Like [`forward`](Self::forward) but with Candle's stock convolution everywhere: the
@@ -806,7 +846,7 @@ impl DarknetNet {
             cur = match layer {
                 Layer::Conv(c) if fast => c.forward(&cur)?,
                 Layer::Conv(c) => c.forward_plain(&cur)?,
-                Layer::MaxPool(p) if fast && cur.device().is_cpu() => {
+                Layer::MaxPool(p) if fast && cur.device().is_cpu() && cur.dtype() == DType::F32 => {
                     cur.contiguous()?.apply_op1_no_bwd(p)?
                 }
                 Layer::MaxPool(p) => {

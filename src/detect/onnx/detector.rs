@@ -112,7 +112,11 @@ impl ModelFamily for OnnxDetector {
         }
     }
 
-    fn load(info: &ModelInfo, device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+    fn load(
+        info: &ModelInfo,
+        device: &Device,
+        _precision: crate::detect::Precision,
+    ) -> Result<Box<dyn Detector>, DetectError> {
         Ok(Box::new(Self::load_concrete(info, device)?))
     }
 }

@@ -62,7 +62,21 @@ impl ModelFamily for TfliteDetector {
         }
     }
 
-    fn load(info: &ModelInfo, _device: &Device) -> Result<Box<dyn Detector>, DetectError> {
+    fn load(
+        info: &ModelInfo,
+        device: &Device,
+        _precision: crate::detect::Precision,
+    ) -> Result<Box<dyn Detector>, DetectError> {
+        if !device.is_cpu() {
+            // Its integer kernels are CPU code; refusing beats a silent run on the host.
+            return Err(DetectError::Device(
+                format!("{device:?}"),
+                format!(
+                    "model {}: the tflite family runs on the CPU only (8-bit integer kernels): use `device: cpu`",
+                    info.name
+                ),
+            ));
+        }
         Ok(Box::new(Self::load_concrete(info)?))
     }
 }
