@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export VIGIL_ASSETS_MIRROR ?= $(if $(wildcard ../shared/assets/SHA256SUMS),$(abspath ../shared/assets),)
 
-.PHONY: demo test deps assets build bench soak lint clean
+.PHONY: demo test deps assets build bench soak lint clean check-cuda gpu-check
 
 deps:
 	@scripts/install-deps
@@ -61,6 +61,18 @@ soak: deps assets build
 screenshots: deps assets
 	$(CARGO) test --release --locked --test it console_browser -- --nocapture
 	.venv-onnx/bin/python scripts/shrink-png target/console-screenshots docs/console
+
+# Issue 22: the `cuda` feature type-checks, every CUDA kernel of Candle compiled by nvcc for
+# sm_90 (H100/H200), with PyPI's CUDA 13.0 wheels as the toolkit (scripts/cuda-toolchain; Debian
+# has none). No GPU and no driver needed; about 13 minutes cold on 2 cores. Its own target dir,
+# so the CPU build is untouched. CI runs it after the tests.
+check-cuda: deps
+	scripts/cuda-toolchain env CARGO_TARGET_DIR=target/cuda $(CARGO) check --release --locked --features cuda --lib --bins
+
+# The GPU check binary (`--features cuda`, linked against the wheels and a driver stub) staged
+# with its weights and frames in target/gpu-check/ for a GPU machine: see scripts/device-check.
+gpu-check: deps assets
+	scripts/device-check --build
 
 lint: deps
 	$(CARGO) fmt --check

@@ -178,11 +178,26 @@ impl FrameFromModel {
 /// A frame ready for the network.
 #[derive(Debug, Clone)]
 pub struct ModelInput {
-    /// `3 × height × width` values, planes R, G, B, in `[0, 1]`.
+    /// `3 × height × width` values, planes R, G, B, in `[0, 1]` (empty when `on_device` holds them).
     pub chw: Vec<f32>,
+    /// The same as a `(1, 3, height, width)` f32 tensor on the detector's GPU, when the letterbox
+    /// ran there (`preprocess::on_device`); `None` for inputs prepared on the host.
+    pub on_device: Option<candle_core::Tensor>,
     pub width: u32,
     pub height: u32,
     pub frame_from_model: FrameFromModel,
+}
+
+impl ModelInput {
+    /// The planes on the host (copied from the device when the letterbox ran there).
+    pub fn host_chw(&self) -> candle_core::Result<std::borrow::Cow<'_, [f32]>> {
+        match &self.on_device {
+            Some(t) if self.chw.is_empty() => {
+                Ok(std::borrow::Cow::Owned(t.flatten_all()?.to_vec1()?))
+            }
+            _ => Ok(std::borrow::Cow::Borrowed(&self.chw)),
+        }
+    }
 }
 
 /// One detected object.

@@ -192,6 +192,7 @@ fn letterbox_all(
                     .flatten_all()
                     .and_then(|t| t.to_vec1())
                     .map_err(|e| e.to_string())?,
+                on_device: None,
                 width: info.input.0,
                 height: info.input.1,
                 frame_from_model: map,

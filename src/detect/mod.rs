@@ -59,6 +59,21 @@ pub enum DetectError {
     InputSize { got: (u32, u32), want: (u32, u32) },
 }
 
+impl DetectError {
+    /// The device ran out of memory (CUDA's `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's alloc failure).
+    pub fn is_out_of_memory(&self) -> bool {
+        let text = match self {
+            Self::Candle(e) => e.to_string(),
+            Self::Darknet { cause, .. } => cause.to_string(),
+            Self::Onnx { cause, .. } => cause.to_string(),
+            _ => return false,
+        };
+        text.contains("OUT_OF_MEMORY")
+            || text.contains("out of memory")
+            || text.contains("ALLOC_FAILED")
+    }
+}
+
 /// Where inference runs, as a pipeline file or `--device` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
@@ -142,6 +157,12 @@ pub trait Detector: Send {
         inputs: &[&ModelInput],
         threshold: f32,
     ) -> Result<Vec<Vec<Candidate>>, DetectError>;
+
+    /// The GPU this detector runs on, where the pipeline then letterboxes its frames
+    /// ([`crate::preprocess::on_device`]) so they cross the bus as bytes; `None` on the CPU.
+    fn input_device(&self) -> Option<Device> {
+        None
+    }
 }
 
 /// Verify a weights file against its manifest's SHA-256.
@@ -351,15 +372,27 @@ impl DarknetDetector {
 
     fn batch_tensor(&self, inputs: &[&ModelInput]) -> Result<Tensor, DetectError> {
         let want = self.info.input;
-        let mut data = Vec::with_capacity(inputs.len() * inputs.first().map_or(0, |i| i.chw.len()));
+        if let Some(i) = inputs.iter().find(|i| (i.width, i.height) != want) {
+            return Err(DetectError::InputSize {
+                got: (i.width, i.height),
+                want,
+            });
+        }
+        // Letterboxed on this GPU already: one concatenation there.
+        let on_device: Option<Vec<Tensor>> = inputs
+            .iter()
+            .map(|i| {
+                i.on_device
+                    .clone()
+                    .filter(|t| t.device().same_device(&self.device))
+            })
+            .collect();
+        if let Some(parts) = on_device {
+            return Ok(Tensor::cat(&parts, 0)?);
+        }
+        let mut data = Vec::with_capacity(inputs.len() * 3 * (want.0 * want.1) as usize);
         for i in inputs {
-            if (i.width, i.height) != want {
-                return Err(DetectError::InputSize {
-                    got: (i.width, i.height),
-                    want,
-                });
-            }
-            data.extend_from_slice(&i.chw);
+            data.extend_from_slice(&i.host_chw()?);
         }
         Ok(Tensor::from_vec(
             data,
@@ -370,6 +403,10 @@ impl DarknetDetector {
 }
 
 impl Detector for DarknetDetector {
+    fn input_device(&self) -> Option<Device> {
+        (!self.device.is_cpu()).then(|| self.device.clone())
+    }
+
     fn infer(
         &self,
         inputs: &[&ModelInput],

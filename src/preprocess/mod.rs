@@ -18,6 +18,8 @@ pub const LETTERBOX_FILL: f32 = 0.5;
 pub enum PreprocessError {
     #[error("opencv: {0}")]
     OpenCv(#[from] opencv::Error),
+    #[error("letterbox on the device: {0}")]
+    Device(#[from] candle_core::Error),
     #[error("image of {width}x{height} has {len} bytes, expected {expected}")]
     BadImage {
         width: u32,
@@ -93,6 +95,7 @@ pub fn prepare(
     }
     Ok(ModelInput {
         chw,
+        on_device: None,
         width: model.0,
         height: model.1,
         frame_from_model: frame_from_model((image.width, image.height), (nw, nh, ox, oy)),

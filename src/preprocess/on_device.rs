@@ -51,6 +51,23 @@ pub fn letterbox(
     ))
 }
 
+/// [`letterbox`] as the pipeline's model input: the tensor stays on `device` for the detector.
+pub fn prepare(
+    image: &Image,
+    model: (u32, u32),
+    resize: Resize,
+    device: &Device,
+) -> Result<crate::frame::ModelInput, super::PreprocessError> {
+    let (t, map) = letterbox(image, model, resize, device)?;
+    Ok(crate::frame::ModelInput {
+        chw: Vec::new(),
+        on_device: Some(t),
+        width: model.0,
+        height: model.1,
+        frame_from_model: map,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

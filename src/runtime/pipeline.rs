@@ -217,6 +217,7 @@ pub fn run_observed(
         closers,
     } = graph;
     let det_stats = Arc::new(StageStats::default());
+    let input_device = detector.input_device();
     let mut ingest_slots = Vec::new();
     for (i, edges) in sources.into_iter().enumerate() {
         let src = SourceThreads {
@@ -227,6 +228,7 @@ pub fn run_observed(
             det_tx: det_tx.clone(),
             opts,
             drain_deadline: drain_deadline.clone(),
+            input_device: input_device.clone(),
         };
         ingest_slots.push(src.spawn(edges, &mut stages));
     }
@@ -307,6 +309,8 @@ struct SourceThreads<'a> {
     det_tx: EdgeTx<Prepared>,
     opts: &'a RunOptions,
     drain_deadline: Arc<Mutex<Option<Instant>>>,
+    /// The detector's GPU, where the letterbox then runs.
+    input_device: Option<candle_core::Device>,
 }
 
 impl SourceThreads<'_> {
@@ -368,6 +372,7 @@ impl SourceThreads<'_> {
             model: self.plan.model.input,
             resize: self.plan.resize,
             every: self.source().governed.every.clone(),
+            device: self.input_device.clone(),
         };
         let stats = Arc::new(StageStats::default());
         let name = format!("preprocess[{}]", s.id);

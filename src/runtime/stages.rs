@@ -32,6 +32,8 @@ pub struct PreprocessSettings {
     pub resize: Resize,
     /// Only every `every`-th frame goes to the detector (the load governor may raise it).
     pub every: Arc<AtomicU32>,
+    /// The detector's GPU: the letterbox runs there and the input stays there.
+    pub device: Option<candle_core::Device>,
 }
 
 pub fn preprocess_stage(
@@ -52,11 +54,19 @@ pub fn preprocess_stage(
             Msg::Item(frame) => {
                 crate::fault::check("preprocess", frame.seq).map_err(StageError::Injected)?;
                 let t = Instant::now();
-                let input = preprocess::prepare(&frame.image, settings.model, settings.resize)
-                    .map_err(|source| StageError::Preprocess {
-                        seq: frame.seq,
-                        source,
-                    })?;
+                let input = match &settings.device {
+                    Some(d) => preprocess::on_device::prepare(
+                        &frame.image,
+                        settings.model,
+                        settings.resize,
+                        d,
+                    ),
+                    None => preprocess::prepare(&frame.image, settings.model, settings.resize),
+                }
+                .map_err(|source| StageError::Preprocess {
+                    seq: frame.seq,
+                    source,
+                })?;
                 stats.record(t.elapsed());
                 Msg::Item((frame, Some(input)))
             }
@@ -106,6 +116,29 @@ pub fn detect_stage(w: DetectWiring, detector: &dyn Detector) -> Result<(), Stag
     Ok(())
 }
 
+/// `detector.infer`, and when the device runs out of memory on a batch, the two halves one after
+/// the other (down to single frames): a batch size that fits most of the time never fails the
+/// pipeline. A single frame that does not fit is the error, saying so.
+fn infer_splitting(
+    detector: &dyn Detector,
+    inputs: &[&ModelInput],
+    threshold: f32,
+) -> Result<Vec<Vec<crate::detect::head::Candidate>>, crate::detect::DetectError> {
+    match detector.infer(inputs, threshold) {
+        Err(e) if inputs.len() > 1 && e.is_out_of_memory() => {
+            tracing::warn!(
+                batch = inputs.len(),
+                "the detector ran out of device memory: running the batch in halves"
+            );
+            let (a, b) = inputs.split_at(inputs.len() / 2);
+            let mut out = infer_splitting(detector, a, threshold)?;
+            out.extend(infer_splitting(detector, b, threshold)?);
+            Ok(out)
+        }
+        other => other,
+    }
+}
+
 /// A batch: `first`, then whatever else is waiting up to `batching.max`, holding on up to
 /// `batching.wait` after `first` for more to arrive. An end of stream ends the batch at once, so
 /// a stream's last frames are never held back.
@@ -147,8 +180,7 @@ fn detect_batch(
     }
     let t = Instant::now();
     let inputs: Vec<&ModelInput> = batch.iter().filter_map(|(_, i)| i.as_ref()).collect();
-    let mut cands = detector
-        .infer(&inputs, threshold)
+    let mut cands = infer_splitting(detector, &inputs, threshold)
         .map_err(StageError::Detect)?
         .into_iter();
     let per_frame = t.elapsed() / inputs.len().max(1) as u32;
@@ -425,4 +457,86 @@ pub fn output_stage(
     let n = finished.map_err(StageError::Finalize)?;
     tracing::debug!(output = %desc, frames = n, "finished");
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::DetectError;
+    use crate::detect::head::Candidate;
+    use crate::frame::{BoxInModel, FrameFromModel, Xyxy};
+
+    /// Runs out of memory on batches above `fits`; each frame's candidate carries its width.
+    struct Tight {
+        fits: usize,
+        calls: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl Detector for Tight {
+        fn infer(
+            &self,
+            inputs: &[&ModelInput],
+            _: f32,
+        ) -> Result<Vec<Vec<Candidate>>, DetectError> {
+            self.calls.lock().unwrap().push(inputs.len());
+            if inputs.len() > self.fits {
+                return Err(DetectError::Candle(candle_core::Error::Msg(
+                    "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+                )));
+            }
+            Ok(inputs
+                .iter()
+                .map(|i| {
+                    vec![Candidate {
+                        class_id: 0,
+                        score: 1.0,
+                        box_in_model: BoxInModel(Xyxy {
+                            x1: 0.0,
+                            y1: 0.0,
+                            x2: i.width as f32,
+                            y2: 1.0,
+                        }),
+                    }]
+                })
+                .collect())
+        }
+    }
+
+    fn input(width: u32) -> ModelInput {
+        ModelInput {
+            chw: Vec::new(),
+            on_device: None,
+            width,
+            height: 1,
+            frame_from_model: FrameFromModel {
+                scale_x: 1.0,
+                scale_y: 1.0,
+                offset_x: 0.0,
+                offset_y: 0.0,
+                frame_w: 1.0,
+                frame_h: 1.0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_out_of_device_memory_runs_in_halves_keeping_frame_order() {
+        let inputs: Vec<ModelInput> = (1..=5).map(input).collect();
+        let refs: Vec<&ModelInput> = inputs.iter().collect();
+        let d = Tight {
+            fits: 2,
+            calls: Default::default(),
+        };
+        let out = infer_splitting(&d, &refs, 0.1).unwrap();
+        let widths: Vec<f32> = out.iter().map(|c| c[0].box_in_model.0.x2).collect();
+        assert_eq!(widths, [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(*d.calls.lock().unwrap(), [5, 2, 3, 1, 2]);
+        // one frame that does not fit is the error
+        let one = Tight {
+            fits: 0,
+            calls: Default::default(),
+        };
+        let e = infer_splitting(&one, &refs[..2], 0.1).unwrap_err();
+        assert!(e.is_out_of_memory(), "{e}");
+    }
 }

@@ -187,3 +187,50 @@ fn precision_f16_is_refused_for_a_family_without_it() {
         .to_string();
     assert!(e.contains("precision F16 is not available"), "{e}");
 }
+
+/// A frame letterboxed where the detector runs (`ModelInput::on_device`, as the pipeline does
+/// for a GPU detector) gives the candidates of the same frame handed over as host planes: the
+/// darknet and the ONNX detector, here with the tensor on the CPU.
+#[test]
+fn inputs_letterboxed_on_the_device_give_the_host_inputs_candidates() {
+    let _heavy = super::common::heavy();
+    let frames = vtest_frames(2);
+    let onnx = super::common::root().join("models/yolov3-tiny-onnx.yaml");
+    for manifest in [model(), onnx] {
+        let info = ModelInfo::load(&manifest).unwrap();
+        if !info.weights.is_file() {
+            eprintln!(
+                "skipped {}: {} not made (make onnx-fixtures)",
+                info.name,
+                info.weights.display()
+            );
+            continue;
+        }
+        let det = vigil::detect::load_at(&info, &candle_core::Device::Cpu, Precision::F32).unwrap();
+        for frame in &frames {
+            let (t, map) = vigil::preprocess::on_device::letterbox(
+                frame,
+                info.input,
+                info.resize,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+            let host = ModelInput {
+                chw: t.flatten_all().unwrap().to_vec1().unwrap(),
+                on_device: None,
+                width: info.input.0,
+                height: info.input.1,
+                frame_from_model: map,
+            };
+            let dev = ModelInput {
+                chw: Vec::new(),
+                on_device: Some(t),
+                ..host.clone()
+            };
+            let a = det.infer(&[&host, &host], 0.25).unwrap();
+            let b = det.infer(&[&dev, &dev], 0.25).unwrap();
+            assert!(!a[0].is_empty(), "{}: nothing found", info.name);
+            assert_eq!(a, b, "{}", info.name);
+        }
+    }
+}

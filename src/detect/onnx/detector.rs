@@ -144,6 +144,9 @@ impl OnnxDetector {
             model: info.name.clone(),
             cause: OnnxError::Graph(message),
         })?;
+        if !device.is_cpu() {
+            warn_of_host_ops(info, &model, device);
+        }
         let params = DecodeParams {
             classes: info.classes.len(),
             input: (info.input.0 as usize, info.input.1 as usize),
@@ -173,6 +176,14 @@ impl OnnxDetector {
             });
         }
         let n = &self.settings.normalize;
+        if let Some(t) = input
+            .on_device
+            .as_ref()
+            .filter(|t| t.device().same_device(&self.device))
+        {
+            return self.normalize_on_device(t);
+        }
+        let chw = input.host_chw()?;
         let plane = (want.0 * want.1) as usize;
         let mut data = Vec::with_capacity(3 * plane);
         for c in 0..3 {
@@ -183,7 +194,7 @@ impl OnnxDetector {
             };
             let (k, m, s) = (255.0 * n.scale, n.mean[c], n.std[c]);
             data.extend(
-                input.chw[src * plane..(src + 1) * plane]
+                chw[src * plane..(src + 1) * plane]
                     .iter()
                     .map(|v| (v * k - m) / s),
             );
@@ -196,9 +207,32 @@ impl OnnxDetector {
         };
         Ok(Tensor::from_vec(data, shape, &self.device)?)
     }
+
+    /// The manifest's normalization of a `(1, 3, h, w)` RGB input already on the device, in the
+    /// host path's order of operations (`(v · 255·scale − mean) / std` per channel).
+    fn normalize_on_device(&self, t: &Tensor) -> Result<Tensor, DetectError> {
+        let n = &self.settings.normalize;
+        let t = match n.channels {
+            Channels::Rgb => t.clone(),
+            Channels::Bgr => t.index_select(&Tensor::new(&[2u32, 1, 0], &self.device)?, 1)?,
+        };
+        let per_channel = |v: [f32; 3]| Tensor::from_vec(v.to_vec(), (1, 3, 1, 1), &self.device);
+        let t = (t * f64::from(255.0 * n.scale))?
+            .broadcast_sub(&per_channel(n.mean)?)?
+            .broadcast_div(&per_channel(n.std)?)?;
+        Ok(if self.model.summary.input_shape.len() == 3 {
+            t.squeeze(0)?
+        } else {
+            t
+        })
+    }
 }
 
 impl Detector for OnnxDetector {
+    fn input_device(&self) -> Option<Device> {
+        (!self.device.is_cpu()).then(|| self.device.clone())
+    }
+
     fn infer(
         &self,
         inputs: &[&ModelInput],
@@ -222,6 +256,26 @@ impl Detector for OnnxDetector {
             )?);
         }
         Ok(all)
+    }
+}
+
+/// Says which of the model's operators run on the host on `device` (their inputs cross the
+/// bus every frame), once at load.
+fn warn_of_host_ops(info: &ModelInfo, model: &OnnxModel, device: &Device) {
+    let host: Vec<String> = model
+        .summary
+        .operators
+        .iter()
+        .filter(|(op, _)| super::ops::HOST_OPS.contains(&op.as_str()))
+        .map(|(op, n)| format!("{op} ×{n}"))
+        .collect();
+    if !host.is_empty() {
+        tracing::warn!(
+            model = %info.name,
+            device = ?device,
+            ops = %host.join(", "),
+            "these operators run on the host: their inputs are copied from the device and back every frame"
+        );
     }
 }
 

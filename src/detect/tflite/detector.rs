@@ -110,8 +110,10 @@ impl TfliteDetector {
             });
         }
         let plane = (want.0 * want.1) as usize;
+        let chw = input.host_chw()?;
+        let chw: &[f32] = &chw;
         let pixels = (0..plane)
-            .flat_map(|i| (0..3).map(move |c| (input.chw[c * plane + i] * 255.0).round() as u8));
+            .flat_map(|i| (0..3).map(move |c| (chw[c * plane + i] * 255.0).round() as u8));
         Ok(match self.model.input().dtype {
             DType::I8 => Data::I8(pixels.map(|p| (p as i16 - 128) as i8).collect()),
             _ => Data::U8(pixels.collect()),

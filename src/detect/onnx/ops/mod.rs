@@ -15,6 +15,20 @@ use super::proto::{Attrs, NodeProto};
 pub use control::with_implicit_inputs;
 pub use conv::ConvOp;
 
+/// Operators whose kernels run on the host whatever the device: on a GPU their data tensors
+/// cross the bus every frame (selection and region ops; MaxPool and Resize have device paths).
+/// Named at load (`OnnxDetector`), so the round trips are never silent.
+pub const HOST_OPS: &[&str] = &[
+    "GatherND",
+    "GridSample",
+    "NonMaxSuppression",
+    "NonZero",
+    "RoiAlign",
+    "ScatterElements",
+    "ScatterND",
+    "TopK",
+];
+
 /// Operators per the default ONNX domain that vigil implements, for messages and `inspect`.
 pub const SUPPORTED: &[&str] = &[
     "Abs",

@@ -356,6 +356,9 @@ fn max_pool(x: &Tensor, p: &Pool) -> Result<Tensor> {
     if b * c * oh * ow == 0 {
         return Tensor::zeros((b, c, oh, ow), DType::F32, x.device());
     }
+    if !x.device().is_cpu() {
+        return max_pool_on_device(x, p, (oh, ow));
+    }
     let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; b * c * oh * ow];
     use rayon::prelude::*;
@@ -382,6 +385,31 @@ fn max_pool(x: &Tensor, p: &Pool) -> Result<Tensor> {
             }
         });
     Tensor::from_vec(out, (b, c, oh, ow), x.device())
+}
+
+/// MaxPool with Candle's kernel, where the tensor lives (a GPU): the padding replicates the edge,
+/// which equals ONNX's −∞ padding because every window holds the edge value it copies (pads are
+/// smaller than the kernel, and a ceil-mode window never starts in the trailing padding).
+fn max_pool_on_device(x: &Tensor, p: &Pool, (oh, ow): (usize, usize)) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let [t, l, bo, r] = p.pads;
+    let (kh, kw) = p.kernel;
+    let (sh, sw) = p.strides;
+    if t >= kh || bo >= kh || l >= kw || r >= kw {
+        candle_core::bail!(
+            "MaxPool: pads {:?} as large as the kernel {:?}",
+            p.pads,
+            p.kernel
+        );
+    }
+    // Enough trailing padding for `oh × ow` windows (ceil mode can need more than `pads`).
+    let bo = bo.max(((oh - 1) * sh + kh).saturating_sub(h + t));
+    let r = r.max(((ow - 1) * sw + kw).saturating_sub(w + l));
+    let padded = x.pad_with_same(2, t, bo)?.pad_with_same(3, l, r)?;
+    padded
+        .max_pool2d_with_stride((kh, kw), (sh, sw))?
+        .narrow(2, 0, oh)?
+        .narrow(3, 0, ow)
 }
 
 fn batch_norm(inputs: &[Option<Tensor>], eps: f32) -> Result<Tensor> {
@@ -719,6 +747,27 @@ fn resize_target(inputs: &[Option<Tensor>], x: &Tensor) -> Result<[(usize, f32);
     Ok([(out[r - 2], sc[r - 2]), (out[r - 1], sc[r - 1])])
 }
 
+/// One axis's taps: (index0, index1, weight of index1) per output position.
+fn axis_taps(n_out: usize, n_in: usize, scale: f32, op: &ResizeOp) -> Vec<(usize, usize, f32)> {
+    (0..n_out)
+        .map(|o| {
+            let c = source_coord(o, n_in, n_out, scale, op.coord);
+            match op.mode {
+                ResizeMode::Nearest => {
+                    let i = nearest_index(c, n_in, op.nearest);
+                    (i, i, 0.0)
+                }
+                ResizeMode::Linear => {
+                    let c = c.clamp(0.0, n_in as f32 - 1.0);
+                    let i0 = c.floor() as usize;
+                    let i1 = (i0 + 1).min(n_in - 1);
+                    (i0, i1, c - i0 as f32)
+                }
+            }
+        })
+        .collect()
+}
+
 fn resize(inputs: &[Option<Tensor>], op: &ResizeOp) -> Result<Tensor> {
     let x = req(inputs, 0)?;
     if x.rank() < 2 {
@@ -735,27 +784,10 @@ fn resize(inputs: &[Option<Tensor>], op: &ResizeOp) -> Result<Tensor> {
     let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
     let planes = x.elem_count() / (h * w).max(1);
     let src = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    // Per-axis taps: (index0, index1, weight of index1).
-    let taps = |n_out: usize, n_in: usize, scale: f32| -> Vec<(usize, usize, f32)> {
-        (0..n_out)
-            .map(|o| {
-                let c = source_coord(o, n_in, n_out, scale, op.coord);
-                match op.mode {
-                    ResizeMode::Nearest => {
-                        let i = nearest_index(c, n_in, op.nearest);
-                        (i, i, 0.0)
-                    }
-                    ResizeMode::Linear => {
-                        let c = c.clamp(0.0, n_in as f32 - 1.0);
-                        let i0 = c.floor() as usize;
-                        let i1 = (i0 + 1).min(n_in - 1);
-                        (i0, i1, c - i0 as f32)
-                    }
-                }
-            })
-            .collect()
-    };
-    let (ty, tx) = (taps(oh, h, sh), taps(ow, w, sw));
+    let (ty, tx) = (axis_taps(oh, h, sh, op), axis_taps(ow, w, sw, op));
+    if !x.device().is_cpu() {
+        return resize_on_device(x, &ty, &tx);
+    }
     let mut out = vec![0f32; planes * oh * ow];
     use rayon::prelude::*;
     out.par_chunks_mut(oh * ow)
@@ -783,6 +815,37 @@ fn resize(inputs: &[Option<Tensor>], op: &ResizeOp) -> Result<Tensor> {
     od[r - 2] = oh;
     od[r - 1] = ow;
     Tensor::from_vec(out, od, x.device())?.to_dtype(x.dtype())
+}
+
+/// Resize where the tensor lives (a GPU), from the same taps as the host path: gathers along the
+/// last two axes and a blend of each pair. Only the taps (a few KB) cross the bus.
+fn resize_on_device(
+    x: &Tensor,
+    ty: &[(usize, usize, f32)],
+    tx: &[(usize, usize, f32)],
+) -> Result<Tensor> {
+    let r = x.rank();
+    let dev = x.device();
+    let axis = |t: &Tensor, taps: &[(usize, usize, f32)], dim: usize| -> Result<Tensor> {
+        let i0: Vec<u32> = taps.iter().map(|v| v.0 as u32).collect();
+        let a = t
+            .contiguous()?
+            .index_select(&Tensor::new(i0.as_slice(), dev)?, dim)?;
+        if taps.iter().all(|v| v.2 == 0.0) {
+            return Ok(a);
+        }
+        let i1: Vec<u32> = taps.iter().map(|v| v.1 as u32).collect();
+        let b = t
+            .contiguous()?
+            .index_select(&Tensor::new(i1.as_slice(), dev)?, dim)?;
+        let mut shape = vec![1usize; t.rank()];
+        shape[dim] = taps.len();
+        let f: Vec<f32> = taps.iter().map(|v| v.2).collect();
+        let f = Tensor::from_vec(f, shape, dev)?.to_dtype(t.dtype())?;
+        a.broadcast_add(&(b - &a)?.broadcast_mul(&f)?)
+    };
+    let rows = axis(x, ty, r - 2)?;
+    axis(&rows, tx, r - 1)
 }
 
 fn grid_sample(x: &Tensor, grid: &Tensor, g: &GridSampleOp) -> Result<Tensor> {
@@ -1037,4 +1100,104 @@ fn reflect(t: &Tensor, ax: usize, lo: usize, hi: usize) -> Result<Tensor> {
     idx.extend((0..hi).map(|i| (n - 2 - i) as i64));
     t.contiguous()?
         .index_select(&Tensor::new(idx, t.device())?, ax)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn pattern(dims: &[usize]) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as u64 * 2_654_435_761) % 1000) as f32 / 100.0 - 5.0)
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The GPU's MaxPool (Candle's kernel on edge-replicated padding) gives the host's values,
+    /// here both on the CPU: YOLO's SPPF (5/1/2), the ResNet stem (3/2/1), ceil mode, odd sizes.
+    #[test]
+    fn max_pool_on_device_equals_the_host_kernel() {
+        for (dims, kernel, strides, pads, ceil) in [
+            ([1, 4, 20, 20], (5, 5), (1, 1), [2, 2, 2, 2], false),
+            ([2, 3, 17, 13], (3, 3), (2, 2), [1, 1, 1, 1], false),
+            ([1, 2, 9, 11], (3, 3), (2, 2), [0, 0, 0, 0], true),
+            ([1, 2, 8, 7], (2, 2), (1, 1), [0, 0, 1, 1], false),
+        ] {
+            let x = pattern(&dims);
+            let p = Pool {
+                kernel,
+                strides,
+                pads,
+                ceil,
+            };
+            let host = max_pool(&x, &p).unwrap();
+            let (_, _, oh, ow) = host.dims4().unwrap();
+            let dev = max_pool_on_device(&x, &p, (oh, ow)).unwrap();
+            assert_eq!(
+                max_diff(&host, &dev),
+                0.0,
+                "{dims:?} k{kernel:?} s{strides:?} p{pads:?} ceil {ceil}"
+            );
+        }
+    }
+
+    /// The GPU's Resize (gathers and blends) against the host's, nearest and linear.
+    #[test]
+    fn resize_on_device_equals_the_host_kernel() {
+        let x = pattern(&[1, 3, 10, 14]);
+        for (mode, coord, nearest, out) in [
+            (
+                ResizeMode::Nearest,
+                Coord::Asymmetric,
+                Nearest::Floor,
+                (20, 28),
+            ),
+            (
+                ResizeMode::Nearest,
+                Coord::HalfPixel,
+                Nearest::RoundPreferFloor,
+                (15, 9),
+            ),
+            (
+                ResizeMode::Linear,
+                Coord::HalfPixel,
+                Nearest::Floor,
+                (23, 31),
+            ),
+            (
+                ResizeMode::Linear,
+                Coord::AlignCorners,
+                Nearest::Floor,
+                (7, 5),
+            ),
+        ] {
+            let op = ResizeOp {
+                mode,
+                coord,
+                nearest,
+            };
+            let sizes = Tensor::new(&[1i64, 3, out.0, out.1], &Device::Cpu).unwrap();
+            let host = resize(&[Some(x.clone()), None, None, Some(sizes)], &op).unwrap();
+            let ty = axis_taps(out.0 as usize, 10, out.0 as f32 / 10.0, &op);
+            let tx = axis_taps(out.1 as usize, 14, out.1 as f32 / 14.0, &op);
+            let dev = resize_on_device(&x, &ty, &tx).unwrap();
+            assert!(max_diff(&host, &dev) < 1e-5, "{mode:?} {coord:?} {out:?}");
+        }
+    }
 }
