@@ -124,6 +124,50 @@ impl FastConv {
         )
     }
 
+    /// A depthwise convolution (one input and one output channel per group: MobileNet,
+    /// EfficientNet) computed directly, one channel per task, bias and activation included: the
+    /// im2col + gemm route would run a 1-row gemm per channel. Each kernel tap adds a weighted
+    /// input row slice to the output row (contiguous for stride 1, so it vectorizes).
+    fn depthwise_image(&self, img: &[f32], (h, w): (usize, usize), out: &mut [f32]) {
+        let (oh, ow) = self.out_hw(h, w);
+        let (k, s, p) = (self.k, self.stride, self.padding);
+        out.par_chunks_mut((oh * ow).max(1))
+            .enumerate()
+            .for_each(|(ch, dst)| {
+                let src = &img[ch * h * w..(ch + 1) * h * w];
+                let taps = &self.weight[ch * k * k..(ch + 1) * k * k];
+                for kx in 0..k {
+                    // outputs whose tap kx lands inside the row: 0 ≤ ox·s + kx − p < w
+                    let lo = p.saturating_sub(kx).div_ceil(s);
+                    let hi = ((w + p).saturating_sub(kx)).div_ceil(s).min(ow);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in 0..oh {
+                        let row_out = &mut dst[oy * ow + lo..oy * ow + hi];
+                        for ky in 0..k {
+                            let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&y| y < h) else {
+                                continue;
+                            };
+                            let tap = taps[ky * k + kx];
+                            let start = iy * w + lo * s + kx - p;
+                            if s == 1 {
+                                let row_in = &src[start..start + row_out.len()];
+                                for (o, i) in row_out.iter_mut().zip(row_in) {
+                                    *o += tap * i;
+                                }
+                            } else {
+                                for (j, o) in row_out.iter_mut().enumerate() {
+                                    *o += tap * src[start + j * s];
+                                }
+                            }
+                        }
+                    }
+                }
+                self.act.apply_row(dst, self.bias[ch]);
+            });
+    }
+
     /// Fill `col` (`c · k · k` rows × `(y1 − y0) · ow` columns) for output rows `y0..y1` of one
     /// image's `c` channels.
     fn im2col_rows(
@@ -425,6 +469,10 @@ impl FastConv {
         for bi in 0..b {
             let img = &x[bi * c * h * w..(bi + 1) * c * h * w];
             let out_b = &mut out[bi * self.c_out * n..(bi + 1) * self.c_out * n];
+            if cin_g == 1 && cout_g == 1 {
+                self.depthwise_image(img, (h, w), out_b);
+                continue;
+            }
             if let Some(u) = &self.winograd {
                 self.winograd_image(u, img, (c, h, w), out_b);
             }
@@ -670,6 +718,11 @@ mod tests {
             // with parallel transforms and gemms, many chunks in parallel
             (2, 128, 13, 13, 9, 3, 1, 1, 1),
             (1, 128, 61, 45, 8, 3, 1, 1, 1),
+            // depthwise (the direct path): strides 1 and 2, kernels 3 and 5, odd sizes
+            (1, 16, 13, 11, 16, 3, 1, 1, 16),
+            (2, 8, 15, 9, 8, 3, 2, 1, 8),
+            (1, 12, 10, 14, 12, 5, 2, 2, 12),
+            (1, 4, 6, 7, 4, 5, 1, 2, 4),
         ];
         for (i, &(b, c, h, w, co, k, s, p, g)) in cases.iter().enumerate() {
             let x = values(b * c * h * w, 1 + i as u64);

@@ -175,48 +175,132 @@ fn torchvision_detectors_give_onnx_runtimes_detections() {
     super::common::check_fixtures("detectors", &DETECTORS, check);
 }
 
-/// A torchvision export in a manifest (`decoder: torchvision`) runs through `vigil detect`: the
-/// CHW input, the labels as class ids, boxes mapped back to the photo.
-#[test]
-fn a_torchvision_export_runs_from_a_manifest() {
-    let onnx = root().join("tests/golden/onnx/big/detector-ssdlite320_mobilenet_v3_large.onnx");
-    if !onnx.is_file() {
-        eprintln!(
-            "skipped: {} is missing (run `make onnx-fixtures`)",
-            onnx.display()
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..91).map(|i| format!("class{i}")).collect();
-    std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
-    let manifest = dir.path().join("ssdlite.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "name: ssdlite\nonnx: {}\ndecoder: torchvision\nclasses: names.txt\nresize: stretch\n",
-            onnx.display()
-        ),
-    )
-    .unwrap();
-    let dog = super::common::asset("images/dog.jpg");
-    let rec = super::common::detect_first_record(&[
-        "--confidence".as_ref(),
-        "0.3".as_ref(),
-        "--model".as_ref(),
-        manifest.as_os_str(),
-        dog.as_os_str(),
-    ]);
-    assert!(
-        !rec.detections.is_empty(),
-        "random weights still find boxes"
+/// EfficientDet-D0 from PyPI's effdet, its network exported (the post-processing is a TorchScript
+/// loop that does not export): vigil's `efficientdet` decoder (anchors, box decoding) and NMS
+/// against effdet's own post-processing of ONNX Runtime's maps. effdet keeps the top 5000
+/// anchor-class pairs before its NMS; vigil keeps what scores above the confidence, which is set
+/// to that top-5000 floor so both NMS see the same candidates.
+fn check_efficientdet(name: &str) -> Result<Option<String>, String> {
+    use vigil::detect::nms::{NmsParams, nms};
+    use vigil::detect::onnx::decode::{DecodeParams, Decoder, decode};
+    let Some((meta, model, input)) = torchvision_fixture("detectors", name, |s| vec![1, 3, s, s])?
+    else {
+        return Ok(None);
+    };
+    let size = meta["input_size"].as_u64().unwrap() as usize;
+    let t0 = std::time::Instant::now();
+    let outs = model.run(&input).map_err(|e| format!("{name}: run: {e}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let heads = head_error(name, &model, &outs, &meta["heads"])?;
+    let floor = meta["topk_min_score"].as_f64().unwrap() as f32;
+    let params = DecodeParams {
+        classes: 90,
+        input: (size, size),
+        anchors: vec![],
+        strides: vec![],
+    };
+    let cands =
+        decode(Decoder::Efficientdet, &outs, 0, floor, &params).map_err(|e| e.to_string())?;
+    let n_cands = cands.len();
+    let kept = nms(
+        cands,
+        &NmsParams {
+            iou: 0.5,
+            class_aware: true,
+            max_detections: 100,
+        },
     );
-    for d in &rec.detections {
-        assert!(d.class.starts_with("class") && d.score >= 0.3, "{d:?}");
-        let [x1, y1, x2, y2] = d.bbox;
+    let got: Dets = kept
+        .iter()
+        .map(|c| {
+            let b = c.box_in_model.0;
+            ([b.x1, b.y1, b.x2, b.y2], c.score, i64::from(c.class_id))
+        })
+        .collect();
+    let values: Vec<f32> = meta["outputs"]["detections"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    // effdet's classes count from 1 (0 is the background)
+    let reference: Dets = values
+        .chunks_exact(6)
+        .map(|r| ([r[0], r[1], r[2], r[3]], r[4], r[5] as i64 - 1))
+        .collect();
+    let missing = unmatched(&got, &reference);
+    let line = format!(
+        "{name} at {size}: raw maps within {heads:.1e}; {n_cands} candidates ≥ {floor:.3}, {} detections, effdet {}, {} unmatched, {ms:.0} ms",
+        got.len(),
+        reference.len(),
+        missing.len()
+    );
+    if !missing.is_empty() || got.len() != reference.len() {
+        return Err(format!("{line}:\n  {}", missing.join("\n  ")));
+    }
+    Ok(Some(line))
+}
+
+#[test]
+fn efficientdet_gives_effdets_detections() {
+    super::common::check_fixtures("detectors", &["efficientdet_d0"], check_efficientdet);
+}
+
+/// A torchvision export (`decoder: torchvision`) and EfficientDet's network (`decoder:
+/// efficientdet`) in a manifest run through `vigil detect`: the input layout, the labels as class
+/// ids, boxes mapped back to the photo.
+#[test]
+fn survey_exports_run_from_a_manifest() {
+    for (file, decoder, classes) in [
+        (
+            "detector-ssdlite320_mobilenet_v3_large.onnx",
+            "torchvision",
+            91,
+        ),
+        ("detector-efficientdet_d0.onnx", "efficientdet", 90),
+    ] {
+        let onnx = root().join("tests/golden/onnx/big").join(file);
+        if !onnx.is_file() {
+            eprintln!(
+                "skipped: {} is missing (run `make onnx-fixtures`)",
+                onnx.display()
+            );
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..classes).map(|i| format!("class{i}")).collect();
+        std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
+        let manifest = dir.path().join("model.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "name: {decoder}\nonnx: {}\ndecoder: {decoder}\nclasses: names.txt\nresize: stretch\n",
+                onnx.display()
+            ),
+        )
+        .unwrap();
+        let dog = super::common::asset("images/dog.jpg");
+        let rec = super::common::detect_first_record(&[
+            "--confidence".as_ref(),
+            "0.3".as_ref(),
+            "--model".as_ref(),
+            manifest.as_os_str(),
+            dog.as_os_str(),
+        ]);
         assert!(
-            x1 >= 0.0 && y1 >= 0.0 && x2 <= 768.0 && y2 <= 576.0 && x1 <= x2,
-            "{d:?}"
+            !rec.detections.is_empty(),
+            "{decoder}: random weights still find boxes"
         );
+        for d in &rec.detections {
+            assert!(
+                d.class.starts_with("class") && d.score >= 0.3,
+                "{decoder}: {d:?}"
+            );
+            let [x1, y1, x2, y2] = d.bbox;
+            assert!(
+                x1 >= 0.0 && y1 >= 0.0 && x2 <= 768.0 && y2 <= 576.0 && x1 <= x2,
+                "{decoder}: {d:?}"
+            );
+        }
     }
 }

@@ -38,6 +38,9 @@ pub enum Decoder {
     /// `[N, 4]` (x1, y1, x2, y2, input pixels), scores `[N]` and integer labels `[N]` (found by
     /// shape and type: exports number their outputs).
     Torchvision,
+    /// EfficientDet's raw class and box maps per level (`efficientdet.rs`): anchors, decoding
+    /// and NMS in vigil, as the network exports without its TorchScript post-processing.
+    Efficientdet,
     /// No decoding: the outputs are for `vigil model run-raw` only.
     Raw,
 }
@@ -89,6 +92,7 @@ pub fn check(d: Decoder, shapes: &[Vec<usize>], classes: usize) -> Result<(), St
         Decoder::Yolov3 => shapes
             .iter()
             .all(|s| s.len() == 4 && s[1] % (5 + classes) == 0),
+        Decoder::Efficientdet => super::efficientdet::check(shapes, classes),
     };
     if ok {
         Ok(())
@@ -162,6 +166,7 @@ pub fn decode(
         }
         Decoder::NmsIncluded => end_to_end(outputs, b, threshold, &mut out)?,
         Decoder::Torchvision => torchvision(outputs, threshold, &mut out)?,
+        Decoder::Efficientdet => out = super::efficientdet::decode(outputs, b, threshold, p)?,
         Decoder::Yolov3 => yolov3(outputs, b, threshold, p, &mut out)?,
     }
     Ok(out)

@@ -14,6 +14,7 @@
 mod conv_fusion;
 pub mod decode;
 pub mod detector;
+pub mod efficientdet;
 pub mod ops;
 pub mod plan;
 pub mod proto;
