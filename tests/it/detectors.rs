@@ -241,13 +241,82 @@ fn check_efficientdet(name: &str) -> Result<Option<String>, String> {
     Ok(Some(line))
 }
 
+/// CenterNet (ResNet-18 with transposed convolutions, rebuilt from the paper): vigil's
+/// `centernet` decoder against the reference `ctdet_decode` on ONNX Runtime's maps. Both keep the
+/// best 100 peaks; vigil's are compared before its NMS (CenterNet has none), at the reference's
+/// 100th score.
+fn check_centernet(name: &str) -> Result<Option<String>, String> {
+    use vigil::detect::onnx::decode::{DecodeParams, Decoder, decode};
+    let Some((meta, model, input)) = torchvision_fixture("detectors", name, |s| vec![1, 3, s, s])?
+    else {
+        return Ok(None);
+    };
+    let size = meta["input_size"].as_u64().unwrap() as usize;
+    let t0 = std::time::Instant::now();
+    let outs = model.run(&input).map_err(|e| format!("{name}: run: {e}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let heads = head_error(name, &model, &outs, &meta["heads"])?;
+    let values: Vec<f32> = meta["outputs"]["detections"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    // the reference leaves a negative size as an inverted box; vigil makes it a point there
+    let point = |a: f32, b: f32| {
+        if b < a {
+            ((a + b) / 2.0, (a + b) / 2.0)
+        } else {
+            (a, b)
+        }
+    };
+    let reference: Dets = values
+        .chunks_exact(6)
+        .map(|r| {
+            let ((x1, x2), (y1, y2)) = (point(r[0], r[2]), point(r[1], r[3]));
+            ([x1, y1, x2, y2], r[4], r[5] as i64)
+        })
+        .collect();
+    let floor = reference.iter().map(|d| d.1).fold(f32::INFINITY, f32::min);
+    let params = DecodeParams {
+        classes: 80,
+        input: (size, size),
+        anchors: vec![],
+        strides: vec![],
+    };
+    let got: Dets = decode(Decoder::Centernet, &outs, 0, floor - 1e-4, &params)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|c| {
+            let b = c.box_in_model.0;
+            ([b.x1, b.y1, b.x2, b.y2], c.score, i64::from(c.class_id))
+        })
+        .collect();
+    let missing = unmatched(&got, &reference);
+    let line = format!(
+        "{name} at {size}: raw maps within {heads:.1e}; {} detections, ctdet_decode {}, {} unmatched, {ms:.0} ms",
+        got.len(),
+        reference.len(),
+        missing.len()
+    );
+    if !missing.is_empty() || got.len() != reference.len() {
+        return Err(format!("{line}:\n  {}", missing.join("\n  ")));
+    }
+    Ok(Some(line))
+}
+
+#[test]
+fn centernet_gives_the_reference_decoders_detections() {
+    super::common::check_fixtures("detectors", &["centernet_resnet18"], check_centernet);
+}
+
 #[test]
 fn efficientdet_gives_effdets_detections() {
     super::common::check_fixtures("detectors", &["efficientdet_d0"], check_efficientdet);
 }
 
-/// A torchvision export (`decoder: torchvision`) and EfficientDet's network (`decoder:
-/// efficientdet`) in a manifest run through `vigil detect`: the input layout, the labels as class
+/// A torchvision export (`decoder: torchvision`), EfficientDet's and CenterNet's networks
+/// (`decoder: efficientdet`, `centernet`) in a manifest run through `vigil detect`: the input layout, the labels as class
 /// ids, boxes mapped back to the photo.
 #[test]
 fn survey_exports_run_from_a_manifest() {
@@ -258,6 +327,7 @@ fn survey_exports_run_from_a_manifest() {
             91,
         ),
         ("detector-efficientdet_d0.onnx", "efficientdet", 90),
+        ("detector-centernet_resnet18.onnx", "centernet", 80),
     ] {
         let onnx = root().join("tests/golden/onnx/big").join(file);
         if !onnx.is_file() {

@@ -41,6 +41,9 @@ pub enum Decoder {
     /// EfficientDet's raw class and box maps per level (`efficientdet.rs`): anchors, decoding
     /// and NMS in vigil, as the network exports without its TorchScript post-processing.
     Efficientdet,
+    /// CenterNet's heatmaps, sizes and offsets (`hm`, `wh`, `reg`; `centernet.rs`): peaks, the
+    /// best 100, boxes at the maps' stride.
+    Centernet,
     /// No decoding: the outputs are for `vigil model run-raw` only.
     Raw,
 }
@@ -93,6 +96,7 @@ pub fn check(d: Decoder, shapes: &[Vec<usize>], classes: usize) -> Result<(), St
             .iter()
             .all(|s| s.len() == 4 && s[1] % (5 + classes) == 0),
         Decoder::Efficientdet => super::efficientdet::check(shapes, classes),
+        Decoder::Centernet => super::centernet::check(shapes, classes),
     };
     if ok {
         Ok(())
@@ -167,6 +171,7 @@ pub fn decode(
         Decoder::NmsIncluded => end_to_end(outputs, b, threshold, &mut out)?,
         Decoder::Torchvision => torchvision(outputs, threshold, &mut out)?,
         Decoder::Efficientdet => out = super::efficientdet::decode(outputs, b, threshold, p)?,
+        Decoder::Centernet => out = super::centernet::decode(outputs, b, threshold, p)?,
         Decoder::Yolov3 => yolov3(outputs, b, threshold, p, &mut out)?,
     }
     Ok(out)

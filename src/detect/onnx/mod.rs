@@ -11,6 +11,7 @@
 //!
 //! [`decode`] turns each family's output tensors into vigil's [`super::head::Candidate`]s.
 
+pub mod centernet;
 mod conv_fusion;
 pub mod decode;
 pub mod detector;
