@@ -103,7 +103,7 @@ mod tests {
         let mut hm = vec![-10f32; 2 * h * w];
         hm[2 * w + 3] = 3.0; // class 0 peak at (3, 2)
         hm[2 * w + 2] = 2.0; // its neighbour: not a peak
-        hm[h * w + 0] = 1.0; // class 1 peak at (0, 0)
+        hm[h * w] = 1.0; // class 1 peak at (0, 0)
         let mut wh = vec![0f32; 2 * h * w];
         let mut reg = vec![0f32; 2 * h * w];
         (wh[2 * w + 3], wh[h * w + 2 * w + 3]) = (2.0, 4.0);
