@@ -32,9 +32,9 @@ const MAX_LETTERBOX_LEVELS: f32 = 1.01;
 #[derive(Parser)]
 #[command(about = "GPU checks and benchmarks for vigil's detectors")]
 struct Args {
-    /// Model manifest (`models/NAME.yaml`).
-    #[arg(long)]
-    model: PathBuf,
+    /// Model manifest (`models/NAME.yaml`); repeat for several models (one table each).
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
     /// Raw BGR frames, one after another.
     #[arg(long)]
     frames: PathBuf,
@@ -80,18 +80,35 @@ struct Row {
 }
 
 fn run(args: &Args) -> Result<bool, String> {
-    let info = ModelInfo::load(&args.model).map_err(|e| e.to_string())?;
     let frames = read_frames(args)?;
     let gpu = gpu_device();
+    let mut ok = true;
+    for model in &args.model {
+        let info = ModelInfo::load(model).map_err(|e| e.to_string())?;
+        let rows = model_rows(args, &info, &frames, gpu.as_ref())?;
+        print_table(&info, frames.len(), gpu.as_ref().ok(), &rows);
+        ok &= rows.iter().all(|r| r.ok);
+    }
+    Ok(ok)
+}
+
+/// One model's rows: letterbox and detections GPU vs CPU, f16 vs f32 where the family has it,
+/// the speeds, and the CPU baseline.
+fn model_rows(
+    args: &Args,
+    info: &ModelInfo,
+    frames: &[Image],
+    gpu: Result<&Device, &String>,
+) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
-    let cpu_inputs = letterbox_all(&frames, &info, &Device::Cpu)?;
+    let cpu_inputs = letterbox_all(frames, info, &Device::Cpu)?;
     let post = post_params();
-    let cpu = detect::load_at(&info, &Device::Cpu, Precision::F32).map_err(|e| e.to_string())?;
+    let cpu = detect::load_at(info, &Device::Cpu, Precision::F32).map_err(|e| e.to_string())?;
     let cpu_dets = detect_all(cpu.as_ref(), &cpu_inputs, &post)?;
-    match &gpu {
+    match gpu {
         Ok(device) => {
-            rows.push(letterbox_row(&frames, &info, &cpu_inputs, device)?);
-            let g32 = detect::load_at(&info, device, Precision::F32).map_err(|e| e.to_string())?;
+            rows.push(letterbox_row(frames, info, &cpu_inputs, device)?);
+            let g32 = detect::load_at(info, device, Precision::F32).map_err(|e| e.to_string())?;
             let dets32 = detect_all(g32.as_ref(), &cpu_inputs, &post)?;
             rows.push(agreement_row(
                 "detections: GPU f32 vs CPU f32",
@@ -100,32 +117,25 @@ fn run(args: &Args) -> Result<bool, String> {
                 &post,
                 true,
             ));
-            let g16 = detect::load_at(&info, device, Precision::F16).map_err(|e| e.to_string())?;
-            let dets16 = detect_all(g16.as_ref(), &cpu_inputs, &post)?;
-            rows.push(agreement_row(
-                "detections: GPU f16 vs GPU f32 (measured, not checked)",
-                &dets32,
-                &dets16,
-                &post,
-                false,
-            ));
-            for &b in &args.batches {
-                rows.push(speed_row(
-                    &format!("GPU f32, batch {b}"),
-                    g32.as_ref(),
-                    &cpu_inputs,
-                    b,
-                    args.seconds,
-                )?);
+            let mut timed = vec![("f32", g32)];
+            if info.family.has_precision(Precision::F16) {
+                let g16 =
+                    detect::load_at(info, device, Precision::F16).map_err(|e| e.to_string())?;
+                let dets16 = detect_all(g16.as_ref(), &cpu_inputs, &post)?;
+                rows.push(agreement_row(
+                    "detections: GPU f16 vs GPU f32 (measured, not checked)",
+                    &dets32,
+                    &dets16,
+                    &post,
+                    false,
+                ));
+                timed.push(("f16", g16));
             }
-            for &b in &args.batches {
-                rows.push(speed_row(
-                    &format!("GPU f16, batch {b}"),
-                    g16.as_ref(),
-                    &cpu_inputs,
-                    b,
-                    args.seconds,
-                )?);
+            for (precision, d) in &timed {
+                for &b in &args.batches {
+                    let what = format!("GPU {precision}, batch {b}");
+                    rows.push(speed_row(&what, d.as_ref(), &cpu_inputs, b, args.seconds)?);
+                }
             }
         }
         Err(why) => rows.push(Row {
@@ -135,16 +145,16 @@ fn run(args: &Args) -> Result<bool, String> {
         }),
     }
     for &b in &args.cpu_batches {
+        let what = format!("CPU f32, batch {b} (baseline)");
         rows.push(speed_row(
-            &format!("CPU f32, batch {b} (baseline)"),
+            &what,
             cpu.as_ref(),
             &cpu_inputs,
             b,
             args.seconds,
         )?);
     }
-    print_table(&info, frames.len(), gpu.as_ref().ok(), &rows);
-    Ok(rows.iter().all(|r| r.ok))
+    Ok(rows)
 }
 
 /// The first GPU, or why there is none.
