@@ -38,7 +38,8 @@ fn iou(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `(boxes x1y1x2y2, score, label)` per detection.
-type Dets = Vec<([f32; 4], f32, i64)>;
+type Det = ([f32; 4], f32, i64);
+type Dets = Vec<Det>;
 
 fn detections(boxes: &[f32], scores: &[f32], labels: &[f32]) -> Dets {
     boxes
@@ -175,14 +176,21 @@ fn torchvision_detectors_give_onnx_runtimes_detections() {
     super::common::check_fixtures("detectors", &DETECTORS, check);
 }
 
-/// EfficientDet-D0 from PyPI's effdet, its network exported (the post-processing is a TorchScript
-/// loop that does not export): vigil's `efficientdet` decoder (anchors, box decoding) and NMS
-/// against effdet's own post-processing of ONNX Runtime's maps. effdet keeps the top 5000
-/// anchor-class pairs before its NMS; vigil keeps what scores above the confidence, which is set
-/// to that top-5000 floor so both NMS see the same candidates.
-fn check_efficientdet(name: &str) -> Result<Option<String>, String> {
-    use vigil::detect::nms::{NmsParams, nms};
-    use vigil::detect::onnx::decode::{DecodeParams, Decoder, decode};
+/// A survey network whose decoding runs in vigil (`decoder` for `classes` classes) against the
+/// golden's `[K, 6]` reference rows (x1, y1, x2, y2, score, class; `row` reads one, as each
+/// reference writes it): the maps within 1e-3, then `finish` turns vigil's candidates (decoded at
+/// `floor(reference)`) into detections, which must pair with every reference row.
+struct NetworkCheck<'a> {
+    decoder: vigil::detect::onnx::decode::Decoder,
+    classes: usize,
+    reference: &'a str,
+    row: fn(&[f32]) -> Det,
+    floor: fn(&Value, &Dets) -> f32,
+    finish: fn(Vec<vigil::detect::head::Candidate>) -> Vec<vigil::detect::head::Candidate>,
+}
+
+fn check_network(name: &str, c: &NetworkCheck) -> Result<Option<String>, String> {
+    use vigil::detect::onnx::decode::{DecodeParams, decode};
     let Some((meta, model, input)) = torchvision_fixture("detectors", name, |s| vec![1, 3, s, s])?
     else {
         return Ok(None);
@@ -192,46 +200,34 @@ fn check_efficientdet(name: &str) -> Result<Option<String>, String> {
     let outs = model.run(&input).map_err(|e| format!("{name}: run: {e}"))?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let heads = head_error(name, &model, &outs, &meta["heads"])?;
-    let floor = meta["topk_min_score"].as_f64().unwrap() as f32;
-    let params = DecodeParams {
-        classes: 90,
-        input: (size, size),
-        anchors: vec![],
-        strides: vec![],
-    };
-    let cands =
-        decode(Decoder::Efficientdet, &outs, 0, floor, &params).map_err(|e| e.to_string())?;
-    let n_cands = cands.len();
-    let kept = nms(
-        cands,
-        &NmsParams {
-            iou: 0.5,
-            class_aware: true,
-            max_detections: 100,
-        },
-    );
-    let got: Dets = kept
-        .iter()
-        .map(|c| {
-            let b = c.box_in_model.0;
-            ([b.x1, b.y1, b.x2, b.y2], c.score, i64::from(c.class_id))
-        })
-        .collect();
     let values: Vec<f32> = meta["outputs"]["detections"]["values"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-    // effdet's classes count from 1 (0 is the background)
-    let reference: Dets = values
-        .chunks_exact(6)
-        .map(|r| ([r[0], r[1], r[2], r[3]], r[4], r[5] as i64 - 1))
+    let reference: Dets = values.chunks_exact(6).map(c.row).collect();
+    let floor = (c.floor)(&meta, &reference);
+    let params = DecodeParams {
+        classes: c.classes,
+        input: (size, size),
+        anchors: vec![],
+        strides: vec![],
+    };
+    let cands = decode(c.decoder, &outs, 0, floor, &params).map_err(|e| e.to_string())?;
+    let n_cands = cands.len();
+    let got: Dets = (c.finish)(cands)
+        .iter()
+        .map(|d| {
+            let b = d.box_in_model.0;
+            ([b.x1, b.y1, b.x2, b.y2], d.score, i64::from(d.class_id))
+        })
         .collect();
     let missing = unmatched(&got, &reference);
     let line = format!(
-        "{name} at {size}: raw maps within {heads:.1e}; {n_cands} candidates ≥ {floor:.3}, {} detections, effdet {}, {} unmatched, {ms:.0} ms",
+        "{name} at {size}: raw maps within {heads:.1e}; {n_cands} candidates ≥ {floor:.3}, {} detections, {} {}, {} unmatched, {ms:.0} ms",
         got.len(),
+        c.reference,
         reference.len(),
         missing.len()
     );
@@ -239,80 +235,65 @@ fn check_efficientdet(name: &str) -> Result<Option<String>, String> {
         return Err(format!("{line}:\n  {}", missing.join("\n  ")));
     }
     Ok(Some(line))
+}
+
+/// EfficientDet-D0 from PyPI's effdet, its network exported (the post-processing is a TorchScript
+/// loop that does not export): vigil's `efficientdet` decoder (anchors, box decoding) and NMS
+/// against effdet's own post-processing of ONNX Runtime's maps. effdet keeps the top 5000
+/// anchor-class pairs before its NMS; vigil keeps what scores above the confidence, which is set
+/// to that top-5000 floor so both NMS see the same candidates.
+#[test]
+fn efficientdet_gives_effdets_detections() {
+    use vigil::detect::nms::{NmsParams, nms};
+    let check = NetworkCheck {
+        decoder: vigil::detect::onnx::decode::Decoder::Efficientdet,
+        classes: 90,
+        reference: "effdet",
+        // effdet's classes count from 1 (0 is the background)
+        row: |r| ([r[0], r[1], r[2], r[3]], r[4], r[5] as i64 - 1),
+        floor: |meta, _| meta["topk_min_score"].as_f64().unwrap() as f32,
+        finish: |cands| {
+            let p = NmsParams {
+                iou: 0.5,
+                class_aware: true,
+                max_detections: 100,
+            };
+            nms(cands, &p)
+        },
+    };
+    super::common::check_fixtures("detectors", &["efficientdet_d0"], |n| {
+        check_network(n, &check)
+    });
 }
 
 /// CenterNet (ResNet-18 with transposed convolutions, rebuilt from the paper): vigil's
 /// `centernet` decoder against the reference `ctdet_decode` on ONNX Runtime's maps. Both keep the
 /// best 100 peaks; vigil's are compared before its NMS (CenterNet has none), at the reference's
 /// 100th score.
-fn check_centernet(name: &str) -> Result<Option<String>, String> {
-    use vigil::detect::onnx::decode::{DecodeParams, Decoder, decode};
-    let Some((meta, model, input)) = torchvision_fixture("detectors", name, |s| vec![1, 3, s, s])?
-    else {
-        return Ok(None);
-    };
-    let size = meta["input_size"].as_u64().unwrap() as usize;
-    let t0 = std::time::Instant::now();
-    let outs = model.run(&input).map_err(|e| format!("{name}: run: {e}"))?;
-    let ms = t0.elapsed().as_secs_f64() * 1e3;
-    let heads = head_error(name, &model, &outs, &meta["heads"])?;
-    let values: Vec<f32> = meta["outputs"]["detections"]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+#[test]
+fn centernet_gives_the_reference_decoders_detections() {
     // the reference leaves a negative size as an inverted box; vigil makes it a point there
-    let point = |a: f32, b: f32| {
+    fn point(a: f32, b: f32) -> (f32, f32) {
         if b < a {
             ((a + b) / 2.0, (a + b) / 2.0)
         } else {
             (a, b)
         }
-    };
-    let reference: Dets = values
-        .chunks_exact(6)
-        .map(|r| {
+    }
+    let check = NetworkCheck {
+        decoder: vigil::detect::onnx::decode::Decoder::Centernet,
+        classes: 80,
+        reference: "ctdet_decode",
+        row: |r| {
             let ((x1, x2), (y1, y2)) = (point(r[0], r[2]), point(r[1], r[3]));
             ([x1, y1, x2, y2], r[4], r[5] as i64)
-        })
-        .collect();
-    let floor = reference.iter().map(|d| d.1).fold(f32::INFINITY, f32::min);
-    let params = DecodeParams {
-        classes: 80,
-        input: (size, size),
-        anchors: vec![],
-        strides: vec![],
+        },
+        floor: |_, reference| reference.iter().map(|d| d.1).fold(f32::INFINITY, f32::min) - 1e-4,
+        finish: |cands| cands,
     };
-    let got: Dets = decode(Decoder::Centernet, &outs, 0, floor - 1e-4, &params)
-        .map_err(|e| e.to_string())?
-        .iter()
-        .map(|c| {
-            let b = c.box_in_model.0;
-            ([b.x1, b.y1, b.x2, b.y2], c.score, i64::from(c.class_id))
-        })
-        .collect();
-    let missing = unmatched(&got, &reference);
-    let line = format!(
-        "{name} at {size}: raw maps within {heads:.1e}; {} detections, ctdet_decode {}, {} unmatched, {ms:.0} ms",
-        got.len(),
-        reference.len(),
-        missing.len()
-    );
-    if !missing.is_empty() || got.len() != reference.len() {
-        return Err(format!("{line}:\n  {}", missing.join("\n  ")));
-    }
-    Ok(Some(line))
-}
-
-#[test]
-fn centernet_gives_the_reference_decoders_detections() {
-    super::common::check_fixtures("detectors", &["centernet_resnet18"], check_centernet);
-}
-
-#[test]
-fn efficientdet_gives_effdets_detections() {
-    super::common::check_fixtures("detectors", &["efficientdet_d0"], check_efficientdet);
+    super::common::check_fixtures("detectors", &["centernet_resnet18"], |n| {
+        check_network(n, &check)
+    });
 }
 
 /// A torchvision export (`decoder: torchvision`), EfficientDet's and CenterNet's networks
