@@ -18,17 +18,14 @@ statistics from the test image and three random ones; each head's last convoluti
 channel to zero mean and unit std on them plus N(0, 1) biases (the `wh` head then × 8 + 16, so
 sizes are tens of cells, not ±1).
 """
-import hashlib
-import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torchvision
+
+from oracle_common import pattern, reference_session, write_golden
 
 OUT = Path("tests/golden/onnx/detectors")
 BIG = Path("tests/golden/onnx/big")
@@ -57,16 +54,9 @@ class CenterNet(nn.Module):
         return self.hm(f), self.wh(f), self.reg(f)
 
 
-def pattern(size):
-    n = 3 * size * size
-    i = np.arange(n, dtype=np.uint64)
-    v = ((i * np.uint64(2654435761)) % np.uint64(2**32)).astype(np.float64) / 2**32
-    return v.astype(np.float32).reshape(1, 3, size, size)
-
-
 def calibrate(net):
     gen = np.random.default_rng(2)
-    batch = torch.cat([torch.from_numpy(pattern(SIZE)),
+    batch = torch.cat([torch.from_numpy(pattern((1, 3, SIZE, SIZE))),
                        torch.from_numpy(gen.random((3, 3, SIZE, SIZE), dtype=np.float32))])
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     for m in bns:
@@ -107,50 +97,27 @@ def ctdet_decode(hm, wh, reg):
     return torch.cat([boxes, scores[:, None], classes[:, None].float()], 1)
 
 
-def sample(o, most=500):
-    flat = o.reshape(-1)
-    stride = max(1, len(flat) // most)
-    return {"shape": list(o.shape), "stride": stride, "max_abs": float(np.abs(flat).max()),
-            "values": [float(v) for v in flat[::stride][:most]]}
-
-
 def main():
     torch.manual_seed(1)
     net = CenterNet()
     calibrate(net)
-    x = pattern(SIZE)
+    x = pattern((1, 3, SIZE, SIZE))
     path = BIG / f"detector-{NAME}.onnx"
     BIG.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(net, (torch.from_numpy(x),), str(path), opset_version=OPSET,
                       input_names=["images"], output_names=["hm", "wh", "reg"])
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = reference_session(path)
     outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x})))
     dets = ctdet_decode(*(torch.from_numpy(outs[n]) for n in ("hm", "wh", "reg"))).numpy()
-    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
-    meta = {
-        "model": NAME,
-        "source": "CenterNet ResNet-18 (deconv) rebuilt from the paper and msra_resnet.py, seed 1, "
-                  "BatchNorm and heads calibrated; detections by ctdet_decode (K = 100)",
-        "onnx": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "opset": OPSET,
-        "input_size": SIZE,
-        "ops": dict(sorted(ops.items())),
-        "reference": "onnxruntime %s CPU, graph optimizations off; ctdet_decode" % ort.__version__,
-        # rows x1, y1, x2, y2 (input pixels), score, class (0-based), best first
-        "outputs": {"detections": {"name": "detections", "shape": list(dets.shape),
-                                   "values": [float(v) for v in dets.reshape(-1)]}},
-        "heads": {n: sample(o) for n, o in outs.items()},
-    }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{NAME}.json").write_text(json.dumps(meta, indent=0) + "\n")
+    # rows x1, y1, x2, y2 (input pixels), score, class (0-based), best first
+    nodes = write_golden(
+        OUT, NAME, path,
+        "CenterNet ResNet-18 (deconv) rebuilt from the paper and msra_resnet.py, seed 1, "
+        "BatchNorm and heads calibrated; detections by ctdet_decode (K = 100)",
+        SIZE, OPSET, "onnxruntime %s CPU, graph optimizations off; ctdet_decode", dets, outs)
     print(f"{NAME}: {path} ({path.stat().st_size // 1024} KiB), scores {float(dets[:, 4].min()):.3f}.."
           f"{float(dets[:, 4].max()):.3f}, widths {float((dets[:, 2] - dets[:, 0]).mean()):.1f} px mean, "
-          f"{sum(ops.values())} nodes")
-
+          f"{nodes} nodes")
 
 if __name__ == "__main__":
     main()

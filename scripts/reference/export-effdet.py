@@ -19,17 +19,14 @@ zero mean and unit std on that batch, plus N(0, 1) biases, so scores spread over
 sitting on the focal-loss prior. Input: element i of the flattened NCHW image is
 ((i * 2654435761) mod 2^32) / 2^32.
 """
-import hashlib
-import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from effdet import create_model
 from effdet.bench import _batch_detection, _post_process
+
+from oracle_common import pattern, reference_session, write_golden
 
 OUT = Path("tests/golden/onnx/detectors")
 BIG = Path("tests/golden/onnx/big")
@@ -37,13 +34,6 @@ OPSET = 17
 SIZE = 256
 NAME = "efficientdet_d0"
 MAX_POINTS = 5000
-
-
-def pattern(size):
-    n = 3 * size * size
-    i = np.arange(n, dtype=np.uint64)
-    v = ((i * np.uint64(2654435761)) % np.uint64(2**32)).astype(np.float64) / 2**32
-    return v.astype(np.float32).reshape(1, 3, size, size)
 
 
 def heads(net):
@@ -56,7 +46,7 @@ def calibrate(bench):
     gen = np.random.default_rng(2)
     # the test image among them: it is a fine grating, far from random pixels for EfficientNet's
     # depthwise convolutions, and statistics without it put its logits in the thousands
-    batch = torch.cat([torch.from_numpy(pattern(SIZE)),
+    batch = torch.cat([torch.from_numpy(pattern((1, 3, SIZE, SIZE))),
                        torch.from_numpy(gen.random((3, 3, SIZE, SIZE), dtype=np.float32))])
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     net.eval()
@@ -87,30 +77,20 @@ def calibrate(bench):
     bench.eval()
 
 
-def sample(o, most=500):
-    flat = o.reshape(-1)
-    stride = max(1, len(flat) // most)
-    return {"shape": list(o.shape), "stride": stride, "max_abs": float(np.abs(flat).max()),
-            "values": [float(v) for v in flat[::stride][:most]]}
-
-
 def main():
     torch.manual_seed(1)
     bench = create_model(NAME, bench_task="predict", pretrained=False, pretrained_backbone=False,
                          num_classes=90, image_size=(SIZE, SIZE))
     calibrate(bench)
     net = bench.model
-    x = pattern(SIZE)
+    x = pattern((1, 3, SIZE, SIZE))
     path = BIG / f"detector-{NAME}.onnx"
     BIG.mkdir(parents=True, exist_ok=True)
     levels = range(3, 8)
     names = [f"class_p{l}" for l in levels] + [f"box_p{l}" for l in levels]
     torch.onnx.export(net, (torch.from_numpy(x),), str(path), opset_version=OPSET,
                       input_names=["images"], output_names=names)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = reference_session(path)
     outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x})))
     # effdet's own post-processing (DetBenchPredict's) on ONNX Runtime's maps
     cls = [torch.from_numpy(outs[f"class_p{l}"]) for l in levels]
@@ -119,31 +99,18 @@ def main():
                                                       max_detection_points=MAX_POINTS)
     dets = _batch_detection(1, cls_top, box_top, bench.anchors.boxes, indices, classes)[0].numpy()
     topk_min = float(torch.sigmoid(cls_top.min()))
-    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
-    meta = {
-        "model": NAME,
-        "source": "PyPI effdet 0.4.1 (timm 0.9.16), create_model(bench_task='predict', num_classes=90), "
-                  "seed 1, BatchNorm and heads calibrated; the network exported, detections by "
-                  "effdet's DetBenchPredict post-processing (top 5000, anchors, batched NMS 0.5, 100)",
-        "onnx": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "opset": OPSET,
-        "input_size": SIZE,
-        "ops": dict(sorted(ops.items())),
-        "reference": "onnxruntime %s CPU, graph optimizations off; effdet post-processing" % ort.__version__,
-        # rows x1, y1, x2, y2, score, class (effdet's class ids start at 1: background is 0)
-        "outputs": {"detections": {"name": "detections", "shape": list(dets.shape),
-                                   "values": [float(v) for v in dets.reshape(-1)]}},
-        # the lowest score among the top-5000 candidates effdet keeps before NMS
-        "topk_min_score": topk_min,
-        "heads": {n: sample(o) for n, o in outs.items()},
-    }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{NAME}.json").write_text(json.dumps(meta, indent=0) + "\n")
+    # rows x1, y1, x2, y2, score, class (effdet's class ids start at 1: background is 0);
+    # topk_min_score: the lowest score among the top-5000 candidates effdet keeps before NMS
+    nodes = write_golden(
+        OUT, NAME, path,
+        "PyPI effdet 0.4.1 (timm 0.9.16), create_model(bench_task='predict', num_classes=90), "
+        "seed 1, BatchNorm and heads calibrated; the network exported, detections by "
+        "effdet's DetBenchPredict post-processing (top 5000, anchors, batched NMS 0.5, 100)",
+        SIZE, OPSET, "onnxruntime %s CPU, graph optimizations off; effdet post-processing",
+        dets, outs, topk_min_score=topk_min)
     print(f"{NAME}: {path} ({path.stat().st_size // 1024} KiB), {len(dets)} detections, scores "
           f"{float(dets[:, 4].min()):.3f}..{float(dets[:, 4].max()):.3f}, top-5000 floor {topk_min:.3f}, "
-          f"{sum(ops.values())} nodes")
-
+          f"{nodes} nodes")
 
 if __name__ == "__main__":
     main()

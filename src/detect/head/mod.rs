@@ -32,6 +32,13 @@ pub struct Candidate {
     pub score: f32,
 }
 
+/// The logit whose sigmoid is `p` (clamped inside (0, 1)): decoders compare raw logits against it
+/// instead of taking the sigmoid of every value.
+pub(crate) fn logit(p: f32) -> f32 {
+    let p = f64::from(p.clamp(1e-6, 1.0 - 1e-6));
+    (p / (1.0 - p)).ln() as f32
+}
+
 pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }

@@ -49,8 +49,7 @@ pub fn decode(
     let size: Vec<f32> = wh.get(b)?.flatten_all()?.to_vec1()?;
     let offset: Vec<f32> = reg.get(b)?.flatten_all()?.to_vec1()?;
     // sigmoid(x) ≥ t ⇔ x ≥ logit(t); peaks are compared on logits (sigmoid is monotonic)
-    let t = f64::from(threshold.clamp(1e-6, 1.0 - 1e-6));
-    let min_logit = (t / (1.0 - t)).ln() as f32;
+    let min_logit = crate::detect::head::logit(threshold);
     let plane = h * w;
     let mut peaks: Vec<(f32, usize, usize)> = Vec::new();
     for c in 0..classes {
@@ -78,7 +77,7 @@ pub fn decode(
                     y2: (y + bh / 2.0) * stride.1,
                 }),
                 class_id: c as u32,
-                score: 1.0 / (1.0 + (-logit).exp()),
+                score: crate::detect::head::sigmoid(logit),
             }
         })
         .collect())

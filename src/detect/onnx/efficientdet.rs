@@ -65,8 +65,7 @@ pub fn decode(
         );
     };
     // sigmoid(x) ≥ t ⇔ x ≥ logit(t): the 1e6 class logits are compared, not transformed
-    let t = f64::from(threshold.clamp(1e-6, 1.0 - 1e-6));
-    let min_logit = (t / (1.0 - t)).ln() as f32;
+    let min_logit = crate::detect::head::logit(threshold);
     let mut out = Vec::new();
     for (ci, bi) in levels {
         let (_, _, h, w) = outputs[ci].dims4()?;
@@ -88,7 +87,7 @@ pub fn decode(
                     [ya1, xa1, ya2, xa2],
                 ),
                 class_id: class_id as u32,
-                score: 1.0 / (1.0 + (-logit).exp()),
+                score: crate::detect::head::sigmoid(logit),
             });
         }
     }
