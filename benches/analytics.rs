@@ -66,6 +66,7 @@ fn frame(f: u64) -> Vec<Detection> {
                     y2: y,
                 }),
                 track_id: Some(i + 1),
+                mask: None,
             }
         })
         .collect()

@@ -22,6 +22,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
                 }),
                 class_id: (i % 3) as u32,
                 score: 0.3 + ((i * 7919) % 700) as f32 / 1000.0,
+                mask: None,
             }
         })
         .collect()

@@ -138,6 +138,67 @@ pub struct BoxInModel(pub Xyxy);
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BoxInFrame(pub Xyxy);
 
+/// A binary instance mask cut to the rectangle that holds it: `width × height` bytes, row-major,
+/// 1 inside the object and 0 outside, for the pixels `x..x + width`, `y..y + height`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BitMask {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+    pub bits: Vec<u8>,
+}
+
+impl BitMask {
+    /// The mask of `plane` (`width × height`, row-major) where it is above `threshold`, cut to
+    /// the rectangle of those pixels (an empty mask when there are none).
+    pub fn from_plane(plane: &[f32], width: usize, height: usize, threshold: f32) -> Self {
+        let set = |x: usize, y: usize| plane[y * width + x] > threshold;
+        let rows: Vec<usize> = (0..height)
+            .filter(|&y| (0..width).any(|x| set(x, y)))
+            .collect();
+        let (Some(&y0), Some(&y1)) = (rows.first(), rows.last()) else {
+            return Self::default();
+        };
+        let cols = |x: usize| (y0..=y1).any(|y| set(x, y));
+        let x0 = (0..width).find(|&x| cols(x)).unwrap_or(0);
+        let x1 = (0..width).rev().find(|&x| cols(x)).unwrap_or(x0);
+        let bits = (y0..=y1)
+            .flat_map(|y| (x0..=x1).map(move |x| u8::from(set(x, y))))
+            .collect();
+        Self {
+            x: x0 as u32,
+            y: y0 as u32,
+            width: (x1 - x0 + 1) as u32,
+            height: (y1 - y0 + 1) as u32,
+            bits,
+        }
+    }
+
+    /// Whether pixel `(x, y)` (in the mask's space, not relative to its rectangle) is set.
+    pub fn get(&self, x: i64, y: i64) -> bool {
+        let (rx, ry) = (x - i64::from(self.x), y - i64::from(self.y));
+        rx >= 0
+            && ry >= 0
+            && rx < i64::from(self.width)
+            && ry < i64::from(self.height)
+            && self.bits[(ry * i64::from(self.width) + rx) as usize] != 0
+    }
+
+    /// Set pixels.
+    pub fn area(&self) -> usize {
+        self.bits.iter().filter(|&&b| b != 0).count()
+    }
+}
+
+/// An instance mask in the model's input pixels (as a segmentation head gives it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskInModel(pub BitMask);
+
+/// An instance mask in the source frame's pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskInFrame(pub BitMask);
+
 /// How a frame is fitted to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,6 +233,37 @@ impl FrameFromModel {
             }
             .clamped(self.frame_w, self.frame_h),
         )
+    }
+
+    /// The mask in frame pixels: each frame pixel takes the model pixel under its centre
+    /// (nearest neighbour; the letterbox's inverse, clamped to the frame).
+    pub fn apply_mask(&self, m: &MaskInModel) -> MaskInFrame {
+        let m = &m.0;
+        let r = self
+            .apply(BoxInModel(Xyxy {
+                x1: m.x as f32,
+                y1: m.y as f32,
+                x2: (m.x + m.width) as f32,
+                y2: (m.y + m.height) as f32,
+            }))
+            .0;
+        let (x0, y0) = (r.x1.floor() as u32, r.y1.floor() as u32);
+        let (x1, y1) = (r.x2.ceil() as u32, r.y2.ceil() as u32);
+        let to_model =
+            |f: u32, scale: f32, offset: f32| ((f as f32 + 0.5) * scale + offset).floor() as i64;
+        let bits = (y0..y1)
+            .flat_map(|y| {
+                let my = to_model(y, self.scale_y, self.offset_y);
+                (x0..x1).map(move |x| u8::from(m.get(to_model(x, self.scale_x, self.offset_x), my)))
+            })
+            .collect();
+        MaskInFrame(BitMask {
+            x: x0,
+            y: y0,
+            width: x1.saturating_sub(x0),
+            height: y1.saturating_sub(y0),
+            bits,
+        })
     }
 }
 
@@ -210,6 +302,8 @@ pub struct Detection {
     pub box_in_frame: BoxInFrame,
     /// Set by the tracker stage.
     pub track_id: Option<u64>,
+    /// The object's pixels, from segmentation models (Mask R-CNN); `None` from box detectors.
+    pub mask: Option<Arc<MaskInFrame>>,
 }
 
 /// A message on a stage edge: a frame, or the end of one stream (travels in-band, after its last frame).

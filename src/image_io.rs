@@ -35,3 +35,24 @@ pub fn read(path: &Path) -> Result<Image, ImageError> {
         bgr,
     })
 }
+
+/// Write `image` in the format its extension names (`.png`, `.jpg`, …).
+pub fn write(path: &Path, image: &Image) -> Result<(), ImageError> {
+    let err = |message: String| ImageError {
+        path: path.display().to_string(),
+        message,
+    };
+    let mat = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
+        image.height as i32,
+        image.width as i32,
+        &image.bgr,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let written = imgcodecs::imwrite(path.as_os_str(), &mat, &opencv::core::Vector::new())
+        .map_err(|e| err(e.to_string()))?;
+    if written {
+        Ok(())
+    } else {
+        Err(err("OpenCV could not write it (unknown extension?)".into()))
+    }
+}

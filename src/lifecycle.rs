@@ -116,6 +116,7 @@ mod tests {
                     y2: 10.0 + seq as f32,
                 }),
                 track_id: Some(id),
+                mask: None,
             })
             .collect()
     }

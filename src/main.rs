@@ -136,6 +136,10 @@ enum Command {
         /// One JSON record per image (the metadata schema) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write each image with its detections (and masks) drawn into this folder, under
+        /// its own file name.
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
     },
     /// Write seeded random weights for a model's cfg: the same seed gives the same bytes on every
     /// machine (parity references, trying a cfg without trained weights).
@@ -790,17 +794,21 @@ fn dispatch(cmd: Command, quiet: bool) -> Result<ExitCode> {
             resize,
             device,
             json,
+            save,
         } => detect_images(
             &images,
             &ModelChoice {
                 manifest: &model,
                 weights: weights.as_deref(),
             },
-            confidence,
-            iou,
-            resize,
-            device,
-            json,
+            &DetectOptions {
+                confidence,
+                iou,
+                resize,
+                device,
+                json,
+                save: save.as_deref(),
+            },
         ),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
@@ -1096,15 +1104,32 @@ struct ModelChoice<'a> {
     clippy::too_many_lines,
     reason = "the `vigil detect` command flow, step by step"
 )]
-fn detect_images(
-    images: &[PathBuf],
-    model: &ModelChoice,
+/// `vigil detect`'s settings besides the images and the model.
+struct DetectOptions<'a> {
     confidence: f32,
     iou: f32,
     resize: Option<Resize>,
     device: detect::DeviceChoice,
     json: bool,
+    save: Option<&'a Path>,
+}
+
+fn detect_images(
+    images: &[PathBuf],
+    model: &ModelChoice,
+    opts: &DetectOptions,
 ) -> Result<ExitCode> {
+    let &DetectOptions {
+        confidence,
+        iou,
+        resize,
+        device,
+        json,
+        save,
+    } = opts;
+    if let Some(dir) = save {
+        std::fs::create_dir_all(dir).with_context(|| format!("--save {}", dir.display()))?;
+    }
     if !(0.0..=1.0).contains(&confidence) || !(0.0..=1.0).contains(&iou) {
         bail!("--confidence and --iou must be between 0 and 1");
     }
@@ -1154,33 +1179,17 @@ fn detect_images(
             detected: true,
         };
         let record = Record::of(&frame, "detect", &info.classes, false);
+        if let Some(dir) = save {
+            save_drawn(
+                &frame,
+                &info.classes,
+                &dir.join(path.file_name().unwrap_or_default()),
+            )?;
+        }
         if json {
             println!("{}", serde_json::to_string(&record)?);
         } else {
-            println!(
-                "{} ({}x{}, {:?}): {} objects",
-                path.display(),
-                frame.image.width,
-                frame.image.height,
-                resize,
-                record.detections.len()
-            );
-            println!(
-                "  {:<14} {:>6}  {:>7} {:>7} {:>7} {:>7}",
-                "class", "score", "x", "y", "w", "h"
-            );
-            for d in &record.detections {
-                let [x1, y1, x2, y2] = d.bbox;
-                println!(
-                    "  {:<14} {:>6.3}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}",
-                    d.class,
-                    d.score,
-                    x1,
-                    y1,
-                    x2 - x1,
-                    y2 - y1
-                );
-            }
+            print_table(path, &frame.image, resize, &record);
         }
     }
     Ok(if failed {
@@ -1188,6 +1197,46 @@ fn detect_images(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `vigil detect`'s table for one image.
+fn print_table(path: &Path, image: &vigil::frame::Image, resize: Resize, record: &Record) {
+    println!(
+        "{} ({}x{}, {:?}): {} objects",
+        path.display(),
+        image.width,
+        image.height,
+        resize,
+        record.detections.len()
+    );
+    println!(
+        "  {:<14} {:>6}  {:>7} {:>7} {:>7} {:>7}",
+        "class", "score", "x", "y", "w", "h"
+    );
+    for d in &record.detections {
+        let [x1, y1, x2, y2] = d.bbox;
+        println!(
+            "  {:<14} {:>6.3}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}",
+            d.class,
+            d.score,
+            x1,
+            y1,
+            x2 - x1,
+            y2 - y1
+        );
+    }
+}
+
+/// `frame` with its detections drawn, written to `to` (the format from its extension).
+fn save_drawn(frame: &Frame, classes: &[String], to: &Path) -> Result<()> {
+    let bgr = vigil::output::overlay::frame_pixels(frame, classes, true)?;
+    let drawn = vigil::frame::Image {
+        width: frame.image.width,
+        height: frame.image.height,
+        bgr,
+    };
+    vigil::image_io::write(to, &drawn)?;
+    Ok(())
 }
 
 /// The progress bar of `vigil run` when stderr is a terminal: frames through the pipeline, read

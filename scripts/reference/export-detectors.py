@@ -8,6 +8,10 @@ repository root:
     .venv-onnx/bin/python scripts/reference/export-detectors.py            # every model
     .venv-onnx/bin/python scripts/reference/export-detectors.py fcos       # some
 
+Mask R-CNN's masks ([N, 1, H, W] probabilities, pasted in the graph by a `Loop`) are kept as COCO
+RLE of `mask > 0.5`, and it is also run on a photo (`maskrcnn-photo.png`, committed, at the input
+size) for the end-to-end test of masks in vigil's metadata and overlay.
+
 Writes tests/golden/onnx/big/detector-<name>.onnx (git-ignored; tens of MB) and the committed
 tests/golden/onnx/detectors/<name>.json: the file's SHA-256, the input size, the operator
 inventory and ONNX Runtime's outputs (CPU, graph optimizations off) for the input image.
@@ -43,7 +47,10 @@ def heads(model):
     """The layers that end each head (convolutions; the R-CNN box predictor's linear layers)."""
     if hasattr(model, "roi_heads"):  # Faster / Mask R-CNN
         p = model.roi_heads.box_predictor
-        return [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, p.cls_score, p.bbox_pred]
+        convs = [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, p.cls_score, p.bbox_pred]
+        if model.roi_heads.mask_predictor is not None:  # Mask R-CNN: masks of every shape
+            convs.append(model.roi_heads.mask_predictor.mask_fcn_logits)
+        return convs
     h = model.head
     if hasattr(h.classification_head, "module_list"):  # SSD, SSDlite
         last = lambda m: m if isinstance(m, torch.nn.Conv2d) else m[-1]
@@ -64,7 +71,13 @@ MODELS = {
     "fcos_resnet50_fpn": (lambda: D.fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
     "fasterrcnn_mobilenet_v3_large_fpn": (lambda: D.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
     "fasterrcnn_resnet50_fpn": (lambda: D.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
+    "maskrcnn_resnet50_fpn": (lambda: D.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
 }
+
+# Mask R-CNN is also checked end to end on a photo (`vigil detect --json` → masks as RLE): the
+# photo at the model's input size, so vigil's stretch is the identity and both runtimes read the
+# same pixels.
+PHOTO = {"maskrcnn_resnet50_fpn": ("images/person.jpg", OUT / "maskrcnn-photo.png")}
 
 
 def pattern(size):
@@ -74,9 +87,11 @@ def pattern(size):
     return v.astype(np.float32).reshape(3, size, size)
 
 
-def calibrate(model, size):
+def calibrate(model, size, extra=()):
+    """`extra`: images besides the random ones (a photo the model is also checked on)."""
     gen = np.random.default_rng(2)
     batch = [torch.from_numpy(gen.random((3, size, size), dtype=np.float32)) for _ in range(4)]
+    batch += [torch.from_numpy(x) for x in extra]
     model.eval()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in bns:
@@ -91,21 +106,28 @@ def calibrate(model, size):
     # statistics per output channel (dim 1), over every other dim
     per_channel = lambda o: (o.transpose(0, 1).reshape(o.shape[1], -1).mean(1),
                              o.transpose(0, 1).reshape(o.shape[1], -1).std(1))
-    hooks = [c.register_forward_hook(lambda mod, i, o: stats.setdefault(mod, []).append(per_channel(o)))
-             for c in heads(model)]
+    def record(mod, i, o):  # returns None: a hook's value would replace the output
+        if o.numel():  # the mask head sees no region when an image has no detection
+            stats.setdefault(mod, []).append(per_channel(o))
+
+    hooks = [c.register_forward_hook(record) for c in heads(model)]
     with torch.no_grad():
         model(batch)
     for h in hooks:
         h.remove()
     torch.manual_seed(3)
+    mask_logits = getattr(getattr(model, "roi_heads", None), "mask_predictor", None)
     with torch.no_grad():
         for c, s in stats.items():
             # per output channel, o' = (o - mean) / std + N(0, 1): centred, unit spread, a
-            # random offset (means over the pyramid levels the conv is applied to)
+            # random offset (means over the pyramid levels the conv is applied to); mask logits
+            # without the offset, so every class's masks cover about half their box
             mean = torch.stack([m for m, _ in s]).mean(0)
             std = torch.stack([d for _, d in s]).mean(0).clamp(min=1e-6)
             c.weight /= std.view(-1, *([1] * (c.weight.dim() - 1)))
-            c.bias.copy_((c.bias - mean) / std + torch.randn_like(c.bias))
+            centred = mask_logits is not None and c is mask_logits.mask_fcn_logits
+            offset = torch.zeros_like(c.bias) if centred else torch.randn_like(c.bias)
+            c.bias.copy_((c.bias - mean) / std + offset)
     model.eval()
 
 
@@ -139,17 +161,62 @@ def sample(o, most=500):
 
 
 def role(o):
-    """boxes [N, 4], float scores [N], integer labels [N]."""
+    """boxes [N, 4], float scores [N], integer labels [N], masks [N, 1, H, W]."""
+    if o.ndim == 4:
+        return "masks"
     if o.ndim == 2:
         return "boxes"
     return "scores" if np.issubdtype(o.dtype, np.floating) else "labels"
+
+
+def rle(mask):
+    """COCO's uncompressed RLE of a binary H×W mask, as vigil writes it: column-major runs,
+    starting with a run of zeros."""
+    flat = mask.flatten(order="F").astype(np.uint8)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0] + counts
+    return {"size": list(mask.shape), "counts": [int(c) for c in counts]}
+
+
+def described(names, outs):
+    """Outputs by role; masks (too large to keep as floats) as RLE of `mask > 0.5`."""
+    out = {}
+    for n, o in zip(names, outs):
+        if role(o) == "masks":
+            out["masks"] = {"name": n, "shape": list(o.shape), "rle": [rle(m[0] > 0.5) for m in o]}
+        else:
+            out[role(o)] = {"name": n, "shape": list(o.shape), "values": [float(v) for v in o.reshape(-1)]}
+    return out
+
+
+def photo(size, asset, png):
+    """The photo resized to the input size, written as `png`, as the model reads it (RGB planes
+    in [0, 1])."""
+    import cv2
+    import os
+    assets = Path(os.environ.get("VIGIL_ASSETS_DIR", "assets"))
+    bgr = cv2.resize(cv2.imread(str(assets / asset)), (size, size), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(png), bgr)
+    return np.ascontiguousarray(cv2.imread(str(png))[:, :, ::-1].transpose(2, 0, 1)).astype(np.float32) / 255
+
+
+def photo_reference(sess, x, skip, asset, png):
+    """ONNX Runtime's outputs on the photo `x`."""
+    outs = sess.run(None, {"images": x})
+    names = [o.name for o in sess.get_outputs()]
+    kept = [(n, o) for n, o in zip(names, outs) if n not in skip]
+    return {"image": str(png), "from": asset, "outputs": described(*zip(*kept))}
 
 
 def export(name):
     build, size = MODELS[name]
     torch.manual_seed(1)
     model = build()
-    calibrate(model, size)
+    photo_x = photo(size, *PHOTO[name]) if name in PHOTO else None
+    calibrate(model, size, [] if photo_x is None else [photo_x])
     x = pattern(size)
     path = BIG / f"detector-{name}.onnx"
     BIG.mkdir(parents=True, exist_ok=True)
@@ -175,13 +242,14 @@ def export(name):
         "ops": dict(sorted(ops.items())),
         "reference": "onnxruntime %s CPU, graph optimizations off" % ort.__version__,
         # by role (the exporter numbers the outputs, and their order differs by family)
-        "outputs": {role(o): {"name": n, "shape": list(o.shape), "values": [float(v) for v in o.reshape(-1)]}
-                    for n, o in zip(names, outs)},
+        "outputs": described(names, outs),
         # the raw heads (first stage: every level's class and box convolutions), a strided
         # sample of each: too large to keep whole
         "heads": {n: sample(o) for n, o in heads_raw.items()},
     }
     OUT.mkdir(parents=True, exist_ok=True)
+    if name in PHOTO:
+        meta["photo"] = photo_reference(sess, photo_x, head_outputs, *PHOTO[name])
     (OUT / f"{name}.json").write_text(json.dumps(meta, indent=0) + "\n")
     scores = next(o for o in outs if role(o) == "scores")
     print(f"{name}: {path} ({path.stat().st_size // 1024} KiB), {len(scores)} detections, "

@@ -97,6 +97,7 @@ mod tests {
                 y2: 10.0,
             }),
             track_id: None,
+            mask: None,
         }
     }
 

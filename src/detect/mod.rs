@@ -461,6 +461,10 @@ pub fn postprocess(cands: Vec<Candidate>, p: &PostParams, input: &ModelInput) ->
             score: c.score,
             box_in_frame: input.frame_from_model.apply(c.box_in_model),
             track_id: None,
+            mask: c
+                .mask
+                .as_deref()
+                .map(|m| std::sync::Arc::new(input.frame_from_model.apply_mask(m))),
         })
         .collect()
 }

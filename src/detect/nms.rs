@@ -49,6 +49,7 @@ mod tests {
             }),
             class_id,
             score,
+            mask: None,
         }
     }
 

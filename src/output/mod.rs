@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod overlay;
 pub mod record;
 pub mod retention;
+pub mod rle;
 pub mod rtsp;
 pub mod snapshot;
 

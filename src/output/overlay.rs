@@ -4,7 +4,7 @@ use opencv::core::{Mat, Point, Rect, Scalar, Vec3b, Vector};
 use opencv::imgproc;
 
 use crate::event::RegionsView;
-use crate::frame::{Detection, Frame, Trail};
+use crate::frame::{BitMask, Detection, Frame, Trail};
 
 /// A distinct, stable colour per class (or per track when tracked), BGR.
 fn colour(key: u64) -> Scalar {
@@ -193,7 +193,26 @@ fn pad_to(bgr: &[u8], from: (usize, usize), to: (usize, usize)) -> Vec<u8> {
     out
 }
 
-/// Draw `detections` (and the `trails` of tracked ones) into `bgr` (`width × height`, tightly packed).
+/// Tint the pixels of `mask` (frame pixels) half way towards `colour`, as Detectron2 and
+/// Ultralytics draw instance masks: the object stays visible under it.
+fn fill_mask(bgr: &mut [u8], width: u32, height: u32, mask: &BitMask, colour: Scalar) {
+    let tint = [colour[0], colour[1], colour[2]].map(|c| c as u16);
+    let x_end = (mask.x + mask.width).min(width);
+    let y_end = (mask.y + mask.height).min(height);
+    for y in mask.y..y_end {
+        for x in mask.x..x_end {
+            if mask.bits[((y - mask.y) * mask.width + (x - mask.x)) as usize] == 0 {
+                continue;
+            }
+            let p = ((y * width + x) * 3) as usize;
+            for (v, t) in bgr[p..p + 3].iter_mut().zip(tint) {
+                *v = ((u16::from(*v) + t) / 2) as u8;
+            }
+        }
+    }
+}
+
+/// Draw `detections` (their masks, and the `trails` of tracked ones) into `bgr` (`width × height`, tightly packed).
 pub fn draw(
     bgr: &mut [u8],
     width: u32,
@@ -202,6 +221,12 @@ pub fn draw(
     trails: &[Trail],
     classes: &[String],
 ) -> opencv::Result<()> {
+    for d in detections {
+        if let Some(m) = &d.mask {
+            let c = colour(d.track_id.unwrap_or(d.class_id as u64));
+            fill_mask(bgr, width, height, &m.0, c);
+        }
+    }
     let mut mat = Mat::new_rows_cols_with_bytes_mut::<Vec3b>(height as i32, width as i32, bgr)?;
     let thickness = ((width.max(height) as f32 / 400.0).round() as i32).max(1);
     for t in trails {

@@ -115,6 +115,9 @@ pub struct RecordDetection {
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
     pub track_id: Option<u64>,
+    /// The object's pixels (segmentation models), COCO RLE over the frame; left out otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<super::rle::Rle>,
 }
 
 impl Record {
@@ -143,6 +146,9 @@ impl Record {
                         score: d.score,
                         bbox: [b.x1, b.y1, b.x2, b.y2],
                         track_id: d.track_id,
+                        mask: d.mask.as_deref().map(|m| {
+                            super::rle::Rle::encode(m, frame.image.width, frame.image.height)
+                        }),
                     }
                 })
                 .collect(),

@@ -233,6 +233,7 @@ mod tests {
                     score: s,
                     bbox: b,
                     track_id: t,
+                    mask: None,
                 })
                 .collect(),
             events: Vec::new(),

@@ -66,6 +66,7 @@ fn detection(row: &MotRow, is_track: bool) -> Detection {
         score: 1.0,
         box_in_frame: BoxInFrame(row.bbox),
         track_id: is_track.then(|| u64::try_from(row.id).unwrap_or(0)),
+        mask: None,
     }
 }
 

@@ -496,6 +496,7 @@ mod tests {
                             x2: i.width as f32,
                             y2: 1.0,
                         }),
+                        mask: None,
                     }]
                 })
                 .collect())

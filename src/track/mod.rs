@@ -83,6 +83,7 @@ pub fn predicted_detections(tracker: &dyn Tracker, fraction: f64) -> Vec<crate::
                 y2: t.bbox[3] as f32,
             }),
             track_id: Some(t.track_id),
+            mask: None,
         })
         .collect()
 }

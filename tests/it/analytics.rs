@@ -199,6 +199,7 @@ fn det(id: u64, class_id: u32, x: f32, y: f32) -> Detection {
             y2: y,
         }),
         track_id: Some(id),
+        mask: None,
     }
 }
 

@@ -1,9 +1,9 @@
 //! The detector survey beyond the YOLO line, as torchvision exports it for users — SSD300-VGG16,
 //! SSDlite-MobileNetV3, RetinaNet-ResNet50-FPN, FCOS-ResNet50-FPN, Faster R-CNN (MobileNetV3 and
-//! ResNet-50 FPN) — run by vigil's ONNX executor exactly as exported: the rank-3 image input,
-//! anchors, decoding, RPN proposals, `RoiAlign` and `ScatterElements` in the multi-scale RoI
-//! pooling, `If` around the batched NMS, `TopK`, `NonZero` and every other data-dependent shape
-//! inside the graph. The first-stage heads (class and box convolutions of every level, added as
+//! ResNet-50 FPN), Mask R-CNN (ResNet-50 FPN) — run by vigil's ONNX executor exactly as exported:
+//! the rank-3 image input, anchors, decoding, RPN proposals, `RoiAlign` and `ScatterElements` in
+//! the multi-scale RoI pooling, `If` around the batched NMS, `TopK`, `NonZero`, the `Loop` that
+//! pastes Mask R-CNN's masks and every other data-dependent shape inside the graph. The first-stage heads (class and box convolutions of every level, added as
 //! graph outputs by the export script) must be within 1e-3 of ONNX Runtime's, relative to their
 //! largest value, and the final detections must equal ONNX Runtime's: each reference box has one of vigil's with the same label, IoU
 //! ≥ 0.99 and a score within 1e-3. `scripts/reference/export-detectors.py` (run by
@@ -14,14 +14,17 @@ use serde_json::Value;
 use vigil::detect::onnx::OnnxModel;
 
 use super::common::{root, torchvision_fixture};
+use vigil::frame::BitMask;
+use vigil::output::rle::Rle;
 
-const DETECTORS: [&str; 6] = [
+const DETECTORS: [&str; 7] = [
     "ssdlite320_mobilenet_v3_large",
     "ssd300_vgg16",
     "retinanet_resnet50_fpn",
     "fcos_resnet50_fpn",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn",
 ];
 
 fn iou(a: &[f32], b: &[f32]) -> f32 {
@@ -53,8 +56,15 @@ fn detections(boxes: &[f32], scores: &[f32], labels: &[f32]) -> Dets {
 /// Reference detections vigil has no partner for, ignoring those tied with the last one kept
 /// (which of equal scores makes the cut is arbitrary in both runtimes).
 fn unmatched(ours: &Dets, want: &Dets) -> Vec<String> {
+    paired(ours, want).1
+}
+
+/// For each reference detection, vigil's partner (same label, score within 1e-3, IoU ≥ 0.99),
+/// and the reference detections without one (as [`unmatched`]).
+fn paired(ours: &Dets, want: &Dets) -> (Vec<Option<usize>>, Vec<String>) {
     let cut = want.iter().map(|d| d.1).fold(f32::INFINITY, f32::min);
     let mut used = vec![false; ours.len()];
+    let mut pairs = Vec::new();
     let mut missing = Vec::new();
     for w in want {
         let best = ours
@@ -69,12 +79,93 @@ fn unmatched(ours: &Dets, want: &Dets) -> Vec<String> {
             })
             .max_by(|a, b| a.1.total_cmp(&b.1));
         match best {
-            Some((i, v)) if v >= 0.99 => used[i] = true,
+            Some((i, v)) if v >= 0.99 => {
+                used[i] = true;
+                pairs.push(Some(i));
+                continue;
+            }
             _ if w.1 - cut <= 1e-3 => {}
             other => missing.push(format!("{w:?} (best IoU {:?})", other.map(|o| o.1))),
         }
+        pairs.push(None);
     }
-    missing
+    (pairs, missing)
+}
+
+/// IoU of two masks over a `width × height` frame (1 when both are empty).
+fn mask_iou(a: &BitMask, b: &BitMask, width: i64, height: i64) -> f32 {
+    let (mut inter, mut union) = (0usize, 0usize);
+    for y in 0..height {
+        for x in 0..width {
+            let (p, q) = (a.get(x, y), b.get(x, y));
+            inter += usize::from(p && q);
+            union += usize::from(p || q);
+        }
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f32 / union as f32
+    }
+}
+
+/// The reference's masks of one output set (`{"rle": [...]}`), decoded.
+fn reference_masks(masks: &Value) -> Vec<BitMask> {
+    masks["rle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::from_value::<Rle>(r.clone())
+                .unwrap()
+                .decode()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Where torchvision's ONNX paste puts a box's mask: the box grown by (28 + 2) / 28 about its
+/// centre (`expand_boxes`), truncated to integers. Boxes equal within float noise can truncate
+/// to different pixels when a grown edge lies on an integer; the pasted mask then moves by that
+/// pixel and is resized to one more or less row (IoU about 0.9 for thin structures), which says
+/// nothing about the mask head.
+fn paste_rect(b: &[f32; 4]) -> [i64; 4] {
+    let scale = 30.0 / 28.0;
+    let (w, h) = ((b[2] - b[0]) * 0.5 * scale, (b[3] - b[1]) * 0.5 * scale);
+    let (cx, cy) = ((b[2] + b[0]) * 0.5, (b[3] + b[1]) * 0.5);
+    [cx - w, cy - h, cx + w, cy + h].map(|v| v as i64)
+}
+
+/// vigil's masks (`ours[i]`, detections `got`) against the reference's (`want`) over the paired
+/// detections: the worst IoU where both pasted at the same pixels, which must be ≥ 0.98, and how
+/// many pairs pasted at different pixels (each must still be ≥ 0.8).
+fn worst_mask_iou(
+    name: &str,
+    pairs: &[Option<usize>],
+    (got, ours): (&Dets, &[BitMask]),
+    (want, masks): (&Dets, &[BitMask]),
+) -> Result<(f32, usize), String> {
+    let (mut worst, mut moved) = (1f32, 0);
+    for (w, o) in pairs.iter().enumerate() {
+        let Some(o) = *o else { continue };
+        let (h, wd) = (masks[w].height as i64, masks[w].width as i64);
+        let v = mask_iou(&ours[o], &masks[w], wd, h);
+        if paste_rect(&got[o].0) != paste_rect(&want[w].0) {
+            moved += 1;
+            if v < 0.8 {
+                return Err(format!(
+                    "{name}: mask IoU {v:.4} < 0.8 for {:?} (reference {:?})",
+                    got[o], want[w]
+                ));
+            }
+        } else {
+            worst = worst.min(v);
+        }
+    }
+    if worst < 0.98 {
+        return Err(format!("{name}: a mask IoU of {worst:.4} < 0.98"));
+    }
+    Ok((worst, moved))
 }
 
 /// The worst relative error of the first-stage heads (every level's class and box convolution,
@@ -150,9 +241,23 @@ fn check(name: &str) -> Result<Option<String>, String> {
     let heads = head_error(name, &model, &outs, &meta["heads"])?;
     let got = detections(&ours("boxes"), &ours("scores"), &ours("labels"));
     let reference = detections(&want("boxes"), &want("scores"), &want("labels"));
-    let missing = unmatched(&got, &reference);
+    let (pairs, missing) = paired(&got, &reference);
+    let masks = match meta["outputs"].get("masks") {
+        Some(m) => {
+            let planes = ours("masks");
+            let (s, plane) = (size as usize, (size * size) as usize);
+            let ours: Vec<BitMask> = planes
+                .chunks_exact(plane)
+                .map(|p| BitMask::from_plane(p, s, s, 0.5))
+                .collect();
+            let want = reference_masks(m);
+            let (worst, moved) = worst_mask_iou(name, &pairs, (&got, &ours), (&reference, &want))?;
+            format!(", masks IoU ≥ {worst:.4} ({moved} pasted one pixel apart)")
+        }
+        None => String::new(),
+    };
     let line = format!(
-        "{name} at {size}: raw heads within {heads:.1e}; {} detections, ONNX Runtime {}, {} unmatched, {ms:.0} ms",
+        "{name} at {size}: raw heads within {heads:.1e}; {} detections, ONNX Runtime {}, {} unmatched{masks}, {ms:.0} ms",
         got.len(),
         reference.len(),
         missing.len()
@@ -160,7 +265,7 @@ fn check(name: &str) -> Result<Option<String>, String> {
     // Two-stage models decide twice on thresholds (the RPN's top-k and NMS, then the box head's
     // score threshold, NMS and top 100): proposals within float noise of a cut can fall either
     // way, and the boxes that depend on them differ. Up to 10% of their detections may.
-    let allowed = if name.starts_with("fasterrcnn") {
+    let allowed = if name.starts_with("fasterrcnn") || name.starts_with("maskrcnn") {
         reference.len() / 10
     } else {
         0
@@ -354,4 +459,132 @@ fn survey_exports_run_from_a_manifest() {
             );
         }
     }
+}
+
+/// Mask R-CNN through the product: `vigil detect --json` on a photo at the model's input size
+/// (so both runtimes read the same pixels) gives ONNX Runtime's detections with their masks as
+/// COCO RLE in the metadata — decoded back here, each within IoU 0.98 of the reference's mask —
+/// and `--save` draws them: pixels under a mask are tinted, pixels outside every box untouched.
+#[test]
+fn mask_rcnn_masks_reach_the_metadata_and_the_overlay() {
+    let onnx = root().join("tests/golden/onnx/big/detector-maskrcnn_resnet50_fpn.onnx");
+    if !onnx.is_file() {
+        eprintln!(
+            "skipped: {} is missing (run `make onnx-fixtures`)",
+            onnx.display()
+        );
+        return;
+    }
+    let _heavy = super::common::heavy();
+    let golden = root().join("tests/golden/onnx/detectors/maskrcnn_resnet50_fpn.json");
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let reference = &meta["photo"]["outputs"];
+    let photo = root().join(meta["photo"]["image"].as_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..91).map(|i| format!("class{i}")).collect();
+    std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
+    let manifest = dir.path().join("model.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: maskrcnn\nonnx: {}\ndecoder: torchvision\nclasses: names.txt\nresize: stretch\n",
+            onnx.display()
+        ),
+    )
+    .unwrap();
+    let drawn = dir.path().join("drawn");
+    // the graph's own NMS (IoU 0.5) already ran: vigil's at the same threshold keeps them all
+    let rec = super::common::detect_first_record(&[
+        "--confidence".as_ref(),
+        "0.05".as_ref(),
+        "--iou".as_ref(),
+        "0.5".as_ref(),
+        "--save".as_ref(),
+        drawn.as_os_str(),
+        "--model".as_ref(),
+        manifest.as_os_str(),
+        photo.as_os_str(),
+    ]);
+    let values = |role: &str| -> Vec<f32> {
+        reference[role]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let want = detections(&values("boxes"), &values("scores"), &values("labels"));
+    let got: Dets = rec
+        .detections
+        .iter()
+        .map(|d| (d.bbox, d.score, i64::from(d.class_id)))
+        .collect();
+    let (pairs, missing) = paired(&got, &want);
+    assert!(
+        missing.len() <= want.len() / 10,
+        "{} of {} reference detections unmatched:\n{}",
+        missing.len(),
+        want.len(),
+        missing.join("\n")
+    );
+    let ours: Vec<BitMask> = rec
+        .detections
+        .iter()
+        .map(|d| {
+            let rle = d
+                .mask
+                .clone()
+                .expect("every Mask R-CNN detection has a mask");
+            let back = rle.decode().unwrap();
+            // decoded and encoded again: the same counts
+            let again = Rle::encode(
+                &vigil::frame::MaskInFrame(back.clone()),
+                rle.size[1],
+                rle.size[0],
+            );
+            assert_eq!(again, rle, "RLE round trip");
+            back
+        })
+        .collect();
+    let masks = reference_masks(&reference["masks"]);
+    let (worst, moved) = worst_mask_iou("photo", &pairs, (&got, &ours), (&want, &masks))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "Mask R-CNN on {}: {} detections, ONNX Runtime {}, {} unmatched, masks IoU ≥ {worst:.4} ({moved} pasted one pixel apart)",
+        photo.display(),
+        got.len(),
+        want.len(),
+        missing.len()
+    );
+    let input = vigil::image_io::read(&photo).unwrap();
+    let out = vigil::image_io::read(&drawn.join(photo.file_name().unwrap())).unwrap();
+    let pixel = |img: &vigil::frame::Image, x: u32, y: u32| {
+        let p = ((y * img.width + x) * 3) as usize;
+        img.bgr[p..p + 3].to_vec()
+    };
+    // a box, its outline's width around it and its label above (which can be wider)
+    let in_a_box = |x: u32, y: u32| {
+        let (x, y) = (x as f32, y as f32);
+        got.iter().any(|(b, _, _)| {
+            let right = b[2].max(b[0] + 100.0);
+            x >= b[0] - 4.0 && x <= right && y >= b[1] - 16.0 && y <= b[3] + 4.0
+        })
+    };
+    let (mut tinted, mut under, mut outside_changed) = (0, 0, 0);
+    for y in 0..input.height {
+        for x in 0..input.width {
+            let changed = pixel(&input, x, y) != pixel(&out, x, y);
+            if ours.iter().any(|m| m.get(i64::from(x), i64::from(y))) {
+                under += 1;
+                tinted += usize::from(changed);
+            } else if !in_a_box(x, y) {
+                outside_changed += usize::from(changed);
+            }
+        }
+    }
+    assert!(
+        under > 0 && tinted * 10 >= under * 9,
+        "{tinted} of {under} masked pixels drawn"
+    );
+    assert_eq!(outside_changed, 0, "pixels outside every box changed");
 }

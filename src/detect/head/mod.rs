@@ -30,6 +30,8 @@ pub struct Candidate {
     pub box_in_model: BoxInModel,
     pub class_id: u32,
     pub score: f32,
+    /// The object's pixels, from segmentation models; `None` from box detectors.
+    pub mask: Option<std::sync::Arc<crate::frame::MaskInModel>>,
 }
 
 /// The logit whose sigmoid is `p` (clamped inside (0, 1)): decoders compare raw logits against it
@@ -122,6 +124,7 @@ pub(crate) fn push_classes(
                 box_in_model,
                 class_id: c as u32,
                 score,
+                mask: None,
             });
         }
     }

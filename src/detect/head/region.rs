@@ -215,6 +215,7 @@ impl RegionHead {
                         box_in_model: b,
                         class_id: c as u32,
                         score: obj,
+                        mask: None,
                     });
                     continue;
                 }

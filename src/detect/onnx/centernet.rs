@@ -78,6 +78,7 @@ pub fn decode(
                 }),
                 class_id: c as u32,
                 score: crate::detect::head::sigmoid(logit),
+                mask: None,
             }
         })
         .collect())

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::head::Candidate;
 use super::super::head::yolo::YoloHead;
-use crate::frame::{BoxInModel, Xyxy};
+use crate::frame::{BitMask, BoxInModel, MaskInModel, Xyxy};
 
 /// How a model's outputs become boxes (`decoder:` in a manifest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -34,9 +34,10 @@ pub enum Decoder {
     /// `num_dets, boxes, scores, classes` (TensorRT-style, as YOLOv6/v7 `--end2end` write).
     NmsIncluded,
     /// torchvision's detection models exported as they are (`torch.onnx.export(model, ([img],))`:
-    /// SSD, SSDlite, RetinaNet, FCOS, Faster R-CNN): one image, NMS in the graph, outputs boxes
-    /// `[N, 4]` (x1, y1, x2, y2, input pixels), scores `[N]` and integer labels `[N]` (found by
-    /// shape and type: exports number their outputs).
+    /// SSD, SSDlite, RetinaNet, FCOS, Faster and Mask R-CNN): one image, NMS in the graph,
+    /// outputs boxes `[N, 4]` (x1, y1, x2, y2, input pixels), scores `[N]`, integer labels `[N]`
+    /// and, from Mask R-CNN, masks `[N, 1, H, W]` (found by shape and type: exports number their
+    /// outputs).
     Torchvision,
     /// EfficientDet's raw class and box maps per level (`efficientdet.rs`): anchors, decoding
     /// and NMS in vigil, as the network exports without its TorchScript post-processing.
@@ -204,6 +205,7 @@ fn cand(b: Xyxy, class: f32, score: f32) -> Candidate {
         box_in_model: BoxInModel(b),
         class_id: class.max(0.0) as u32,
         score,
+        mask: None,
     }
 }
 
@@ -379,7 +381,8 @@ fn torchvision(
         );
     };
     let (b, s, l) = (flat(boxes)?, flat(scores)?, flat(labels)?);
-    for ((bx, score), label) in b.chunks_exact(4).zip(s).zip(l) {
+    let masks = outputs.iter().find(|t| t.rank() == 4 && t.dims()[1] == 1);
+    for (k, ((bx, score), label)) in b.chunks_exact(4).zip(s).zip(l).enumerate() {
         if score >= threshold {
             let xyxy = Xyxy {
                 x1: bx[0],
@@ -387,10 +390,26 @@ fn torchvision(
                 x2: bx[2],
                 y2: bx[3],
             };
-            out.push(cand(xyxy, label, score));
+            let mut c = cand(xyxy, label, score);
+            if let Some(m) = masks {
+                c.mask = Some(std::sync::Arc::new(instance_mask(m, k)?));
+            }
+            out.push(c);
         }
     }
     Ok(())
+}
+
+/// Detection `k`'s mask from Mask R-CNN's `[N, 1, H, W]` probabilities pasted at input size:
+/// the pixels above 0.5, as torchvision's users threshold them.
+fn instance_mask(masks: &Tensor, k: usize) -> candle_core::Result<MaskInModel> {
+    let (_, _, h, w) = masks.dims4()?;
+    let plane: Vec<f32> = masks
+        .get(k)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    Ok(MaskInModel(BitMask::from_plane(&plane, w, h, 0.5)))
 }
 
 fn end_to_end(

@@ -88,6 +88,7 @@ pub fn decode(
                 ),
                 class_id: class_id as u32,
                 score: crate::detect::head::sigmoid(logit),
+                mask: None,
             });
         }
     }

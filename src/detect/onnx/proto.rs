@@ -341,7 +341,7 @@ pub struct Attrs<'a> {
 }
 
 /// `AttributeProto.AttributeType` values.
-mod at {
+pub(crate) mod at {
     pub const FLOAT: i32 = 1;
     pub const INT: i32 = 2;
     pub const STRING: i32 = 3;

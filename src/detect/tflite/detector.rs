@@ -151,6 +151,7 @@ impl TfliteDetector {
                         x2: b[3] * w,
                         y2: b[2] * h,
                     }),
+                    mask: None,
                 }
             })
             .collect())

@@ -1,10 +1,12 @@
-//! `If`: two subgraphs, one run per frame as the condition says. Exporters emit it for checks the
-//! model makes on its own data (torchvision's `batched_nms` skips NMS when no box is left).
+//! Control flow. `If`: two subgraphs, one run per frame as the condition says. Exporters emit it
+//! for checks the model makes on its own data (torchvision's `batched_nms` skips NMS when no box
+//! is left). `Loop`: one subgraph run once per iteration, as many times as the model's data says
+//! (torchvision's Mask R-CNN pastes each detection's mask into the image in one).
 //!
-//! A branch reads tensors of the enclosing graph by name. The planner schedules by explicit
-//! inputs only, so [`with_implicit_inputs`] appends every outer name a branch reads to its `If`
+//! A subgraph reads tensors of the enclosing graph by name. The planner schedules by explicit
+//! inputs only, so [`with_implicit_inputs`] appends every outer name a subgraph reads to its
 //! node's inputs: ordering, slot lifetimes and constant folding then hold as for any operator,
-//! and the branch finds those values by position.
+//! and the subgraph finds those values by position.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,12 +16,13 @@ use candle_onnx::onnx::GraphProto;
 use super::{Op, ParseError};
 use crate::detect::onnx::proto::{self, NodeProto};
 
-/// One branch: its operators in file order (ONNX requires subgraphs sorted), its constants and
-/// the names of its outputs.
+/// One subgraph: its operators in file order (ONNX requires subgraphs sorted), its constants and
+/// the names of its formal inputs (a `Loop` body's) and outputs.
 #[derive(Debug, Clone)]
 pub struct Branch {
     nodes: Vec<(Op, Vec<String>, Vec<String>)>,
     consts: HashMap<String, Tensor>,
+    inputs: Vec<String>,
     outputs: Vec<String>,
 }
 
@@ -69,13 +72,18 @@ fn outer_names(n: &NodeProto) -> Vec<String> {
     names
 }
 
-/// `nodes` with each `If` node's implicit inputs appended to its explicit ones.
+/// Whether `n` is a control-flow node whose subgraphs may read the enclosing graph.
+fn has_subgraphs(n: &NodeProto) -> bool {
+    matches!(n.op_type.as_str(), "If" | "Loop")
+}
+
+/// `nodes` with each `If` and `Loop` node's implicit inputs appended to its explicit ones.
 pub fn with_implicit_inputs(nodes: &[NodeProto]) -> Vec<NodeProto> {
     nodes
         .iter()
         .map(|n| {
             let mut n = n.clone();
-            if n.op_type == "If" {
+            if has_subgraphs(&n) {
                 let extra = outer_names(&n);
                 n.input.extend(extra);
             }
@@ -107,6 +115,7 @@ impl Branch {
         Ok(Self {
             nodes,
             consts,
+            inputs: g.input.iter().map(|i| i.name.clone()).collect(),
             outputs: g.output.iter().map(|o| o.name.clone()).collect(),
         })
     }
@@ -195,6 +204,120 @@ impl IfOp {
     }
 }
 
+/// `Loop`: `body(iteration, cond, v…) → (cond, v…, scan…)` run while the iteration is below
+/// the trip count `M` (when given) and the condition holds (when given). Outputs: the carried
+/// values after the last iteration, then each scan output's values stacked on a new first axis.
+#[derive(Debug, Clone)]
+pub struct LoopOp {
+    body: Branch,
+    /// Loop-carried values (`v_initial` inputs after `M` and `cond`).
+    carried: usize,
+    /// The outer tensors the body reads, in the order they follow the carried values in the
+    /// node's inputs.
+    outer: Vec<String>,
+}
+
+/// No exported model loops longer than this; a corrupt trip count must not spin forever.
+const MAX_ITERATIONS: i64 = 1 << 20;
+
+impl LoopOp {
+    pub fn parse(
+        node: &NodeProto,
+        opset: i64,
+        device: &Device,
+    ) -> std::result::Result<Self, ParseError> {
+        let g = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "body")
+            .and_then(|a| a.g.as_ref())
+            .ok_or_else(|| ParseError::Bad("`Loop` without `body`".into()))?;
+        let body = Branch::parse(g, opset, device)?;
+        let carried = body.inputs.len().checked_sub(2).ok_or_else(|| {
+            ParseError::Bad("`Loop` body without its iteration and condition inputs".into())
+        })?;
+        if body.outputs.len() < 1 + carried {
+            return Err(ParseError::Bad(format!(
+                "`Loop` body gives {} outputs for {carried} carried values",
+                body.outputs.len()
+            )));
+        }
+        Ok(Self {
+            body,
+            carried,
+            outer: outer_names(node),
+        })
+    }
+
+    pub fn eval(&self, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
+        let scalar = |t: &Tensor| -> Result<f64> {
+            let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            v.first().copied().ok_or_else(|| {
+                candle_core::Error::Msg("`Loop`: empty trip count or condition".into())
+            })
+        };
+        let trips = match inputs.first().and_then(Option::as_ref) {
+            Some(m) => scalar(m)? as i64,
+            None => MAX_ITERATIONS,
+        };
+        if trips > MAX_ITERATIONS {
+            candle_core::bail!("`Loop` of {trips} iterations (more than {MAX_ITERATIONS})");
+        }
+        let mut cond = match inputs.get(1).and_then(Option::as_ref) {
+            Some(c) => scalar(c)? != 0.0,
+            None => true,
+        };
+        let mut carried: Vec<Tensor> = (0..self.carried)
+            .map(|k| super::req(inputs, 2 + k).cloned())
+            .collect::<Result<_>>()?;
+        let outer: Vec<(String, Tensor)> = self
+            .outer
+            .iter()
+            .zip(inputs.iter().skip(2 + self.carried))
+            .filter_map(|(name, t)| Some((name.clone(), t.clone()?)))
+            .collect();
+        let device = carried
+            .first()
+            .map(|t| t.device().clone())
+            .unwrap_or(Device::Cpu);
+        let mut scans: Vec<Vec<Tensor>> = Vec::new();
+        let mut i = 0i64;
+        while i < trips && cond {
+            let mut values: HashMap<String, Tensor> = outer.iter().cloned().collect();
+            let formal = [
+                Tensor::new(i, &device)?,
+                Tensor::new(u8::from(cond), &device)?,
+            ];
+            for (name, t) in self
+                .body
+                .inputs
+                .iter()
+                .zip(formal.into_iter().chain(carried))
+            {
+                values.insert(name.clone(), t);
+            }
+            let mut out = self.body.run(values)?.into_iter();
+            cond = out.next().map(|c| scalar(&c)).transpose()?.unwrap_or(0.0) != 0.0;
+            carried = out.by_ref().take(self.carried).collect();
+            let scan: Vec<Tensor> = out.collect();
+            scans.resize_with(scan.len(), Vec::new);
+            for (all, t) in scans.iter_mut().zip(scan) {
+                all.push(t);
+            }
+            i += 1;
+        }
+        let scan_count = self.body.outputs.len() - 1 - self.carried;
+        let mut result = carried;
+        for k in 0..scan_count {
+            result.push(match scans.get(k) {
+                Some(ts) if !ts.is_empty() => Tensor::stack(ts, 0)?,
+                _ => Tensor::zeros(0, DType::F32, &device)?,
+            });
+        }
+        Ok(result)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +369,76 @@ mod tests {
             let out = op.eval(&[Some(cond), Some(x.clone())]).unwrap();
             assert_eq!(out[0].to_vec1::<f32>().unwrap(), want);
         }
+    }
+
+    fn value(name: &str) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn cast_to_f32(from: &str, to: &str) -> NodeProto {
+        let mut n = node("Cast", &[from], &[to]);
+        n.attribute = vec![AttributeProto {
+            name: "to".into(),
+            i: i64::from(proto::dt::FLOAT),
+            r#type: proto::at::INT,
+            ..Default::default()
+        }];
+        n
+    }
+
+    fn concat_axis_0(a: &str, b: &str, to: &str) -> NodeProto {
+        let mut n = node("Concat", &[a, b], &[to]);
+        n.attribute = vec![AttributeProto {
+            name: "axis".into(),
+            i: 0,
+            r#type: proto::at::INT,
+            ..Default::default()
+        }];
+        n
+    }
+
+    /// `Loop(M, "", acc)`: each iteration appends `x · i` to `acc` (a carried value that grows,
+    /// as torchvision's mask paste does) and scans out `i`; `x` comes from the enclosing graph.
+    fn loop_node() -> NodeProto {
+        let mut n = node("Loop", &["m", "", "acc0"], &["acc", "scan"]);
+        let body = GraphProto {
+            node: vec![
+                cast_to_f32("i", "fi"),
+                node("Mul", &["x", "fi"], &["xi"]),
+                concat_axis_0("acc_in", "xi", "acc_out"),
+                node("Identity", &["c_in"], &["c_out"]),
+                node("Identity", &["i"], &["i_out"]),
+            ],
+            input: vec![value("i"), value("c_in"), value("acc_in")],
+            output: vec![value("c_out"), value("acc_out"), value("i_out")],
+            ..Default::default()
+        };
+        n.attribute = vec![AttributeProto {
+            name: "body".into(),
+            g: Some(body),
+            ..Default::default()
+        }];
+        n
+    }
+
+    #[test]
+    fn a_loop_carries_growing_values_and_stacks_its_scan_outputs() {
+        let planned = with_implicit_inputs(std::slice::from_ref(&loop_node()));
+        assert_eq!(planned[0].input, vec!["m", "", "acc0", "x"]);
+        let op = LoopOp::parse(&planned[0], 17, &Device::Cpu).unwrap();
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[1f32, 10.0], &dev).unwrap();
+        let acc0 = Tensor::zeros(0, DType::F32, &dev).unwrap();
+        let m = Tensor::new(3i64, &dev).unwrap();
+        let out = op.eval(&[Some(m), None, Some(acc0), Some(x)]).unwrap();
+        assert_eq!(
+            out[0].to_vec1::<f32>().unwrap(),
+            [0.0, 0.0, 1.0, 10.0, 2.0, 20.0]
+        );
+        assert_eq!(out[1].to_vec1::<i64>().unwrap(), [0, 1, 2]);
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub const SUPPORTED: &[&str] = &[
     "Less",
     "LessOrEqual",
     "Log",
+    "Loop",
     "MatMul",
     "Max",
     "MaxPool",
@@ -179,6 +180,8 @@ pub enum Reduce {
 pub enum Op {
     /// Control flow: a branch chosen per frame.
     If(Box<control::IfOp>),
+    /// Control flow: a body run as many times as the data says.
+    Loop(Box<control::LoopOp>),
     Unary(Unary),
     Binary(Binary),
     /// Max/Min over more than two inputs.
@@ -335,6 +338,11 @@ impl Op {
         if node.op_type == "If" {
             return Ok(Op::If(Box::new(control::IfOp::parse(node, opset, device)?)));
         }
+        if node.op_type == "Loop" {
+            return Ok(Op::Loop(Box::new(control::LoopOp::parse(
+                node, opset, device,
+            )?)));
+        }
         let a = Attrs::new(node);
         if let Some(u) = unary(node.op_type.as_str(), &a)? {
             return Ok(Op::Unary(u));
@@ -378,6 +386,7 @@ impl Op {
             Op::Conv(c) => one(c.eval(inputs)?),
             Op::ConvTranspose(c) => one(c.eval(inputs)?),
             Op::If(i) => i.eval(inputs),
+            Op::Loop(l) => l.eval(inputs),
             _ => match array::eval(self, inputs) {
                 Some(r) => r,
                 None => special::eval(self, inputs),
@@ -387,7 +396,10 @@ impl Op {
 
     /// Whether the output's shape depends on the input values themselves (not their shapes).
     pub fn data_dependent_shape(&self) -> bool {
-        matches!(self, Op::NonZero | Op::NonMaxSuppression { .. } | Op::If(_))
+        matches!(
+            self,
+            Op::NonZero | Op::NonMaxSuppression { .. } | Op::If(_) | Op::Loop(_)
+        )
     }
 
     /// Whether input `k`'s values (when not a constant) decide the output's shape.
