@@ -8,6 +8,10 @@ repository root:
     .venv-onnx/bin/python scripts/reference/export-detectors.py            # every model
     .venv-onnx/bin/python scripts/reference/export-detectors.py fcos       # some
 
+R-FCN has no package: it is built here from torchvision's R-CNN parts (its RPN and
+post-processing) with the paper's position-sensitive score maps, pooling and voting in the box
+stage (`PSRoIVoting`, checked equal to `torchvision.ops.ps_roi_align` at every export).
+
 Mask R-CNN's masks ([N, 1, H, W] probabilities, pasted in the graph by a `Loop`) are kept as COCO
 RLE of `mask > 0.5`, and it is also run on a photo (`maskrcnn-photo.png`, committed, at the input
 size) for the end-to-end test of masks in vigil's metadata and overlay.
@@ -37,6 +41,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torchvision.models import detection as D
+from torchvision.ops import MultiScaleRoIAlign
 
 OUT = Path("tests/golden/onnx/detectors")
 BIG = Path("tests/golden/onnx/big")
@@ -45,6 +50,9 @@ OPSET = 17
 
 def heads(model):
     """The layers that end each head (convolutions; the R-CNN box predictor's linear layers)."""
+    if hasattr(model, "roi_heads") and isinstance(model.roi_heads.box_roi_pool, PSRoIVoting):  # R-FCN
+        pool = model.roi_heads.box_roi_pool
+        return [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, pool.cls_conv, pool.box_conv]
     if hasattr(model, "roi_heads"):  # Faster / Mask R-CNN
         p = model.roi_heads.box_predictor
         convs = [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, p.cls_score, p.bbox_pred]
@@ -63,6 +71,79 @@ def heads(model):
     return convs
 
 
+class PSRoIVoting(MultiScaleRoIAlign):
+    """R-FCN's second stage (Dai et al. 2016) in torchvision's `box_roi_pool` slot: position-
+    sensitive score maps (k²·(C+1) for classes, k²·4 for class-agnostic boxes), position-sensitive
+    RoI pooling — bin (i, j) of group g averages channel g·k² + i·k + j inside that bin, exactly
+    `torchvision.ops.ps_roi_align` (checked at export) — then voting (the mean over the k² bins).
+    Written as `roi_align` over every channel and a bin-diagonal mask, the standard ONNX operators
+    (RoiAlign, Mul, ReduceSum) carry it: ONNX has no position-sensitive pooling operator."""
+
+    def __init__(self, channels, classes, k=3, stride=16):
+        super().__init__(["0"], k, 2)  # the type torchvision's FasterRCNN asks for; forward is ours
+        self.k, self.groups, self.scale = k, classes + 4, 1.0 / stride
+        self.cls_conv = torch.nn.Conv2d(channels, k * k * classes, 1)
+        self.box_conv = torch.nn.Conv2d(channels, k * k * 4, 1)
+        self.register_buffer("diagonal", torch.eye(k * k).view(1, 1, k * k, k * k))
+
+    def score_maps(self, x):
+        return torch.cat([self.cls_conv(x), self.box_conv(x)], 1)
+
+    def forward(self, features, proposals, image_shapes):
+        from torchvision.ops import roi_align
+        maps = self.score_maps(features["0"])
+        pooled = roi_align(maps, proposals, self.k, self.scale, sampling_ratio=2, aligned=True)
+        r = pooled.shape[0]
+        per_bin = (pooled.reshape(r, self.groups, self.k * self.k, self.k * self.k) * self.diagonal).sum(3)
+        return per_bin.mean(2)  # [R, C + 1 + 4]: votes
+
+
+class RFCNPredictor(torch.nn.Module):
+    """Votes → class logits and box deltas; R-FCN's regression is class-agnostic, repeated per
+    class for torchvision's post-processing."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, votes):
+        logits, deltas = votes[:, :self.classes], votes[:, self.classes:]
+        return logits, deltas.repeat(1, self.classes)
+
+
+def rfcn_resnet50(size, classes=21):
+    """R-FCN on ResNet-50 at a reduced size: the trunk to conv4 (stride 16, 1024 channels), a 1×1
+    reduction to 256, an RPN of 4 sizes × 3 aspect ratios, 3 × 3 position-sensitive bins and
+    PASCAL VOC's 20 classes + background."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+    r = resnet50(weights=None)
+    backbone = torch.nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3,
+                                   torch.nn.Conv2d(1024, 256, 1), torch.nn.ReLU())
+    backbone.out_channels = 256
+    anchors = AnchorGenerator(sizes=((32, 64, 128, 256),), aspect_ratios=((0.5, 1.0, 2.0),))
+    return FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors,
+                      box_roi_pool=PSRoIVoting(256, classes), box_head=torch.nn.Identity(),
+                      box_predictor=RFCNPredictor(classes), min_size=size, max_size=size)
+
+
+def check_ps_pooling(model, x):
+    """The pooling above equals torchvision's own `ps_roi_align` on this model's maps."""
+    from torchvision.ops import ps_roi_align
+    pool = model.roi_heads.box_roi_pool
+    with torch.no_grad():
+        feats = model.backbone(torch.from_numpy(x)[None])
+        maps = pool.score_maps(feats)
+        rois = torch.tensor([[0.0, 10.5, 20.25, 200.0, 150.75], [0.0, 0.0, 0.0, 255.0, 255.0],
+                             [0.0, 100.0, 30.0, 140.0, 90.0]])
+        ours = pool({"0": feats}, [rois[:, 1:]], None)
+        ref = ps_roi_align(maps, rois, pool.k, pool.scale, sampling_ratio=2).mean((2, 3))
+    err = float((ours - ref).abs().max())
+    assert err < 1e-5, f"position-sensitive pooling differs from ps_roi_align by {err}"
+    print(f"rfcn: pooling equals torchvision.ops.ps_roi_align within {err:.1e}")
+
+
 MODELS = {
     # name: (builder, input size)
     "ssdlite320_mobilenet_v3_large": (lambda: D.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None), 320),
@@ -72,6 +153,7 @@ MODELS = {
     "fasterrcnn_mobilenet_v3_large_fpn": (lambda: D.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
     "fasterrcnn_resnet50_fpn": (lambda: D.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
     "maskrcnn_resnet50_fpn": (lambda: D.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=256), 256),
+    "rfcn_resnet50": (lambda: rfcn_resnet50(256), 256),
 }
 
 # Mask R-CNN is also checked end to end on a photo (`vigil detect --json` → masks as RLE): the
@@ -137,7 +219,8 @@ def calibrate(model, size, extra=()):
 HEAD_NODE = re.compile(
     r"^/(head/(classification_head/cls_logits|regression_head/(bbox_reg|bbox_ctrness))(_\d+)?/Conv"
     r"|head/(classification|regression)_head/module_list\.\d+/(module_list\.\d+\.1/)?Conv"
-    r"|rpn/head/(cls_logits|bbox_pred)(_\d+)?/Conv)$")
+    r"|rpn/head/(cls_logits|bbox_pred)(_\d+)?/Conv"
+    r"|roi_heads/box_roi_pool/(cls|box)_conv/Conv)$")
 
 
 def expose_heads(path):
@@ -217,6 +300,12 @@ def export(name):
     model = build()
     photo_x = photo(size, *PHOTO[name]) if name in PHOTO else None
     calibrate(model, size, [] if photo_x is None else [photo_x])
+    if name.startswith("rfcn"):
+        with torch.no_grad():  # votes average k² bins: spread the class maps as much again
+            pool = model.roi_heads.box_roi_pool
+            pool.cls_conv.weight *= pool.k
+            pool.cls_conv.bias *= pool.k
+        check_ps_pooling(model, pattern(size))
     x = pattern(size)
     path = BIG / f"detector-{name}.onnx"
     BIG.mkdir(parents=True, exist_ok=True)
