@@ -124,9 +124,9 @@ enum Command {
         /// Minimum score.
         #[arg(long, default_value_t = config::spec::DEFAULT_CONFIDENCE)]
         confidence: f32,
-        /// NMS IoU threshold.
-        #[arg(long, default_value_t = config::spec::DEFAULT_NMS_IOU)]
-        iou: f32,
+        /// NMS IoU threshold [default: 0.45; none for models that suppress in their graph].
+        #[arg(long)]
+        iou: Option<f32>,
         /// Override the manifest's resize: letterbox or stretch.
         #[arg(long, value_parser = parse_resize)]
         resize: Option<Resize>,
@@ -1107,7 +1107,7 @@ struct ModelChoice<'a> {
 /// `vigil detect`'s settings besides the images and the model.
 struct DetectOptions<'a> {
     confidence: f32,
-    iou: f32,
+    iou: Option<f32>,
     resize: Option<Resize>,
     device: detect::DeviceChoice,
     json: bool,
@@ -1130,12 +1130,18 @@ fn detect_images(
     if let Some(dir) = save {
         std::fs::create_dir_all(dir).with_context(|| format!("--save {}", dir.display()))?;
     }
-    if !(0.0..=1.0).contains(&confidence) || !(0.0..=1.0).contains(&iou) {
-        bail!("--confidence and --iou must be between 0 and 1");
-    }
     let mut info = detect::manifest::ModelInfo::load(model.manifest)?;
     if let Some(w) = model.weights {
         info = info.with_weights(w);
+    }
+    // a model that suppresses in its graph has had its NMS (an IoU of 1 keeps every box)
+    let iou = iou.unwrap_or(if info.nms_in_graph() {
+        1.0
+    } else {
+        config::spec::DEFAULT_NMS_IOU
+    });
+    if !(0.0..=1.0).contains(&confidence) || !(0.0..=1.0).contains(&iou) {
+        bail!("--confidence and --iou must be between 0 and 1");
     }
     let resize = resize.unwrap_or(info.resize);
     let detector = detect::load(&info, &detect::device(device)?)?;

@@ -432,8 +432,16 @@ fn resolve_detector(c: &mut Collector, spec: &PipelineSpec, base: &Path) -> Dete
         .every
         .as_ref()
         .map_or(1, |e| every_of(c, e, "detector.every"));
+    // a model that suppresses in its graph has had its NMS: an IoU of 1 keeps every box, unless
+    // the pipeline writes `nms.iou` itself
+    let unwritten = spec.nms.iou.referenced == serde_saphyr::Location::UNKNOWN;
+    let iou = if unwritten && model.as_ref().is_some_and(ModelInfo::nms_in_graph) {
+        1.0
+    } else {
+        in_unit(c, &spec.nms.iou, "nms.iou")
+    };
     let nms = NmsParams {
-        iou: in_unit(c, &spec.nms.iou, "nms.iou"),
+        iou,
         class_aware: spec.nms.class_aware,
         max_detections: spec.nms.max_detections,
     };

@@ -208,7 +208,9 @@ pub struct DetectorSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NmsSpec {
-    /// Boxes overlapping a better one by more than this IoU are removed. Default 0.45.
+    /// Boxes overlapping a better one by more than this IoU are removed. Default 0.45; for models
+    /// that suppress in their own graph (torchvision exports, end-to-end YOLO, RT-DETR, TFLite
+    /// SSD) none, unless written here.
     #[serde(default = "default_nms_iou")]
     pub iou: Spanned<f32>,
     /// Only suppress boxes of the same class (default true); false suppresses across classes.

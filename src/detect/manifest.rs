@@ -142,6 +142,14 @@ pub struct ManifestError {
 }
 
 impl ModelInfo {
+    /// Whether the model suppresses overlapping boxes itself (torchvision exports, end-to-end
+    /// YOLO and RT-DETR, TFLite's detection post-processing): vigil's NMS then keeps what it
+    /// gives unless a pipeline asks for an IoU.
+    pub fn nms_in_graph(&self) -> bool {
+        self.family == super::Family::Tflite
+            || self.onnx.as_ref().is_some_and(|o| o.decoder.nms_in_graph())
+    }
+
     /// Read and resolve a manifest. Does not read the weights (that happens at load, with the checksum).
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let err = |message: String| ManifestError {
