@@ -595,3 +595,84 @@ fn mask_rcnn_masks_reach_the_metadata_and_the_overlay() {
     );
     assert_eq!(outside_changed, 0, "pixels outside every box changed");
 }
+
+/// Mask R-CNN in a pipeline: two vtest frames (768×576, stretched to 256²) through the detect
+/// stage, ByteTrack and the JSONL and MP4 outputs. Every detection's mask comes back out of the
+/// JSONL as a frame-sized RLE, lies on its box (torchvision pastes a mask over the box grown by
+/// 1/28 a side, 3× larger in frame pixels here) and is not empty.
+#[test]
+fn mask_rcnn_masks_survive_a_pipeline_into_jsonl() {
+    let onnx = root().join("tests/golden/onnx/big/detector-maskrcnn_resnet50_fpn.onnx");
+    if !onnx.is_file() {
+        eprintln!(
+            "skipped: {} is missing (run `make onnx-fixtures`)",
+            onnx.display()
+        );
+        return;
+    }
+    let _heavy = super::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..91).map(|i| format!("class{i}")).collect();
+    std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
+    std::fs::write(
+        dir.path().join("model.yaml"),
+        format!(
+            "name: maskrcnn\nonnx: {}\ndecoder: torchvision\nclasses: names.txt\nresize: stretch\n",
+            onnx.display()
+        ),
+    )
+    .unwrap();
+    let pipeline = dir.path().join("masks.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: masks\nsources:\n  - id: vtest\n    uri: file:{}\n    max_frames: 2\n    pace: as_fast_as_possible\n\
+             detector:\n  model: model.yaml\n  confidence: 0.3\ntracker:\n  kind: bytetrack\n\
+             outputs:\n  - kind: jsonl\n    path: masks.jsonl\n  - kind: mp4\n    path: masks.mp4\n    overlay: true\n",
+            super::common::asset("vtest.avi").display()
+        ),
+    )
+    .unwrap();
+    let (out, _) = super::common::output_within(
+        super::common::vigil().arg("-q").arg("run").arg(&pipeline),
+        std::time::Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = vigil::output::record::read_jsonl(&dir.path().join("masks.jsonl")).unwrap();
+    assert_eq!(records.len(), 2);
+    let mut checked = 0;
+    for rec in &records {
+        assert!(
+            !rec.detections.is_empty(),
+            "random weights still find boxes"
+        );
+        for d in &rec.detections {
+            let rle = d.mask.as_ref().expect("a mask per detection");
+            assert_eq!(rle.size, [576, 768]);
+            let m = rle.decode().unwrap();
+            let [x1, y1, x2, y2] = d.bbox;
+            let (gx, gy) = ((x2 - x1) / 28.0 + 4.0, (y2 - y1) / 28.0 + 4.0);
+            let mut area = 0;
+            for y in 0..576i64 {
+                for x in 0..768i64 {
+                    if m.get(x, y) {
+                        area += 1;
+                        let (fx, fy) = (x as f32 + 0.5, y as f32 + 0.5);
+                        assert!(
+                            fx >= x1 - gx && fx <= x2 + gx && fy >= y1 - gy && fy <= y2 + gy,
+                            "mask pixel ({x}, {y}) off its box {:?}",
+                            d.bbox
+                        );
+                    }
+                }
+            }
+            checked += usize::from(area > 0);
+        }
+    }
+    assert!(checked > 0, "no mask had pixels");
+    eprintln!("{checked} masks through the pipeline, each on its box");
+}
