@@ -360,30 +360,12 @@ fn max_pool(x: &Tensor, p: &Pool) -> Result<Tensor> {
         return max_pool_on_device(x, p, (oh, ow));
     }
     let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; b * c * oh * ow];
-    use rayon::prelude::*;
-    out.par_chunks_mut(oh * ow)
-        .enumerate()
-        .for_each(|(plane, dst)| {
-            let s = &src[plane * h * w..(plane + 1) * h * w];
-            for oy in 0..oh {
-                let y0 = (oy * sh) as isize - t as isize;
-                let ys = (y0.max(0) as usize).min(h)
-                    ..((y0 + kh as isize).min(h as isize)).max(0) as usize;
-                for ox in 0..ow {
-                    let x0 = (ox * sw) as isize - l as isize;
-                    let xs = (x0.max(0) as usize).min(w)
-                        ..((x0 + kw as isize).min(w as isize)).max(0) as usize;
-                    let mut m = f32::NEG_INFINITY;
-                    for y in ys.clone() {
-                        for v in &s[y * w + xs.start..y * w + xs.end.max(xs.start)] {
-                            m = m.max(*v);
-                        }
-                    }
-                    dst[oy * ow + ox] = m;
-                }
-            }
-        });
+    let window = crate::detect::pool::Window {
+        kernel: (kh, kw),
+        stride: (sh, sw),
+        top_left: (t, l),
+    };
+    let out = crate::detect::pool::pool_planes(&src, (b * c, h, w), (oh, ow), window);
     Tensor::from_vec(out, (b, c, oh, ow), x.device())
 }
 
