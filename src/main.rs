@@ -14,7 +14,7 @@ use vigil::config;
 use vigil::config::spec::Resize;
 use vigil::detect::nms::NmsParams;
 use vigil::detect::{self, PostParams};
-use vigil::frame::Frame;
+use vigil::frame::{Detection, Frame};
 use vigil::output::record::Record;
 use vigil::runtime::metrics::PipelineMetrics;
 use vigil::runtime::{self, RunOptions, RunReport};
@@ -1169,21 +1169,7 @@ fn detect_images(
             .infer(&[&input], confidence)?
             .pop()
             .unwrap_or_default();
-        let frame = Frame {
-            stream: path.display().to_string().into(),
-            seq: 0,
-            pts_ns: None,
-            duration_ns: None,
-            fps: (0, 1),
-            captured_at: std::time::SystemTime::now(),
-            ingested: std::time::Instant::now(),
-            image: Arc::new(image),
-            detections: detect::postprocess(cands, &post, &input),
-            trails: Vec::new(),
-            events: Vec::new(),
-            regions: None,
-            detected: true,
-        };
+        let frame = still_frame(path, image, detect::postprocess(cands, &post, &input));
         let record = Record::of(&frame, "detect", &info.classes, false);
         if let Some(dir) = save {
             save_drawn(
@@ -1203,6 +1189,25 @@ fn detect_images(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A still image and its detections as the one frame of a stream named after its file.
+fn still_frame(path: &Path, image: vigil::frame::Image, detections: Vec<Detection>) -> Frame {
+    Frame {
+        stream: path.display().to_string().into(),
+        seq: 0,
+        pts_ns: None,
+        duration_ns: None,
+        fps: (0, 1),
+        captured_at: std::time::SystemTime::now(),
+        ingested: std::time::Instant::now(),
+        image: Arc::new(image),
+        detections,
+        trails: Vec::new(),
+        events: Vec::new(),
+        regions: None,
+        detected: true,
+    }
 }
 
 /// `vigil detect`'s table for one image.
