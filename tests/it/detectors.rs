@@ -404,6 +404,36 @@ fn centernet_gives_the_reference_decoders_detections() {
     });
 }
 
+/// A manifest in `dir` for the survey export `file` (`tests/golden/onnx/big/`), with `classes`
+/// placeholder names; `None`, saying so, when `make onnx-fixtures` has not made the file here.
+fn survey_manifest(
+    dir: &std::path::Path,
+    file: &str,
+    decoder: &str,
+    classes: usize,
+) -> Option<std::path::PathBuf> {
+    let onnx = root().join("tests/golden/onnx/big").join(file);
+    if !onnx.is_file() {
+        eprintln!(
+            "skipped: {} is missing (run `make onnx-fixtures`)",
+            onnx.display()
+        );
+        return None;
+    }
+    let names: Vec<String> = (0..classes).map(|i| format!("class{i}")).collect();
+    std::fs::write(dir.join("names.txt"), names.join("\n")).unwrap();
+    let manifest = dir.join("model.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: {decoder}\nonnx: {}\ndecoder: {decoder}\nclasses: names.txt\nresize: stretch\n",
+            onnx.display()
+        ),
+    )
+    .unwrap();
+    Some(manifest)
+}
+
 /// A torchvision export (`decoder: torchvision`), EfficientDet's and CenterNet's networks
 /// (`decoder: efficientdet`, `centernet`) in a manifest run through `vigil detect`: the input layout, the labels as class
 /// ids, boxes mapped back to the photo.
@@ -418,26 +448,10 @@ fn survey_exports_run_from_a_manifest() {
         ("detector-efficientdet_d0.onnx", "efficientdet", 90),
         ("detector-centernet_resnet18.onnx", "centernet", 80),
     ] {
-        let onnx = root().join("tests/golden/onnx/big").join(file);
-        if !onnx.is_file() {
-            eprintln!(
-                "skipped: {} is missing (run `make onnx-fixtures`)",
-                onnx.display()
-            );
-            continue;
-        }
         let dir = tempfile::tempdir().unwrap();
-        let names: Vec<String> = (0..classes).map(|i| format!("class{i}")).collect();
-        std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
-        let manifest = dir.path().join("model.yaml");
-        std::fs::write(
-            &manifest,
-            format!(
-                "name: {decoder}\nonnx: {}\ndecoder: {decoder}\nclasses: names.txt\nresize: stretch\n",
-                onnx.display()
-            ),
-        )
-        .unwrap();
+        let Some(manifest) = survey_manifest(dir.path(), file, decoder, classes) else {
+            continue;
+        };
         let dog = super::common::asset("images/dog.jpg");
         let rec = super::common::detect_first_record(&[
             "--confidence".as_ref(),
@@ -464,37 +478,24 @@ fn survey_exports_run_from_a_manifest() {
     }
 }
 
+/// The Mask R-CNN export (`export-detectors.py`).
+const MASK_RCNN: &str = "detector-maskrcnn_resnet50_fpn.onnx";
+
 /// Mask R-CNN through the product: `vigil detect --json` on a photo at the model's input size
 /// (so both runtimes read the same pixels) gives ONNX Runtime's detections with their masks as
 /// COCO RLE in the metadata — decoded back here, each within IoU 0.98 of the reference's mask —
 /// and `--save` draws them: pixels under a mask are tinted, pixels outside every box untouched.
 #[test]
 fn mask_rcnn_masks_reach_the_metadata_and_the_overlay() {
-    let onnx = root().join("tests/golden/onnx/big/detector-maskrcnn_resnet50_fpn.onnx");
-    if !onnx.is_file() {
-        eprintln!(
-            "skipped: {} is missing (run `make onnx-fixtures`)",
-            onnx.display()
-        );
+    let dir = tempfile::tempdir().unwrap();
+    let Some(manifest) = survey_manifest(dir.path(), MASK_RCNN, "torchvision", 91) else {
         return;
-    }
+    };
     let _heavy = super::common::heavy();
     let golden = root().join("tests/golden/onnx/detectors/maskrcnn_resnet50_fpn.json");
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
     let reference = &meta["photo"]["outputs"];
     let photo = root().join(meta["photo"]["image"].as_str().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..91).map(|i| format!("class{i}")).collect();
-    std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
-    let manifest = dir.path().join("model.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "name: maskrcnn\nonnx: {}\ndecoder: torchvision\nclasses: names.txt\nresize: stretch\n",
-            onnx.display()
-        ),
-    )
-    .unwrap();
     let drawn = dir.path().join("drawn");
     // no `--iou`: the graph's own NMS ran, vigil's keeps every box (it took 3 of these 100 at
     // its default 0.45 before it knew; regression test)
@@ -602,26 +603,11 @@ fn mask_rcnn_masks_reach_the_metadata_and_the_overlay() {
 /// 1/28 a side, 3× larger in frame pixels here) and is not empty.
 #[test]
 fn mask_rcnn_masks_survive_a_pipeline_into_jsonl() {
-    let onnx = root().join("tests/golden/onnx/big/detector-maskrcnn_resnet50_fpn.onnx");
-    if !onnx.is_file() {
-        eprintln!(
-            "skipped: {} is missing (run `make onnx-fixtures`)",
-            onnx.display()
-        );
+    let dir = tempfile::tempdir().unwrap();
+    if survey_manifest(dir.path(), MASK_RCNN, "torchvision", 91).is_none() {
         return;
     }
     let _heavy = super::common::heavy();
-    let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..91).map(|i| format!("class{i}")).collect();
-    std::fs::write(dir.path().join("names.txt"), names.join("\n")).unwrap();
-    std::fs::write(
-        dir.path().join("model.yaml"),
-        format!(
-            "name: maskrcnn\nonnx: {}\ndecoder: torchvision\nclasses: names.txt\nresize: stretch\n",
-            onnx.display()
-        ),
-    )
-    .unwrap();
     let pipeline = dir.path().join("masks.yaml");
     std::fs::write(
         &pipeline,
