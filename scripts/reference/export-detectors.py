@@ -276,13 +276,15 @@ def described(names, outs):
 
 
 def photo(size, asset, png):
-    """The photo resized to the input size, written as `png`, as the model reads it (RGB planes
-    in [0, 1])."""
+    """The photo at the input size as the model reads it (RGB planes in [0, 1]), from the
+    committed `png`: its pixels go into the BatchNorm calibration, so they must not depend on
+    this machine's OpenCV build. Made from the asset (resized, INTER_AREA) only when missing."""
     import cv2
     import os
-    assets = Path(os.environ.get("VIGIL_ASSETS_DIR", "assets"))
-    bgr = cv2.resize(cv2.imread(str(assets / asset)), (size, size), interpolation=cv2.INTER_AREA)
-    cv2.imwrite(str(png), bgr)
+    if not png.exists():
+        assets = Path(os.environ.get("VIGIL_ASSETS_DIR", "assets"))
+        bgr = cv2.resize(cv2.imread(str(assets / asset)), (size, size), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(png), bgr)
     return np.ascontiguousarray(cv2.imread(str(png))[:, :, ::-1].transpose(2, 0, 1)).astype(np.float32) / 255
 
 
