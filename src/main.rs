@@ -1119,14 +1119,7 @@ fn detect_images(
     model: &ModelChoice,
     opts: &DetectOptions,
 ) -> Result<ExitCode> {
-    let &DetectOptions {
-        confidence,
-        iou,
-        resize,
-        device,
-        json,
-        save,
-    } = opts;
+    let (confidence, json, save) = (opts.confidence, opts.json, opts.save);
     if let Some(dir) = save {
         std::fs::create_dir_all(dir).with_context(|| format!("--save {}", dir.display()))?;
     }
@@ -1135,7 +1128,7 @@ fn detect_images(
         info = info.with_weights(w);
     }
     // a model that suppresses in its graph has had its NMS (an IoU of 1 keeps every box)
-    let iou = iou.unwrap_or(if info.nms_in_graph() {
+    let iou = opts.iou.unwrap_or(if info.nms_in_graph() {
         1.0
     } else {
         config::spec::DEFAULT_NMS_IOU
@@ -1143,8 +1136,8 @@ fn detect_images(
     if !(0.0..=1.0).contains(&confidence) || !(0.0..=1.0).contains(&iou) {
         bail!("--confidence and --iou must be between 0 and 1");
     }
-    let resize = resize.unwrap_or(info.resize);
-    let detector = detect::load(&info, &detect::device(device)?)?;
+    let resize = opts.resize.unwrap_or(info.resize);
+    let detector = detect::load(&info, &detect::device(opts.device)?)?;
     let post = PostParams {
         confidence,
         classes: None,

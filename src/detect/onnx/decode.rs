@@ -381,7 +381,11 @@ fn torchvision(
         );
     };
     let (b, s, l) = (flat(boxes)?, flat(scores)?, flat(labels)?);
-    let masks = outputs.iter().find(|t| t.rank() == 4 && t.dims()[1] == 1);
+    // Mask R-CNN's `[N, 1, H, W]`, one plane per box (not any 4-D output a debug export adds)
+    let n = b.len() / 4;
+    let masks = outputs
+        .iter()
+        .find(|t| t.rank() == 4 && t.dims()[0] == n && t.dims()[1] == 1);
     for (k, ((bx, score), label)) in b.chunks_exact(4).zip(s).zip(l).enumerate() {
         if score >= threshold {
             let xyxy = Xyxy {

@@ -378,25 +378,14 @@ mod tests {
         }
     }
 
-    fn cast_to_f32(from: &str, to: &str) -> NodeProto {
-        let mut n = node("Cast", &[from], &[to]);
-        n.attribute = vec![AttributeProto {
-            name: "to".into(),
-            i: i64::from(proto::dt::FLOAT),
+    /// `n` with the integer attribute `name = i`.
+    fn with_int(mut n: NodeProto, name: &str, i: i64) -> NodeProto {
+        n.attribute.push(AttributeProto {
+            name: name.into(),
+            i,
             r#type: proto::at::INT,
             ..Default::default()
-        }];
-        n
-    }
-
-    fn concat_axis_0(a: &str, b: &str, to: &str) -> NodeProto {
-        let mut n = node("Concat", &[a, b], &[to]);
-        n.attribute = vec![AttributeProto {
-            name: "axis".into(),
-            i: 0,
-            r#type: proto::at::INT,
-            ..Default::default()
-        }];
+        });
         n
     }
 
@@ -406,9 +395,13 @@ mod tests {
         let mut n = node("Loop", &["m", "", "acc0"], &["acc", "scan"]);
         let body = GraphProto {
             node: vec![
-                cast_to_f32("i", "fi"),
+                with_int(
+                    node("Cast", &["i"], &["fi"]),
+                    "to",
+                    i64::from(proto::dt::FLOAT),
+                ),
                 node("Mul", &["x", "fi"], &["xi"]),
-                concat_axis_0("acc_in", "xi", "acc_out"),
+                with_int(node("Concat", &["acc_in", "xi"], &["acc_out"]), "axis", 0),
                 node("Identity", &["c_in"], &["c_out"]),
                 node("Identity", &["i"], &["i_out"]),
             ],

@@ -405,17 +405,7 @@ mod tests {
             let want = x
                 .conv_transpose2d(&wt, pad, output_padding, stride, 1)
                 .unwrap();
-            assert_eq!(ours.dims(), want.dims());
-            let diff: f32 = (ours - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = super::super::max_diff(&ours, &want);
             assert!(
                 diff < 1e-4,
                 "{:?}: {diff}",

@@ -505,6 +505,22 @@ fn binary(op: &str, a: &Attrs) -> std::result::Result<Option<Binary>, String> {
     }))
 }
 
+/// The largest absolute difference of two same-shape tensors (operator tests).
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1087,6 +1087,7 @@ fn reflect(t: &Tensor, ax: usize, lo: usize, hi: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::onnx::ops::max_diff;
     use candle_core::Device;
 
     fn pattern(dims: &[usize]) -> Tensor {
@@ -1095,20 +1096,6 @@ mod tests {
             .map(|i| ((i as u64 * 2_654_435_761) % 1000) as f32 / 100.0 - 5.0)
             .collect();
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// The GPU's MaxPool (Candle's kernel on edge-replicated padding) gives the host's values,
